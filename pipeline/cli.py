@@ -1,0 +1,137 @@
+"""Command line: ``clphase solve``, ``clphase threshold``.
+
+Bad input exits with code 2 and one line naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from pipeline.errors import InputError
+from pipeline.losses import NEGATIVES, REDUCTIONS, check_option, parse_loss
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage problem as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _to_int(field: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError(field, raw, f"an integer >= {minimum}") from None
+    if value < minimum:
+        raise InputError(field, value, f"an integer >= {minimum}")
+    return value
+
+
+def _to_float(field: str, raw: str, allowed: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise InputError(field, raw, allowed) from None
+
+
+def _add_problem_args(parser: argparse.ArgumentParser, with_R: bool) -> None:
+    parser.add_argument("--loss", required=True, help="loss id, e.g. 'infonce(tau=0.5)'")
+    parser.add_argument("--n-major", required=True, help="number of majority classes K_A (>= 1)")
+    parser.add_argument("--n-minor", required=True, help="number of minority classes K_B")
+    if with_R:
+        parser.add_argument("--R", required=True, help="imbalance ratio p_major / p_minor (>= 1)")
+    parser.add_argument("--k", required=True, help="number of negatives per anchor (>= 1)")
+    parser.add_argument("--negatives", default="marginal", help="|".join(NEGATIVES) + " (default marginal)")
+    parser.add_argument("--reduction", default="sum", help="|".join(REDUCTIONS) + " (default sum)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clphase", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p_solve = sub.add_parser("solve", help="optimal class geometry at one point")
+    _add_problem_args(p_solve, with_R=True)
+    p_solve.add_argument("--dim", default=None, help="embedding dimension d (rank solver when d < C)")
+    p_solve.add_argument("--solver", default="auto", help="auto|symmetric|full|rank (default auto)")
+    p_solve.add_argument("--seed", default="0", help="seed of the rank solver's restarts")
+    p_thr = sub.add_parser("threshold", help="minority-collapse threshold R*")
+    _add_problem_args(p_thr, with_R=False)
+    return parser
+
+
+def _fmt(x: float) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.10g}"
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    from pipeline.problem import Problem
+    from pipeline.theory import SOLVERS, solve
+
+    loss = parse_loss(args.loss)
+    n_major = _to_int("n_major", args.n_major, 1)
+    n_minor = _to_int("n_minor", args.n_minor, 1)
+    R = _to_float("R", args.R, "a finite number >= 1 (R = p_major / p_minor)")
+    k = _to_int("k", args.k, 1)
+    dim = None if args.dim is None else _to_int("dim", args.dim, 1)
+    check_option("negatives", args.negatives, NEGATIVES)
+    check_option("reduction", args.reduction, REDUCTIONS)
+    check_option("solver", args.solver, SOLVERS)
+    seed = _to_int("seed", args.seed, 0)
+    problem = Problem.two_group(loss, n_major, n_minor, R, k, args.negatives, args.reduction)
+    solution = solve(problem, args.solver, dim, seed)
+    if args.json:
+        print(json.dumps(solution.to_dict()))
+        return 0 if solution.status != "error" else 1
+    collapse = {None: "n/a", True: "yes", False: "no"}[solution.collapsed]
+    print(f"loss {loss.id}  K_A={n_major} K_B={n_minor} R={R:g} k={k}  "
+          f"negatives={args.negatives} reduction={args.reduction}")  # fmt: skip
+    print(f"solver {solution.solver}  status {solution.status}  objective {_fmt(solution.objective)}  "
+          f"gap {solution.gap:.2e} (relative {solution.gap_rel:.2e})")  # fmt: skip
+    print(f"a {_fmt(solution.a)}  b {_fmt(solution.b)}  c {_fmt(solution.c)}")
+    print(f"minority collapse: {collapse}  (criterion g/p_minor^2 at c=1: {_fmt(solution.criterion)})")
+    if solution.message:
+        print(f"note: {solution.message}")
+    return 0 if solution.status != "error" else 1
+
+
+def _cmd_threshold(args: argparse.Namespace) -> int:
+    from pipeline.threshold import minority_threshold
+
+    loss = parse_loss(args.loss)
+    n_major = _to_int("n_major", args.n_major, 1)
+    n_minor = _to_int("n_minor", args.n_minor, 2)
+    k = _to_int("k", args.k, 1)
+    check_option("negatives", args.negatives, NEGATIVES)
+    check_option("reduction", args.reduction, REDUCTIONS)
+    result = minority_threshold(loss, n_major, n_minor, k, args.negatives, args.reduction)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        R_star = "inf" if math.isinf(result.R_star) else f"{result.R_star:.10g}"
+        print(f"R* = {R_star}  (loss {loss.id}, K_A={n_major}, K_B={n_minor}, k={k}, "
+              f"negatives={args.negatives}, reduction={args.reduction}; "
+              f"lim g/p_minor^2 = {_fmt(result.criterion_limit)})")  # fmt: skip
+    return 0
+
+
+COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clphase`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as err:
+        print(f"clphase {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run() -> NoReturn:
+    sys.exit(main())

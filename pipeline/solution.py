@@ -1,0 +1,116 @@
+"""What every theory solver returns: the optimal geometry, its certificate and the conventions used."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.problem import Problem
+
+SolveStatus = Literal["optimal", "optimal_inaccurate", "local", "error"]
+
+
+@dataclass
+class Solution:
+    """Optimal class geometry at one theory point.
+
+    Attributes
+    ----------
+    G : (C, C) Gram matrix of the class means.
+    V : (d, C) class means (columns), V.T @ V = G.
+    objective : float
+        L(G).
+    status : SolveStatus
+        ``optimal`` (certified), ``optimal_inaccurate`` (a solution whose certificate or resolution
+        of the minority block misses the tolerance; see ``message``), ``local`` (rank-constrained:
+        best local optimum, not certified), ``error``.
+    gap : float
+        Certified upper bound on objective - optimum (absolute), see ``objective.certificate``;
+        for ``local`` solutions, objective - lower_bound.
+    gap_rel : float
+        gap / |objective|.
+    a, b, c : float
+        Majority-majority, majority-minority and minority-minority cosines (NaN where absent).
+    collapsed : bool or None
+        Minority collapse (c = 1) decided from the optimality condition at c = 1; None when the
+        proportions do not form one majority and one minority group of >= 2 minority classes.
+    criterion : float
+        The collapse criterion g / p_minor^2 (<= 0 means collapse); NaN where not applicable.
+    gap_minor : float
+        gap / p_minor^2: suboptimality in units of the weight of the minority-minority terms;
+        above ~1e-3 the minority cosine c is not resolved by this solution.
+    lower_bound : float
+        Convex lower bound on the objective (rank-constrained solves), else objective - gap.
+    """
+
+    problem: Problem
+    solver: str
+    G: np.ndarray
+    V: np.ndarray
+    objective: float
+    status: SolveStatus
+    gap: float
+    a: float = math.nan
+    b: float = math.nan
+    c: float = math.nan
+    collapsed: bool | None = None
+    criterion: float = math.nan
+    lower_bound: float = math.nan
+    kkt_residual: float = math.nan
+    time_s: float = 0.0
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gap_rel(self) -> float:
+        return self.gap / max(abs(self.objective), 1e-300)
+
+    @property
+    def gap_minor(self) -> float:
+        return self.gap / float(self.problem.p.min()) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary, including the Gram matrix and the conventions used."""
+
+        def num(x: float) -> float | str | None:
+            if x is None:
+                return None
+            x = float(x)
+            return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
+
+        return {
+            **self.problem.describe(),
+            "solver": self.solver,
+            "status": self.status,
+            "objective": num(self.objective),
+            "gap": num(self.gap),
+            "gap_rel": num(self.gap_rel),
+            "gap_minor": num(self.gap_minor),
+            "lower_bound": num(self.lower_bound),
+            "a": num(self.a),
+            "b": num(self.b),
+            "c": num(self.c),
+            "collapsed": self.collapsed,
+            "criterion": num(self.criterion),
+            "kkt_residual": num(self.kkt_residual),
+            "dim": int(self.V.shape[0]),
+            "time_s": self.time_s,
+            "message": self.message,
+            "gram": [[num(x) for x in row] for row in self.G],
+        }
+
+
+def class_means(G: np.ndarray, dim: int | None = None, rtol: float = 1e-9) -> np.ndarray:
+    """Class means V (d, C) with V.T @ V = G, from the eigendecomposition of G.
+
+    d is the numerical rank of G (eigenvalues above ``rtol * max``), padded with zero rows to ``dim``.
+    """
+    lam, Q = np.linalg.eigh(G)  # (C,), (C, C)
+    keep = lam > rtol * max(lam[-1], 1e-300)
+    V = (Q[:, keep] * np.sqrt(lam[keep])).T[::-1]  # (r, C), largest eigenvalue first
+    if dim is not None and dim > V.shape[0]:
+        V = np.vstack([V, np.zeros((dim - V.shape[0], G.shape[0]))])
+    return V

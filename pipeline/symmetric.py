@@ -1,0 +1,424 @@
+"""The symmetric (group-reduced) solver.
+
+Classes of equal proportion are interchangeable, so by convexity an optimal G is constant on group
+blocks: one cosine S[g, h] per pair of groups (S[g, g] within group g). With K_g classes in group g,
+G = Diag(1 - S[g(i), g(i)]) + U S U^T and its eigenvalues are 1 - S[g, g] (multiplicity K_g - 1) and
+those of the m x m matrix M with M[g, g] = 1 + (K_g - 1) S[g, g], M[g, h] = sqrt(K_g K_h) S[g, h].
+The expectation over negatives is exact over m + 1 categories per anchor group (same class, other
+class of the group, class of group h): binom(k + m, m) count vectors.
+
+Two groups (K_A majority, K_B minority; THEORY.md) use the exact reduction to X = M[A, A], Y = M[B, B]
+with b = -sqrt(X Y / (K_A K_B)) (L is nondecreasing in b). In u = sqrt(X), v = sqrt(Y) the optimality
+conditions dF/du = 0, dF/dv = 0 (or v = sqrt(K_B), i.e. c = 1) are solved as nested one-dimensional
+safeguarded Newton iterations on analytic derivatives. Every term is computed directly (no
+differences of O(1) quantities), so conditions whose terms weigh p_minor^2 stay resolved at any R.
+More groups use a log-det barrier Newton method on the m(m + 1)/2 cosines.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.objective import certificate, expected_loss
+from pipeline.problem import Problem
+from pipeline.solution import Solution, class_means
+
+_EPS = np.finfo(float).eps
+_V_LO = 1e-12  # v below this fraction of sqrt(K_B) counts as Y = 0 (c = -1/(K_B - 1) to 1e-24)
+
+
+@dataclass
+class GroupModel:
+    """The group-reduced objective L(S) for a problem whose classes form m proportion groups."""
+
+    problem: Problem
+    label: np.ndarray  # (C,) group of each class
+    K: np.ndarray  # (m,) group sizes
+    pi: np.ndarray  # (m,) per-class proportion of each group
+
+    @classmethod
+    def from_problem(cls, problem: Problem) -> GroupModel:
+        """Groups of equal proportion; majority and minority blocks when the problem has them."""
+        two = problem.two_groups()
+        if two is None:
+            return cls(problem, *problem.groups())
+        K_A, K_B, _ = two
+        label = np.array([0] * K_A + [1] * K_B)
+        return cls(problem, label, np.array([K_A, K_B]), problem.p[[0, K_A]])
+
+    @property
+    def m(self) -> int:
+        return int(self.K.size)
+
+    def category_distribution(self) -> np.ndarray:
+        """(m, m + 1): per anchor group, probability of [same class, class of group 1..m] negatives."""
+        m, K, pi = self.m, self.K, self.pi
+        q = np.zeros((m, m + 1))
+        for g in range(m):
+            q[g, 0] = pi[g]
+            q[g, 1:] = K * pi
+            q[g, 1 + g] = (K[g] - 1) * pi[g]
+            if self.problem.negatives == "other":
+                q[g, 0] = 0.0
+                q[g] /= q[g].sum()
+        return q
+
+    def evaluate(self, S: np.ndarray, hessian: bool = False):
+        """L(S), dL/dS (m, m) and, optionally, d2L/dS_gh dS_g'h' (m, m, m, m).
+
+        Derivatives are with respect to the symmetric entries: S[g, h] and S[h, g] are one variable.
+        """
+        m = self.m
+        cos = np.concatenate([np.ones((m, 1), dtype=S.dtype), S], axis=1)  # (m, m + 1)
+        value, grad, hess = expected_loss(
+            self.problem.loss,
+            self.problem.k,
+            self.problem.rho,
+            self.K * self.pi,
+            self.category_distribution(),
+            cos,
+            hessian,
+        )
+        dS = grad[:, 1:]  # (m, m): anchor g, category h
+        dS = dS + dS.T - np.diag(np.diag(dS))
+        d2S = None
+        if hessian:
+            # anchor g sees S[g, h] as its category h; entry (g, h) and (h, g) is one variable
+            H = np.zeros((m, m, m, m), dtype=hess.dtype)
+            for g in range(m):
+                H[g, :, g, :] += hess[g, 1:, 1:]
+            H = H + H.transpose(1, 0, 2, 3)
+            H = H + H.transpose(0, 1, 3, 2)
+            idx = np.arange(m)
+            H[idx, idx] /= 2
+            H[:, :, idx, idx] /= 2
+            d2S = H
+        return value, dS, d2S
+
+    def gram(self, S: np.ndarray) -> np.ndarray:
+        """(C, C) Gram matrix with the block structure of S, unit diagonal."""
+        G = S[self.label][:, self.label]
+        np.fill_diagonal(G, 1.0)
+        return G
+
+
+# ---------------------------------------------------------------------------------------------
+# Two groups: nested safeguarded Newton on u = sqrt(X), v = sqrt(Y)
+
+
+def _rtsafe(f: Callable[[float], tuple[float, float]], lo: float, hi: float, x0: float) -> float:
+    """Root of f in [lo, hi] with f(lo) < 0 < f(hi): Newton steps, bisection when they leave the bracket.
+
+    Converges to full double precision relative to the root (scale-free: roots of 1e-8 are fine).
+    """
+    x = min(max(x0, lo), hi)
+    for _ in range(200):
+        fx, dfx = f(x)
+        if fx == 0:
+            return x
+        if fx < 0:
+            lo = x
+        else:
+            hi = x
+        step = -fx / dfx if dfx > 0 else math.inf
+        x_new = x + step
+        if not (lo < x_new < hi):
+            x_new = 0.5 * (lo + hi)
+        if abs(x_new - x) <= 2 * _EPS * abs(x_new) or hi - lo <= 2 * _EPS * abs(hi):
+            return x_new
+        x = x_new
+    return x
+
+
+@dataclass
+class _TwoGroup:
+    """F(u, v) = L(a(u), b(u, v), c(v)) for one majority and one minority group."""
+
+    model: GroupModel
+
+    def __post_init__(self) -> None:
+        self.K_A, self.K_B = (int(x) for x in self.model.K)
+        self.kappa = math.sqrt(self.K_A * self.K_B)
+
+    def cosines(self, u: float, v: float) -> tuple[float, float, float]:
+        a = (u * u - 1) / (self.K_A - 1) if self.K_A > 1 else math.nan
+        c = (v * v - 1) / (self.K_B - 1) if self.K_B > 1 else math.nan
+        return a, -u * v / self.kappa, c
+
+    def S(self, u: float, v: float) -> np.ndarray:
+        a, b, c = self.cosines(u, v)
+        return np.array([[1.0 if math.isnan(a) else a, b], [b, 1.0 if math.isnan(c) else c]])
+
+    def derivatives(self, u: float, v: float) -> dict[str, float]:
+        """Partial derivatives of F in (u, v) up to second order, and the terms of F_u and F_v."""
+        _, dS, d2S = self.model.evaluate(self.S(u, v), hessian=True)
+        La, Lb, Lc = dS[0, 0], dS[0, 1], dS[1, 1]
+        H = {
+            "aa": d2S[0, 0, 0, 0], "ab": d2S[0, 0, 0, 1], "ac": d2S[0, 0, 1, 1],
+            "bb": d2S[0, 1, 0, 1], "bc": d2S[0, 1, 1, 1], "cc": d2S[1, 1, 1, 1],
+        }  # fmt: skip
+        a_u = 2 * u / (self.K_A - 1) if self.K_A > 1 else 0.0
+        a_uu = 2 / (self.K_A - 1) if self.K_A > 1 else 0.0
+        c_v = 2 * v / (self.K_B - 1) if self.K_B > 1 else 0.0
+        c_vv = 2 / (self.K_B - 1) if self.K_B > 1 else 0.0
+        b_u, b_v, b_uv = -v / self.kappa, -u / self.kappa, -1 / self.kappa
+        return {
+            "u_terms": (La * a_u, Lb * b_u),
+            "v_terms": (Lc * c_v, Lb * b_v),
+            "Fuu": H["aa"] * a_u**2 + 2 * H["ab"] * a_u * b_u + H["bb"] * b_u**2 + La * a_uu,
+            "Fuv": H["ab"] * a_u * b_v
+            + H["ac"] * a_u * c_v
+            + H["bb"] * b_u * b_v
+            + H["bc"] * b_u * c_v
+            + Lb * b_uv,
+            "Fvv": H["cc"] * c_v**2 + 2 * H["bc"] * c_v * b_v + H["bb"] * b_v**2 + Lc * c_vv,
+            "Lb": Lb,
+            "Lc": Lc,
+            "db_dc": b_v / c_v if c_v else math.nan,
+        }
+
+    def u_star(self, v: float, u0: float = 0.5) -> float:
+        """argmin_u F(u, v): the unique sign change of F_u on [0, sqrt(K_A)] (F convex in u^2)."""
+        if self.K_A == 1:
+            return 1.0
+        u_max = math.sqrt(self.K_A)
+
+        def f(u: float) -> tuple[float, float]:
+            d = self.derivatives(u, v)
+            return sum(d["u_terms"]), d["Fuu"]
+
+        if f(0.0)[0] >= 0:
+            return 0.0
+        if f(u_max)[0] <= 0:
+            return u_max
+        return _rtsafe(f, 0.0, u_max, u0)
+
+    def v_condition(self, v: float, u0: float = 0.5) -> tuple[float, float, float]:
+        """(F_v, dF_v/dv along u*(v), u*(v)): the reduced condition in v, u kept optimal."""
+        u = self.u_star(v, u0)
+        d = self.derivatives(u, v)
+        Fv = sum(d["v_terms"])
+        if self.K_A > 1 and 0 < u < math.sqrt(self.K_A) and d["Fuu"] > 0:
+            dFv = d["Fvv"] - d["Fuv"] ** 2 / d["Fuu"]  # implicit du*/dv
+        else:
+            dFv = d["Fvv"]
+        return Fv, dFv, u
+
+    def residuals(self, d: dict[str, float]) -> tuple[float, float]:
+        """|F_u| and |F_v| relative to the size of their terms (scale-free optimality conditions)."""
+        return tuple(abs(sum(t)) / (sum(map(abs, t)) or 1.0) for t in (d["u_terms"], d["v_terms"]))
+
+    def _newton(self, u: float, v: float) -> tuple[float, float] | None:
+        """Joint Newton on (F_u, F_v) = 0 inside the box; None if it does not converge there."""
+        u_max, v_max = math.sqrt(self.K_A), math.sqrt(self.K_B)
+        for _ in range(40):
+            d = self.derivatives(u, v)
+            r_u, r_v = self.residuals(d)
+            if max(r_u, r_v) <= 1e-13:
+                return u, v
+            J = np.array([[d["Fuu"], d["Fuv"]], [d["Fuv"], d["Fvv"]]])
+            try:
+                du, dv = np.linalg.solve(J, [-sum(d["u_terms"]), -sum(d["v_terms"])])
+            except np.linalg.LinAlgError:
+                return None
+            scale = 1.0
+            while not (0 < u + scale * du < u_max and 0 < v + scale * dv < v_max) and scale > 1e-3:
+                scale /= 2
+            if scale <= 1e-3:
+                return None
+            u, v = u + scale * du, v + scale * dv
+        return None
+
+    def solve(self) -> tuple[float, float, bool, float, float]:
+        """(u, v, collapsed, kkt_residual, criterion) at the optimum.
+
+        ``criterion`` is g / p_minor^2 with g = dL/dc + dL/db * db/dc at (X*(c = 1), c = 1):
+        collapse (c = 1) is optimal iff g <= 0 (NaN with one minority class).
+        """
+        collapsed, criterion = False, math.nan
+        if self.K_B == 1:
+            v = 1.0
+            u = self.u_star(v)
+        else:
+            v_max = math.sqrt(self.K_B)
+            u_at_max = self.u_star(v_max)
+            d = self.derivatives(u_at_max, v_max)
+            criterion = (d["Lc"] + d["Lb"] * d["db_dc"]) / self.model.pi[1] ** 2
+            if criterion <= 0:
+                collapsed, v, u = True, v_max, u_at_max
+            elif (
+                self.K_A > 1
+                and (uv := self._newton(u_at_max if u_at_max > 0 else 0.5, 0.9 * v_max)) is not None
+            ):
+                u, v = uv
+            elif self.v_condition(_V_LO * v_max)[0] >= 0:
+                # F is not convex in (u, v): (0, 0) is a saddle, so test the sign just above it
+                v = _V_LO * v_max
+                u = self.u_star(v)
+            else:
+                state = {"u": u_at_max}
+
+                def f(v: float) -> tuple[float, float]:
+                    Fv, dFv, state["u"] = self.v_condition(v, state["u"])
+                    return Fv, dFv
+
+                v = _rtsafe(f, _V_LO * v_max, v_max, 0.99 * v_max)
+                u = self.u_star(v, state["u"])
+        d = self.derivatives(u, v)
+        r_u, r_v = self.residuals(d)
+        residuals = []
+        if self.K_A > 1 and 0 < u < math.sqrt(self.K_A):
+            residuals.append(r_u)
+        if self.K_B > 1:
+            residuals.append(0.0 if collapsed else r_v)
+        return u, v, collapsed, max(residuals, default=0.0), criterion
+
+
+# ---------------------------------------------------------------------------------------------
+# Any number of groups: barrier Newton on the block cosines
+
+
+def _barrier_solve(model: GroupModel, gap_rtol: float = 1e-13) -> tuple[np.ndarray, float]:
+    """Minimise L(S) s.t. M(S) PSD, S[g, g] <= 1, by a log-det barrier method (Newton centering)."""
+    m, K = model.m, model.K
+    if not model.problem.loss.smooth:
+        raise InputError(
+            "solver", "symmetric", "'full' for the triplet loss with three or more proportion groups"
+        )
+    pairs = [(g, h) for g in range(m) for h in range(g, m) if g != h or K[g] > 1]
+    within = [i for i, (g, h) in enumerate(pairs) if g == h]
+    dM = np.zeros((len(pairs), m, m))  # dM/ds_i, constant
+    for i, (g, h) in enumerate(pairs):
+        if g == h:
+            dM[i, g, g] = K[g] - 1
+        else:
+            dM[i, g, h] = dM[i, h, g] = math.sqrt(K[g] * K[h])
+
+    def unpack(s: np.ndarray) -> np.ndarray:
+        S = np.eye(m)
+        for i, (g, h) in enumerate(pairs):
+            S[g, h] = S[h, g] = s[i]
+        return S
+
+    def M_of(s: np.ndarray) -> np.ndarray:
+        return np.eye(m) + np.einsum("i,igh->gh", s, dM)
+
+    def feasible(s: np.ndarray) -> bool:
+        if any(s[i] >= 1 for i in within):
+            return False
+        try:
+            np.linalg.cholesky(M_of(s))
+        except np.linalg.LinAlgError:
+            return False
+        return True
+
+    def merit(s: np.ndarray, t: float) -> float:
+        if not feasible(s):
+            return math.inf
+        within_slack = np.array([1 - s[i] for i in within])
+        value = model.evaluate(unpack(s))[0]
+        return t * value - np.linalg.slogdet(M_of(s))[1] - np.log(within_slack).sum()
+
+    def phase(s: np.ndarray, t: float) -> tuple[float, np.ndarray, np.ndarray]:
+        value, dS, d2S = model.evaluate(unpack(s), hessian=True)
+        g_L = np.array([dS[g, h] for g, h in pairs])
+        H_L = np.array([[d2S[g, h, g2, h2] for g2, h2 in pairs] for g, h in pairs])
+        Minv = np.linalg.inv(M_of(s))
+        _sign, logdet = np.linalg.slogdet(M_of(s))
+        A = np.einsum("gh,ihk->igk", Minv, dM)  # (P, m, m): M^-1 dM_i
+        g_B = -np.einsum("igg->i", A)
+        H_B = np.einsum("igk,jkg->ij", A, A)
+        slack = np.array([1 - s[i] for i in within])
+        f = t * value - logdet - np.log(slack).sum()
+        g_B[within] += 1 / slack
+        H_B[within, within] += 1 / slack**2
+        return f, t * g_L + g_B, t * H_L + H_B
+
+    s = np.zeros(len(pairs))  # all classes orthogonal: strictly feasible
+    nu = m + len(within)  # barrier parameter
+    value0 = model.evaluate(unpack(s))[0]
+    t = nu / max(abs(value0), 1e-12)
+    for _ in range(60):
+        for _ in range(100):  # Newton centering
+            f, grad, H = phase(s, t)
+            step = -np.linalg.solve(H, grad)
+            decrement2 = -grad @ step
+            if decrement2 / 2 <= 1e-10:  # barrier-function units: L is then within 1e-10 / t
+                break
+            noise = 1e-14 * (abs(f) + 1)  # rounding in f at large t
+            for halving in range(40):
+                s_new = s + 0.5**halving * step
+                if merit(s_new, t) <= f - 0.25 * 0.5**halving * decrement2 + noise:
+                    break
+            else:
+                break  # no decrease left at double precision
+            s = s_new
+        value = model.evaluate(unpack(s))[0]
+        if nu / t <= gap_rtol * max(abs(value), 1e-300):
+            break
+        t *= 20
+    return unpack(s), nu / t
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def solve_symmetric(problem: Problem, dim: int | None = None) -> Solution:
+    """Optimal class geometry by the group reduction (the default solver).
+
+    Parameters
+    ----------
+    problem : Problem
+    dim : int, optional
+        Embedding dimension for the returned class means V (padded with zeros; >= rank of G).
+
+    Returns
+    -------
+    Solution
+        ``kkt_residual`` is the largest optimality condition of the reduced problem relative to
+        the size of its terms; ``gap`` is the solver-independent certificate on the full G.
+    """
+    start = time.perf_counter()
+    model = GroupModel.from_problem(problem)
+    two = problem.two_groups()
+    a = b = c = criterion = math.nan
+    collapsed: bool | None = None
+    kkt = math.nan
+    if two is not None:
+        reduced = _TwoGroup(model)
+        u, v, collapsed_opt, kkt, criterion = reduced.solve()
+        a, b, c = reduced.cosines(u, v)
+        S = reduced.S(u, v)
+        if reduced.K_B > 1:
+            collapsed = collapsed_opt
+    elif model.m == 1:
+        # L is nondecreasing in the single cosine, whose least feasible value is -1/(C - 1)
+        S = np.array([[-1.0 / (problem.C - 1)]])
+    else:
+        S, _ = _barrier_solve(model)
+    G = model.gram(S)
+    value, gap = certificate(problem, G)
+    status = "optimal" if gap <= 1e-6 * max(abs(value), 1e-300) else "optimal_inaccurate"
+    return Solution(
+        problem=problem,
+        solver="symmetric",
+        G=G,
+        V=class_means(G, dim),
+        objective=value,
+        status=status,
+        gap=gap,
+        a=a,
+        b=b,
+        c=c,
+        collapsed=collapsed,
+        criterion=criterion,
+        lower_bound=value - gap,
+        kkt_residual=kkt,
+        time_s=time.perf_counter() - start,
+    )

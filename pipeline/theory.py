@@ -1,0 +1,65 @@
+"""One entry point for the theory: pick a solver, solve, attach the collapse criterion."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pipeline.errors import InputError
+from pipeline.problem import Problem, check_int
+from pipeline.rank import solve_rank
+from pipeline.sdp import solve_full
+from pipeline.solution import Solution
+from pipeline.symmetric import solve_symmetric
+from pipeline.threshold import collapse_criterion
+
+SolverName = Literal["auto", "symmetric", "full", "rank"]
+SOLVERS: tuple[str, ...] = ("auto", "symmetric", "full", "rank")
+
+
+def solve(problem: Problem, solver: SolverName = "auto", dim: int | None = None, seed: int = 0) -> Solution:
+    """Optimal class geometry at one point.
+
+    Parameters
+    ----------
+    problem : Problem
+    solver : {'auto', 'symmetric', 'full', 'rank'}
+        ``auto``: ``rank`` when ``dim < C``, else ``symmetric`` (``full`` for the triplet loss with
+        three or more proportion groups, which the symmetric solver does not cover).
+    dim : int, optional
+        Embedding dimension d. ``full`` and ``symmetric`` need d >= C; ``rank`` handles any d.
+    seed : int
+        Seed of the ``rank`` restarts.
+
+    Returns
+    -------
+    Solution
+        With ``collapsed`` and ``criterion`` set from the optimality condition at c = 1 whenever
+        the classes form a majority and a minority group with >= 2 minority classes.
+    """
+    if solver not in SOLVERS:
+        raise InputError("solver", solver, f"one of {', '.join(SOLVERS)}")
+    C = problem.C
+    if dim is not None:
+        dim = check_int("dim", dim, 1)
+    if solver == "auto":
+        if dim is not None and dim < C:
+            solver = "rank"
+        elif not problem.loss.smooth and len(problem.groups()[1]) > 2 and problem.two_groups() is None:
+            solver = "full"
+        else:
+            solver = "symmetric"
+    if solver in ("full", "symmetric") and dim is not None and dim < C:
+        raise InputError("dim", dim, f"dim >= C = {C} for solver {solver!r} (or solver 'rank' for d < C)")
+    if solver == "full":
+        solution = solve_full(problem, dim)
+    elif solver == "symmetric":
+        solution = solve_symmetric(problem, dim)
+    else:
+        rank_dim = C if dim is None else dim
+        bound = solve(problem, "auto", None)
+        solution = solve_rank(problem, rank_dim, bound.lower_bound, seed=seed)
+    two = problem.two_groups()
+    if solution.collapsed is None and two is not None and two[1] >= 2 and problem.loss.smooth:
+        solution.criterion = collapse_criterion(problem)
+        solution.collapsed = bool(solution.criterion <= 0)
+    return solution
