@@ -198,9 +198,7 @@ def parse_loss(loss_id: str | Loss) -> Loss:
         for item in args.split(","):
             key, sep, raw = (part.strip() for part in item.partition("="))
             if not sep or not key.isidentifier():
-                raise InputError(
-                    "loss", loss_id, f"keyword parameters only, e.g. '{name}({_BUILTINS[name][2]}=0.5)'"
-                )
+                raise InputError("loss", loss_id, f"keyword parameters only, e.g. '{name}({_BUILTINS[name][2]}=0.5)'")
             if key in params:
                 raise InputError("loss", loss_id, f"parameter {key!r} given once")
             try:

@@ -121,9 +121,7 @@ def class_objective(problem: Problem, G: np.ndarray) -> tuple[float, np.ndarray]
     D : (C, C) dL/dG with G[c, j] and G[j, c] treated as separate entries (row c is anchor c);
         the gradient in symmetric directions is (D + D.T) / 2.
     """
-    value, D, _ = expected_loss(
-        problem.loss, problem.k, problem.rho, problem.p, problem.negative_distribution(), G
-    )
+    value, D, _ = expected_loss(problem.loss, problem.k, problem.rho, problem.p, problem.negative_distribution(), G)
     return value.item(), D
 
 

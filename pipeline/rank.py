@@ -35,9 +35,24 @@ def _objective_in_W(problem: Problem, d: int):
     return f
 
 
-def solve_rank(
-    problem: Problem, dim: int, lower_bound: float, n_restarts: int = 8, seed: int = 0
-) -> Solution:
+def refine(problem: Problem, V0: np.ndarray) -> tuple[np.ndarray, float]:
+    """Local minimisation of L(V^T V) over unit-norm columns from V0 (d, C), by L-BFGS.
+
+    Returns the refined class means (d, C) and their objective.
+    """
+    d, C = V0.shape
+    result = minimize(
+        _objective_in_W(problem, d),
+        V0.ravel(),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 10_000, "maxcor": 30, "gtol": 1e-14, "ftol": 1e-16},
+    )
+    W = result.x.reshape(d, C)
+    return W / np.linalg.norm(W, axis=0), float(result.fun)
+
+
+def solve_rank(problem: Problem, dim: int, lower_bound: float, n_restarts: int = 8, seed: int = 0) -> Solution:
     """Best class means in R^dim over seeded restarts.
 
     Parameters
@@ -53,17 +68,12 @@ def solve_rank(
     start = time.perf_counter()
     C = problem.C
     rng = np.random.default_rng(seed)
-    f = _objective_in_W(problem, dim)
-    best = None
+    best_V, best_value = None, math.inf
     for _ in range(n_restarts):
-        w0 = rng.standard_normal(dim * C)
-        res = minimize(
-            f, w0, jac=True, method="L-BFGS-B", options={"maxiter": 10_000, "gtol": 1e-13, "ftol": 1e-16}
-        )
-        if best is None or res.fun < best.fun:
-            best = res
-    W = best.x.reshape(dim, C)
-    V = W / np.linalg.norm(W, axis=0)  # (d, C)
+        V, value = refine(problem, rng.standard_normal((dim, C)))
+        if value < best_value:
+            best_V, best_value = V, value
+    V = best_V  # (d, C)
     G = V.T @ V
     np.fill_diagonal(G, 1.0)
     value, cert_gap = certificate(problem, G)

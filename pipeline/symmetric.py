@@ -172,11 +172,7 @@ class _TwoGroup:
             "u_terms": (La * a_u, Lb * b_u),
             "v_terms": (Lc * c_v, Lb * b_v),
             "Fuu": H["aa"] * a_u**2 + 2 * H["ab"] * a_u * b_u + H["bb"] * b_u**2 + La * a_uu,
-            "Fuv": H["ab"] * a_u * b_v
-            + H["ac"] * a_u * c_v
-            + H["bb"] * b_u * b_v
-            + H["bc"] * b_u * c_v
-            + Lb * b_uv,
+            "Fuv": H["ab"] * a_u * b_v + H["ac"] * a_u * c_v + H["bb"] * b_u * b_v + H["bc"] * b_u * c_v + Lb * b_uv,
             "Fvv": H["cc"] * c_v**2 + 2 * H["bc"] * c_v * b_v + H["bb"] * b_v**2 + Lc * c_vv,
             "Lb": Lb,
             "Lc": Lc,
@@ -252,10 +248,7 @@ class _TwoGroup:
             criterion = (d["Lc"] + d["Lb"] * d["db_dc"]) / self.model.pi[1] ** 2
             if criterion <= 0:
                 collapsed, v, u = True, v_max, u_at_max
-            elif (
-                self.K_A > 1
-                and (uv := self._newton(u_at_max if u_at_max > 0 else 0.5, 0.9 * v_max)) is not None
-            ):
+            elif self.K_A > 1 and (uv := self._newton(u_at_max if u_at_max > 0 else 0.5, 0.9 * v_max)) is not None:
                 u, v = uv
             elif self.v_condition(_V_LO * v_max)[0] >= 0:
                 # F is not convex in (u, v): (0, 0) is a saddle, so test the sign just above it
@@ -288,9 +281,7 @@ def _barrier_solve(model: GroupModel, gap_rtol: float = 1e-13) -> tuple[np.ndarr
     """Minimise L(S) s.t. M(S) PSD, S[g, g] <= 1, by a log-det barrier method (Newton centering)."""
     m, K = model.m, model.K
     if not model.problem.loss.smooth:
-        raise InputError(
-            "solver", "symmetric", "'full' for the triplet loss with three or more proportion groups"
-        )
+        raise InputError("solver", "symmetric", "'full' for the triplet loss with three or more proportion groups")
     pairs = [(g, h) for g in range(m) for h in range(g, m) if g != h or K[g] > 1]
     within = [i for i, (g, h) in enumerate(pairs) if g == h]
     dM = np.zeros((len(pairs), m, m))  # dM/ds_i, constant
@@ -390,9 +381,12 @@ def solve_symmetric(problem: Problem, dim: int | None = None) -> Solution:
     a = b = c = criterion = math.nan
     collapsed: bool | None = None
     kkt = math.nan
+    extra: dict[str, float] = {}
     if two is not None:
         reduced = _TwoGroup(model)
         u, v, collapsed_opt, kkt, criterion = reduced.solve()
+        # u^2 = X ~ p_minor^2 at large R is below the absolute resolution of the entries of G
+        extra = {"u": u, "v": v}
         a, b, c = reduced.cosines(u, v)
         S = reduced.S(u, v)
         if reduced.K_B > 1:
@@ -421,4 +415,5 @@ def solve_symmetric(problem: Problem, dim: int | None = None) -> Solution:
         lower_bound=value - gap,
         kkt_residual=kkt,
         time_s=time.perf_counter() - start,
+        extra=extra,
     )

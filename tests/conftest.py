@@ -1,0 +1,23 @@
+"""Shared helpers for the test suite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.problem import Problem
+
+
+def complex_step(f, x: np.ndarray, direction: np.ndarray, h: float = 1e-30) -> float:
+    """Directional derivative of a real-analytic f at x by the complex step (no cancellation)."""
+    return float(np.imag(f(x + 1j * h * direction)) / h)
+
+
+@pytest.fixture
+def two_group():
+    """Factory of two-group problems with keyword defaults."""
+
+    def make(loss="infonce(tau=0.5)", n_major=2, n_minor=2, R=10.0, k=4, negatives="marginal", reduction="sum"):
+        return Problem.two_group(loss, n_major, n_minor, R, k, negatives, reduction)
+
+    return make

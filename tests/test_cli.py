@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+
+BASE = {"--loss": "infonce(tau=0.5)", "--n-major": "2", "--n-minor": "2", "--R": "100", "--k": "4"}
+
+
+def argv(command="solve", **changes):
+    args = dict(BASE)
+    if command == "threshold":
+        args.pop("--R")
+    args.update({f"--{key.replace('_', '-')}": value for key, value in changes.items()})
+    return [command, *[x for item in args.items() for x in item]]
+
+
+def test_solve_json(capsys):
+    assert main([*argv(), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["status"] == "optimal" and record["collapsed"] is True
+    assert record["loss"] == "infonce(tau=0.5)" and record["negatives"] == "marginal"
+    assert len(record["gram"]) == 4 and record["c"] == pytest.approx(1.0)
+
+
+def test_solve_text(capsys):
+    assert main(argv(R="3")) == 0
+    out = capsys.readouterr().out
+    assert "status optimal" in out and "minority collapse: no" in out
+
+
+def test_threshold_json(capsys):
+    assert main([*argv("threshold", k="1"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert float(record["R_star"]) > 1
+    assert main([*argv("threshold", n_major="3"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["R_star"] == "inf"
+
+
+@pytest.mark.parametrize(
+    ("command", "changes", "field"),
+    [
+        ("solve", {"R": "0.5"}, "R"),
+        ("solve", {"R": "abc"}, "R"),
+        ("solve", {"k": "0"}, "k"),
+        ("solve", {"loss": "foo(tau=1)"}, "loss"),
+        ("solve", {"loss": "infonce(tau"}, "loss"),
+        ("solve", {"loss": "infonce(tau=0)"}, "tau"),
+        ("solve", {"loss": "infonce(tau=-2)"}, "tau"),
+        ("solve", {"n_major": "0"}, "n_major"),
+        ("solve", {"solver": "full", "dim": "3"}, "dim"),
+        ("solve", {"negatives": "all"}, "negatives"),
+        ("threshold", {"k": "0"}, "k"),
+        ("threshold", {"loss": "bogus"}, "loss"),
+        ("threshold", {"n_major": "0"}, "n_major"),
+        ("threshold", {"n_minor": "1"}, "n_minor"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(command, changes, field):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *argv(command, **changes)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert field in lines[0] and "expected" in lines[0]
+    assert proc.stdout == ""
+
+
+def test_missing_option_is_one_line():
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "solve", "--k", "4"], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,176 @@
+"""Acceptance checks of the theory core: ETF, symmetric vs full, certificates, rank, large R."""
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.metrics import etf_gram
+from pipeline.objective import certificate, class_objective
+from pipeline.problem import Problem
+from pipeline.symmetric import GroupModel, _barrier_solve, _TwoGroup
+from pipeline.theory import solve
+from tests.conftest import complex_step
+
+# losses whose optimum is unique (squared hinge: every pair active at the ETF needs margin > C/(C-1))
+UNIQUE = ["infonce(tau=0.5)", "infonce(tau=1)", "sumexp(tau=1)", "squared_hinge(margin=2.5)"]
+
+
+@pytest.mark.parametrize("loss", UNIQUE)
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("C", range(2, 9))
+def test_balanced_gives_simplex_etf(loss, k, C):
+    problem = Problem.create(loss, np.ones(C), k)
+    for solver in ("full", "symmetric"):
+        solution = solve(problem, solver)
+        assert np.abs(solution.G - etf_gram(C)).max() <= 1e-6, solver
+        assert solution.gap_rel <= 1e-6
+
+
+def test_triplet_balanced_optimum_value_matches_etf():
+    """The hinge optimum is not unique: compare optimal values, not Gram matrices."""
+    problem = Problem.create("triplet(margin=1.5)", np.ones(4), 3)
+    solution = solve(problem, "full")
+    assert solution.objective == pytest.approx(class_objective(problem, etf_gram(4))[0], abs=1e-7)
+
+
+def random_cases(n: int = 24):
+    """Seeded small problems: C <= 6, k <= 6, two and three proportion groups, both samplings."""
+    rng = np.random.default_rng(2026)
+    cases = []
+    for i in range(n):
+        n_groups = 2 if i % 2 == 0 else 3
+        sizes = rng.integers(1, 3, size=n_groups)
+        if sizes.sum() < 3:
+            sizes[0] += 1
+        pis = np.sort(rng.uniform(1, 12, size=n_groups))[::-1]  # R up to ~12: the SDP stays accurate
+        p = np.repeat(pis, sizes)
+        loss = ["infonce(tau=0.5)", "infonce(tau=1)", "sumexp(tau=1)", "squared_hinge(margin=2.5)"][i % 4]
+        negatives = ["marginal", "other"][(i // 2) % 2]
+        reduction = ["sum", "mean"][(i // 4) % 2]
+        k = int(rng.integers(1, 7))
+        cases.append(Problem.create(loss, p, k, negatives, reduction))
+    return cases
+
+
+@pytest.mark.parametrize("problem", random_cases(), ids=lambda p: f"{p.loss.id}-C{p.C}-k{p.k}-{p.negatives}")
+def test_symmetric_agrees_with_full(problem):
+    full = solve(problem, "full")
+    sym = solve(problem, "symmetric")
+    assert full.gap_rel <= 1e-6 and sym.gap_rel <= 1e-6
+    assert np.abs(full.G - sym.G).max() <= 1e-5
+    assert full.objective == pytest.approx(sym.objective, rel=1e-8)
+
+
+def test_three_groups_barrier_agrees_with_two_group_reduction():
+    """The general barrier method against the nested two-group solver on a two-group problem."""
+    problem = Problem.two_group("infonce(tau=0.5)", 2, 3, 6.0, 3)
+    model = GroupModel.from_problem(problem)
+    S_barrier, _ = _barrier_solve(model)
+    u, v, *_ = _TwoGroup(model).solve()
+    np.testing.assert_allclose(S_barrier, _TwoGroup(model).S(u, v), atol=1e-7)
+
+
+def test_full_reports_its_certificate(two_group):
+    solution = solve(two_group(R=5.0), "full")
+    assert solution.status == "optimal"
+    assert 0 <= solution.gap <= 1e-6 * solution.objective
+    assert solution.lower_bound == pytest.approx(solution.objective - solution.gap)
+
+
+# --- extreme imbalance ------------------------------------------------------------------------
+
+
+def kkt_terms(problem: Problem, solution) -> tuple[float, float, float, float]:
+    """Terms of dF/du and dF/dv from complex-step derivatives of the full C x C objective.
+
+    Independent of the group reduction's derivative code: the objective is the class-level
+    enumeration, differentiated along the block directions of a, b and c.
+    """
+    K_A, K_B, _ = problem.two_groups()
+    C = problem.C
+    blocks = {"a": np.zeros((C, C)), "b": np.zeros((C, C)), "c": np.zeros((C, C))}
+    blocks["a"][:K_A, :K_A] = 1
+    blocks["b"][:K_A, K_A:] = blocks["b"][K_A:, :K_A] = 1
+    blocks["c"][K_A:, K_A:] = 1
+    for E in blocks.values():
+        np.fill_diagonal(E, 0)
+
+    def L(G):
+        return class_objective(problem, G)[0]
+
+    dL = {name: complex_step(L, solution.G.astype(complex), E) for name, E in blocks.items()}
+    u, v = solution.extra["u"], solution.extra["v"]  # sqrt(X), sqrt(Y): exact where G's entries are not
+    kappa = math.sqrt(K_A * K_B)
+    a_u = 2 * u / (K_A - 1) if K_A > 1 else 0.0
+    c_v = 2 * v / (K_B - 1)
+    return dL["a"] * a_u, dL["b"] * (-v / kappa), dL["c"] * c_v, dL["b"] * (-u / kappa)
+
+
+@pytest.mark.parametrize("R", [1e4, 1e6])
+@pytest.mark.parametrize(
+    ("n_major", "n_minor", "loss"),
+    [(3, 2, "infonce(tau=1)"), (2, 2, "infonce(tau=0.5)"), (3, 3, "sumexp(tau=1)")],
+)
+def test_symmetric_optimality_conditions_at_extreme_R(R, n_major, n_minor, loss):
+    problem = Problem.two_group(loss, n_major, n_minor, R, 4)
+    solution = solve(problem, "symmetric")
+    p_minor = problem.p.min()
+    u1, u2, v1, v2 = kkt_terms(problem, solution)
+    # dF/du = 0: its terms are O(p_minor); relative residual 1e-8
+    assert abs(u1 + u2) <= 1e-8 * (abs(u1) + abs(u2))
+    if solution.collapsed:
+        # c = 1 is optimal: dF/dv <= 0 there (normalised by p_minor^2)
+        assert solution.c == pytest.approx(1.0, abs=1e-14)
+        assert (v1 + v2) / p_minor**2 <= 1e-8
+    else:
+        assert solution.c < 1
+        assert abs(v1 + v2) / p_minor**2 <= 1e-8
+        assert abs(v1) / p_minor**2 > 1e-3  # the terms themselves are resolved, not zero
+    # c varies continuously with R
+    c_near = solve(Problem.two_group(loss, n_major, n_minor, R * (1 + 1e-6), 4), "symmetric").c
+    assert abs(c_near - solution.c) <= 1e-5
+
+
+def test_symmetric_c_is_monotone_and_smooth_in_R():
+    Rs = np.geomspace(1e3, 1e6, 13)
+    cs = np.array([solve(Problem.two_group("infonce(tau=1)", 3, 2, R, 4), "symmetric").c for R in Rs])
+    assert np.all(np.diff(cs) > 0)  # more imbalance, closer minorities
+    assert np.all(np.abs(np.diff(cs)) < 0.05)
+
+
+@pytest.mark.parametrize("R", [1e4, 1e6])
+@pytest.mark.parametrize("loss", ["infonce(tau=0.5)", "infonce(tau=1)", "sumexp(tau=1)"])
+def test_full_is_never_confidently_wrong_at_extreme_R(R, loss):
+    problem = Problem.two_group(loss, 2, 2, R, 4)
+    full, sym = solve(problem, "full"), solve(problem, "symmetric")
+    if full.status == "optimal":
+        assert abs(full.c - sym.c) <= 1e-4
+    else:
+        assert full.status == "optimal_inaccurate" and full.message
+
+
+# --- rank-constrained --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("R", [1.0, 3.0, 50.0])
+def test_rank_with_enough_dimensions_matches_full(R, two_group):
+    problem = two_group(R=R)
+    full, ranked = solve(problem, "full"), solve(problem, "rank", dim=4)
+    assert ranked.status == "optimal"
+    assert ranked.objective == pytest.approx(full.objective, rel=1e-9)
+    assert np.abs(ranked.G - full.G).max() <= 1e-4
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_rank_below_C_is_bounded_by_the_convex_program(dim, two_group):
+    problem = two_group(R=3.0, n_major=3, n_minor=2)
+    ranked = solve(problem, "rank", dim=dim)
+    convex = solve(problem, "symmetric")
+    assert ranked.V.shape == (dim, 5)
+    assert np.allclose(np.linalg.norm(ranked.V, axis=0), 1)
+    assert ranked.lower_bound == pytest.approx(convex.lower_bound)
+    assert ranked.objective >= ranked.lower_bound - 1e-12
+    assert ranked.objective > convex.objective + 1e-6  # d < C really costs something here
+    assert ranked.status == "local" and "lower bound" in ranked.message
+    assert certificate(problem, ranked.G)[0] == pytest.approx(ranked.objective)
