@@ -1,4 +1,4 @@
-"""Command line: ``clphase solve``, ``clphase threshold``.
+"""Command line: ``clphase solve | threshold | run | status``.
 
 Bad input exits with code 2 and one line naming the field, the value and what is allowed.
 """
@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_solve.add_argument("--seed", default="0", help="seed of the rank solver's restarts")
     p_thr = sub.add_parser("threshold", help="minority-collapse threshold R*")
     _add_problem_args(p_thr, with_R=False)
+    p_run = sub.add_parser("run", help="run (or resume) a sweep from a YAML config")
+    p_run.add_argument("config", help="YAML sweep config, e.g. configs/quick.yaml")
+    p_run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grid.k=[1,4] store=results/x.zarr")
+    p_run.add_argument("--dry-run", action="store_true", help="print the plan and an estimate; write nothing")
+    p_run.add_argument("--workers", default=None, help="number of local worker processes (default: one per core)")
+    p_run.add_argument("--scheduler-address", default=None, help="attach to a running dask scheduler")
+    p_run.add_argument("--scheduler-file", default=None, help="attach to the scheduler described by this file")
+    p_status = sub.add_parser("status", help="done / failed / pending points of a store")
+    p_status.add_argument("store", help="path of a results store")
     return parser
 
 
@@ -120,7 +129,24 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold}
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.sweep import dry_run, run
+
+    config = load_config(args.config, args.overrides)
+    workers = None if args.workers is None else _to_int("workers", args.workers, 1)
+    if args.dry_run:
+        return dry_run(config, workers)
+    return run(config, workers, args.scheduler_address, args.scheduler_file)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.sweep import status
+
+    return status(args.store)
+
+
+COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold, "run": _cmd_run, "status": _cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,8 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except InputError as err:
-        print(f"clphase {args.command}: error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():
+            print(f"clphase {args.command}: error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nclphase {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 def run() -> NoReturn:

@@ -1,0 +1,328 @@
+"""Sweep configuration: YAML in, frozen dataclasses out, every problem reported at once.
+
+``load_config(path, overrides)`` is the only code that reads ``configs/*.yaml``. Overrides are
+``key=value`` strings with dotted keys (``grid.k=[1,4]``, ``store=results/x.zarr``); values are
+parsed as YAML. Configs are read with ``yaml.safe_load`` and never evaluated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pipeline.errors import InputError
+from pipeline.losses import NEGATIVES, REDUCTIONS, parse_loss
+
+SOLVER_CHOICES = ("auto", "symmetric", "full", "rank")
+
+
+class ConfigError(InputError):
+    """One or more problems in a config; ``str(err)`` lists them all, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        ValueError.__init__(self, "\n".join(problems))
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Sweep axes; each becomes a dimension of the results store under the same name."""
+
+    loss: tuple[str, ...]
+    R: tuple[float, ...]
+    n_major: tuple[int, ...] = (2,)
+    n_minor: tuple[int, ...] = (2,)
+    k: tuple[int, ...] = (4,)
+    dim: tuple[int, ...] = (16,)
+    seed: tuple[int, ...] = (0,)
+
+    @property
+    def n_points(self) -> int:
+        return math.prod(len(getattr(self, f.name)) for f in fields(self))
+
+    @property
+    def n_theory_points(self) -> int:
+        return len(self.loss) * len(self.R) * len(self.n_major) * len(self.n_minor) * len(self.k)
+
+
+@dataclass(frozen=True)
+class TheorySpec:
+    solver: str = "auto"  # auto | symmetric | full | rank
+    negatives: str = "marginal"  # marginal | other
+    reduction: str = "sum"  # sum | mean
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    points: int = 64  # theory points per task (one store chunk): ~0.2-1 s of work at 3-15 ms a point
+    max_points: int = 2_000_000  # refuse grids above this many points (a typo guard)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    kind: str = "local"  # local, or a profile of cluster/jobqueue.yaml
+    n_workers: int | None = None  # None: one per core
+    threads_per_worker: int = 1  # solvers and torch run single-threaded per worker
+    max_jobs: int = 16  # upper bound of adaptive scaling on a job queue
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    store: str
+    grid: GridSpec
+    theory: TheorySpec = field(default_factory=TheorySpec)
+    batch: BatchSpec = field(default_factory=BatchSpec)
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (lists for axes), loadable by :func:`load_config`."""
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+    def science(self) -> dict[str, Any]:
+        """The fields that determine the store's contents and layout (compared on resume)."""
+        return _plain({"grid": asdict(self.grid), "theory": asdict(self.theory), "batch.points": self.batch.points})
+
+    def science_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.science(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+# --- validation --------------------------------------------------------------------------------
+
+_SECTIONS = {"grid": GridSpec, "theory": TheorySpec, "batch": BatchSpec, "cluster": ClusterSpec}
+_TOP = ("name", "store", *_SECTIONS)
+
+
+def _expand_R(raw: Any, problems: list[str]) -> list[float]:
+    if isinstance(raw, dict):
+        if set(raw) != {"logspace"}:
+            problems.append(f"grid.R: {raw!r}: expected a list of numbers or {{logspace: [lo, hi, n]}}")
+            return []
+        spec = raw["logspace"]
+        ok = (
+            isinstance(spec, list)
+            and len(spec) == 3
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in spec)
+            and float(spec[2]).is_integer()
+            and spec[2] >= 1
+        )
+        if not ok:
+            problems.append(
+                f"grid.R.logspace: {spec!r}: expected [lo, hi, n] in decades with integer n >= 1, e.g. [0, 4, 17]"
+            )
+            return []
+        return [float(x) for x in np.logspace(spec[0], spec[1], int(spec[2]))]
+    return raw
+
+
+def _axis(name: str, raw: Any, problems: list[str], kind: type, minimum: float) -> tuple:
+    if raw is None or (isinstance(raw, list) and not raw):
+        problems.append(f"grid.{name}: {raw!r}: expected a non-empty list")
+        return ()
+    values = raw if isinstance(raw, list) else [raw]
+    out = []
+    for v in values:
+        if kind is int:
+            good = isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+            allowed = f"integers >= {int(minimum)}"
+        else:
+            good = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= minimum
+            allowed = f"finite numbers >= {minimum:g}"
+        if not good:
+            problems.append(f"grid.{name}: {v!r}: expected {allowed}")
+            continue
+        out.append(kind(v))
+    if len(set(out)) != len(out):
+        dup = sorted({x for x in out if out.count(x) > 1})
+        problems.append(f"grid.{name}: duplicate values {dup}: expected each value once")
+    return tuple(sorted(out))
+
+
+def _section(name: str, raw: Any, problems: list[str]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(f"{name}: {raw!r}: expected a mapping with keys {', '.join(_keys(name))}")
+        return {}
+    unknown = sorted(set(raw) - set(_keys(name)))
+    for key in unknown:
+        problems.append(f"{name}.{key}: unknown key; valid keys: {', '.join(_keys(name))}")
+    return {k: v for k, v in raw.items() if k not in unknown}
+
+
+def _keys(section: str) -> list[str]:
+    return [f.name for f in fields(_SECTIONS[section])]
+
+
+def _int_field(where: str, value: Any, minimum: int, problems: list[str], optional: bool = False) -> Any:
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        problems.append(f"{where}: {value!r}: expected an integer >= {minimum}" + (" or null" if optional else ""))
+        return minimum
+    return value
+
+
+def _choice(where: str, value: Any, allowed: tuple[str, ...], problems: list[str]) -> str:
+    if value not in allowed:
+        problems.append(f"{where}: {value!r}: expected one of {', '.join(allowed)}")
+        return allowed[0]
+    return value
+
+
+def validate(raw: Any) -> SweepConfig:
+    """Check a parsed YAML document and build the config; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError([f"config: {type(raw).__name__} document: expected a mapping with keys {', '.join(_TOP)}"])
+    for key in sorted(set(raw) - set(_TOP)):
+        problems.append(f"{key}: unknown key; valid keys: {', '.join(_TOP)}")
+    name = raw.get("name", "sweep")
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        problems.append(f"name: {name!r}: expected letters, digits, '-' and '_'")
+    store = raw.get("store")
+    if not isinstance(store, str) or not store.strip():
+        problems.append(f"store: {store!r}: expected a path such as results/{name}.zarr")
+        store = ""
+
+    grid_raw = _section("grid", raw.get("grid"), problems)
+    if "loss" not in grid_raw or "R" not in grid_raw:
+        for key in ("loss", "R"):
+            if key not in grid_raw:
+                problems.append(f"grid.{key}: missing: expected a non-empty list")
+    losses = []
+    loss_values = grid_raw.get("loss", [])
+    for loss_id in loss_values if isinstance(loss_values, list) else [loss_values]:
+        try:
+            losses.append(parse_loss(loss_id).id)
+        except InputError as err:
+            problems.append(f"grid.loss: {loss_id!r}: expected {err.allowed}")
+    if not losses and "loss" in grid_raw and not problems:
+        problems.append("grid.loss: []: expected a non-empty list")
+    if len(set(losses)) != len(losses):
+        problems.append(f"grid.loss: duplicate values {sorted({x for x in losses if losses.count(x) > 1})}")
+    axes: dict[str, tuple] = {"loss": tuple(losses)}
+    if "R" in grid_raw:
+        axes["R"] = _axis("R", _expand_R(grid_raw["R"], problems), problems, float, 1.0)
+    for name_, minimum in (("n_major", 1), ("n_minor", 1), ("k", 1), ("dim", 1), ("seed", 0)):
+        if name_ in grid_raw:
+            axes[name_] = _axis(name_, grid_raw[name_], problems, int, minimum)
+
+    theory_raw = _section("theory", raw.get("theory"), problems)
+    theory = TheorySpec(
+        solver=_choice("theory.solver", theory_raw.get("solver", "auto"), SOLVER_CHOICES, problems),
+        negatives=_choice("theory.negatives", theory_raw.get("negatives", "marginal"), NEGATIVES, problems),
+        reduction=_choice("theory.reduction", theory_raw.get("reduction", "sum"), REDUCTIONS, problems),
+    )
+    batch_raw = _section("batch", raw.get("batch"), problems)
+    batch = BatchSpec(
+        points=_int_field("batch.points", batch_raw.get("points", 64), 1, problems),
+        max_points=_int_field("batch.max_points", batch_raw.get("max_points", 2_000_000), 1, problems),
+    )
+    cluster_raw = _section("cluster", raw.get("cluster"), problems)
+    kind = cluster_raw.get("kind", "local")
+    if not isinstance(kind, str) or not kind.replace("-", "").replace("_", "").isalnum():
+        problems.append(f"cluster.kind: {kind!r}: expected 'local' or a profile name of cluster/jobqueue.yaml")
+    cluster = ClusterSpec(
+        kind=kind if isinstance(kind, str) else "local",
+        n_workers=_int_field("cluster.n_workers", cluster_raw.get("n_workers"), 1, problems, optional=True),
+        threads_per_worker=_int_field(
+            "cluster.threads_per_worker", cluster_raw.get("threads_per_worker", 1), 1, problems
+        ),
+        max_jobs=_int_field("cluster.max_jobs", cluster_raw.get("max_jobs", 16), 1, problems),
+    )
+    if problems:
+        raise ConfigError(problems)
+    grid = GridSpec(**axes)
+    if grid.n_points > batch.max_points:
+        raise ConfigError(
+            [
+                f"grid: {grid.n_points} points: expected at most batch.max_points = {batch.max_points}; "
+                "shrink an axis or raise batch.max_points"
+            ]  # fmt: skip
+        )
+    return SweepConfig(name=name, store=store, grid=grid, theory=theory, batch=batch, cluster=cluster)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys from ``key=value`` strings (values parsed as YAML)."""
+    problems = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r}: expected key=value, e.g. grid.k=[1,4]")
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problems.append(f"override {key}: {value!r} is not valid YAML ({err.__class__.__name__})")
+            continue
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = parsed
+    if problems:
+        raise ConfigError(problems)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """Read, override and validate a sweep config.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, YAML syntax error, or any invalid field (all reported together).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError([f"config: {str(path)!r}: cannot be read ({err.strerror}); expected a YAML file"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError([f"config: {str(path)!r}: YAML syntax error{where}: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides))
+    return validate(raw)
+
+
+def diff_science(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted names of the fields that differ between two ``SweepConfig.science()`` dicts."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{sub}" for sub in diff_science(a, b)]
+        elif a != b:
+            out.append(key)
+    return out

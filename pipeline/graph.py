@@ -1,0 +1,158 @@
+"""Wire the sweep: pending batches -> dask tasks (compute + region write) -> progress.
+
+At most a bounded window of tasks is in flight; completed batches are never resubmitted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from distributed import Client, as_completed
+
+from pipeline.config import SweepConfig
+from pipeline.grid import KINDS, Batch, Grid
+from pipeline.results import STATUS_CODE
+from pipeline.store import batch_done, read_done, update_attrs, write_batch
+from pipeline.tasks import run_batch
+
+TASK_LOG_ENV = "CLPHASE_TASK_LOG"  # file to which every computed batch appends its key (tests)
+DELAY_ENV = "CLPHASE_BATCH_DELAY_S"  # extra seconds per batch, to interrupt sweeps mid-run (tests)
+
+
+def compute_and_write(config: SweepConfig, batch: Batch, path: str) -> dict:
+    """The task: compute one batch, write its chunk and then its done mask; report timings."""
+    start = time.perf_counter()
+    arrays = run_batch(config, batch)
+    compute_s = time.perf_counter() - start
+    time.sleep(float(os.environ.get(DELAY_ENV, "0")))
+    write_batch(path, batch, arrays)
+    log = os.environ.get(TASK_LOG_ENV)
+    if log:
+        with open(log, "a") as f:
+            f.write(batch.key + "\n")
+    status = arrays.get("status_theory", arrays.get("status_threshold"))
+    return {
+        "key": batch.key,
+        "kind": batch.kind,
+        "points": batch.n_points,
+        "compute_s": compute_s,
+        "point_s": float(arrays["time_theory"].sum()) if "time_theory" in arrays else compute_s,
+        "failed": int((status == STATUS_CODE["error"]).sum()),
+    }
+
+
+def pending_batches(config: SweepConfig, path: str) -> dict[str, list[Batch]]:
+    """Batches whose done mask is not set, per kind."""
+    grid = Grid(config)
+    out = {}
+    for kind in KINDS:
+        done = read_done(path, kind)
+        out[kind] = [b for b in grid.batches(kind) if not batch_done(done, b)]
+    return out
+
+
+@dataclass
+class Progress:
+    """Points done / total, rate and ETA on stderr (one line, redrawn)."""
+
+    total: int
+    done: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    last_draw: float = 0.0
+    draws: int = 0
+    stream: object = sys.stderr
+
+    def update(self, points: int) -> None:
+        self.done += points
+        now = time.perf_counter()
+        if now - self.last_draw < 0.5 and self.done < self.total:
+            return
+        self.last_draw = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        if not tty and now - self.start < 2.0 * self.draws and self.done < self.total:
+            return  # logs get a line every ~2 s, not a redraw every 0.5 s
+        self.draws += 1
+        start, end = ("\r", "\n" if self.done >= self.total else "") if tty else ("", "\n")
+        self.stream.write(
+            f"{start}[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} points  "
+            f"{rate:.1f} pt/s  ETA {eta:.0f} s   {end}"
+        )
+        self.stream.flush()
+
+
+@dataclass
+class Summary:
+    batches: int = 0
+    points: int = 0
+    failed_points: int = 0
+    failed_batches: list[str] = field(default_factory=list)
+    compute_s: float = 0.0
+    point_s: float = 0.0
+    wall_s: float = 0.0
+
+
+def run_sweep(
+    config: SweepConfig,
+    path: str,
+    client: Client,
+    window: int | None = None,
+    on_result: Callable[[dict], None] | None = None,
+) -> Summary:
+    """Run every pending batch of the store at ``path`` on ``client``.
+
+    Parameters
+    ----------
+    window : int, optional
+        Most tasks in flight at once (default: twice the cluster's threads, at least 4).
+    on_result : callable, optional
+        Called with each finished task's report.
+    """
+    start = time.perf_counter()
+    pending = pending_batches(config, path)
+    todo: Iterator[Batch] = itertools.chain(pending["threshold"], pending["theory"])
+    total = sum(b.n_points for kind in KINDS for b in pending[kind])
+    threads = sum(client.nthreads().values()) or 1
+    window = window or max(4, 2 * threads)
+    progress = Progress(total)
+    summary = Summary()
+
+    def submit(batch: Batch):
+        return client.submit(compute_and_write, config, batch, path, key=f"{batch.key}-{config.science_hash()}",
+                             pure=False, retries=2)  # fmt: skip
+
+    futures = as_completed([submit(b) for b in itertools.islice(todo, window)], with_results=False)
+    try:
+        for future in futures:
+            if future.status == "error":
+                summary.failed_batches.append(future.key)
+            else:
+                report = future.result()
+                summary.batches += 1
+                summary.points += report["points"]
+                summary.failed_points += report["failed"]
+                summary.compute_s += report["compute_s"]
+                summary.point_s += report["point_s"]
+                progress.update(report["points"])
+                if on_result:
+                    on_result(report)
+            future.release()
+            nxt = next(todo, None)
+            if nxt is not None:
+                futures.add(submit(nxt))
+    except BaseException:
+        futures.clear()
+        raise
+    summary.wall_s = time.perf_counter() - start
+    done_all = all(not pending_batches(config, path)[k] for k in KINDS)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    update_attrs(path, updated_at=stamp, **({"completed_at": stamp} if done_all else {}))
+    return summary

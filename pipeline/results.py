@@ -1,0 +1,54 @@
+"""What the store holds: variable names, dims, units, and the status codes.
+
+Status is data: every point carries a code, so failures and inaccurate solves are points on the
+phase diagram, not crashes. Codes follow the CF ``flag_values`` / ``flag_meanings`` convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STATUS = ("pending", "optimal", "optimal_inaccurate", "local", "error", "not_applicable")
+STATUS_CODE = {name: code for code, name in enumerate(STATUS)}
+
+THEORY = ("loss", "R", "n_major", "n_minor", "k")
+CLASSES = ("class_i", "class_j")
+THRESHOLD = ("loss", "n_major", "n_minor", "k")
+
+
+@dataclass(frozen=True)
+class Variable:
+    dims: tuple[str, ...]
+    dtype: str
+    long_name: str
+    units: str
+    kind: str  # task kind that writes it
+
+
+VARIABLES: dict[str, Variable] = {
+    "gram_theory": Variable(THEORY + CLASSES, "float64", "optimal Gram matrix of the class means (NaN padded)", "1", "theory"),
+    "objective_theory": Variable(THEORY, "float64", "optimal class-collapsed loss L(G*)", "nats", "theory"),
+    "cos_major_theory": Variable(THEORY, "float64", "majority-majority cosine a", "1", "theory"),
+    "cos_cross_theory": Variable(THEORY, "float64", "majority-minority cosine b", "1", "theory"),
+    "cos_minor_theory": Variable(THEORY, "float64", "minority-minority cosine c", "1", "theory"),
+    "gap_theory": Variable(THEORY, "float64", "certified bound on L(G) - min L (duality gap)", "nats", "theory"),
+    "criterion_theory": Variable(THEORY, "float64", "collapse criterion g / p_minor^2 at c = 1 (<= 0: collapse)", "nats", "theory"),
+    "collapsed_theory": Variable(THEORY, "float64", "minority collapse from the optimality condition (1 yes, 0 no, NaN n/a)", "1", "theory"),
+    "status_theory": Variable(THEORY, "int8", "theory solve status", "1", "theory"),
+    "time_theory": Variable(THEORY, "float64", "solve wall time", "s", "theory"),
+    "R_threshold": Variable(THRESHOLD, "float64", "minority-collapse threshold R* (inf: none)", "1", "threshold"),
+    "criterion_limit": Variable(THRESHOLD, "float64", "limit of g / p_minor^2 as R -> inf", "nats", "threshold"),
+    "status_threshold": Variable(THRESHOLD, "int8", "threshold search status", "1", "threshold"),
+}  # fmt: skip
+
+DONE = {"theory": "done_theory", "threshold": "done_threshold"}
+KIND_DIMS = {"theory": THEORY, "threshold": THRESHOLD}
+
+
+def kind_variables(kind: str) -> list[str]:
+    return [name for name, v in VARIABLES.items() if v.kind == kind]
+
+
+def fill_value(dtype: str) -> float | int:
+    """Value of a point not yet computed: NaN for floats, 0 (pending) or -1 for integer codes."""
+    return float("nan") if dtype.startswith("float") else 0

@@ -1,0 +1,94 @@
+"""The sweep commands: plan, run (or resume) and report, on top of config, store, graph and cluster."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pipeline.cluster import connect
+from pipeline.config import SweepConfig
+from pipeline.graph import pending_batches, run_sweep
+from pipeline.grid import KINDS, Grid
+from pipeline.results import STATUS_CODE
+from pipeline.store import init_store, open_results, prepare_store, read_done
+
+
+def _estimate_point_s(config: SweepConfig) -> float:
+    """Mean wall time of a few theory points of the grid, solved here."""
+    from pipeline.problem import Problem
+    from pipeline.theory import solve
+
+    s = config.grid
+    picks = [
+        (s.loss[0], s.R[0], s.n_major[0], s.n_minor[-1], s.k[-1]),
+        (s.loss[-1], s.R[-1], s.n_major[-1], s.n_minor[0], s.k[0]),
+    ]
+    start = time.perf_counter()
+    for loss, R, n_major, n_minor, k in picks:
+        problem = Problem.two_group(loss, n_major, n_minor, R, k, config.theory.negatives, config.theory.reduction)
+        solve(problem, config.theory.solver)
+    return (time.perf_counter() - start) / len(picks)
+
+
+def dry_run(config: SweepConfig, workers: int | None) -> int:
+    """Print the grid, its batches and a time estimate; write nothing."""
+    start = time.perf_counter()
+    grid = Grid(config)
+    mode = prepare_store(config.store, config)
+    n_batches = {kind: grid.n_batches(kind) for kind in KINDS}
+    pending = pending_batches(config, config.store) if mode == "resume" else None
+    plan_s = time.perf_counter() - start
+    print(f"sweep {config.name!r} -> store {config.store} ({'resume' if pending else 'new store'})")
+    print(
+        f"grid: {grid.spec.n_points} points over {', '.join(f'{d}={len(getattr(grid.spec, d))}' for d in grid.coords() if not d.startswith('class'))}"
+    )
+    print(
+        f"theory points: {grid.spec.n_theory_points} in {n_batches['theory']} batches of <= {np.prod(list(grid.chunks('theory').values()))}"
+    )
+    print(
+        f"thresholds: {len(grid.spec.loss) * len(grid.spec.n_major) * len(grid.spec.n_minor) * len(grid.spec.k)} in {n_batches['threshold']} batches"
+    )
+    if pending is not None:
+        print("pending batches: " + ", ".join(f"{k} {len(v)}" for k, v in pending.items()))
+    n_workers = workers or config.cluster.n_workers or __import__("os").cpu_count()
+    point_s = _estimate_point_s(config)
+    estimate = point_s * grid.spec.n_theory_points / n_workers
+    print(f"estimate: {point_s * 1e3:.1f} ms per theory point -> about {estimate:.0f} s on {n_workers} workers")
+    print(f"planned in {plan_s:.3f} s")
+    return 0
+
+
+def run(config: SweepConfig, workers: int | None, scheduler_address: str | None, scheduler_file: str | None) -> int:
+    """Run or resume the sweep; exit code 0 when every batch is written, 1 when some failed."""
+    mode = prepare_store(config.store, config)
+    if mode == "new":
+        init_store(config.store, config)
+    pending = pending_batches(config, config.store)
+    n_pending = sum(len(v) for v in pending.values())
+    print(f"sweep {config.name!r}: store {config.store} ({mode}); pending batches: "
+          + ", ".join(f"{k} {len(v)}" for k, v in pending.items()))  # fmt: skip
+    if n_pending == 0:
+        print("nothing to do: every batch is done")
+        return 0
+    with connect(config, workers, scheduler_address, scheduler_file) as client:
+        print(f"dask dashboard: {client.dashboard_link}")
+        summary = run_sweep(config, config.store, client)
+    print(f"done: {summary.batches} batches, {summary.points} points in {summary.wall_s:.1f} s; "
+          f"failed points: {summary.failed_points}; failed batches: {len(summary.failed_batches)}")  # fmt: skip
+    print(f"open with: import pipeline; ds = pipeline.open_results({config.store!r})")
+    return 1 if summary.failed_batches else 0
+
+
+def status(path: str) -> int:
+    """Print done / failed / pending points per task kind."""
+    ds = open_results(path)
+    print(f"store {path}: {ds.attrs.get('title', '')}, created {ds.attrs.get('created_at', '?')}, "
+          f"completed {ds.attrs.get('completed_at', 'no')}")  # fmt: skip
+    for kind, status_var in (("theory", "status_theory"), ("threshold", "status_threshold")):
+        done = read_done(path, kind)
+        codes = ds[status_var].values
+        failed = int(((codes == STATUS_CODE["error"]) & done).sum())
+        print(f"{kind:>9}: {int(done.sum()) - failed} done, {failed} failed, {int((~done).sum())} pending "
+              f"(of {done.size})")  # fmt: skip
+    return 0

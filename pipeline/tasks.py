@@ -1,0 +1,85 @@
+"""Compute one batch of points: pure dispatch to the theory solvers; no dask, no I/O."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from pipeline.config import SweepConfig
+from pipeline.grid import Batch, Grid
+from pipeline.problem import Problem
+from pipeline.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
+from pipeline.theory import solve
+from pipeline.threshold import minority_threshold
+
+
+def _empty(kind: str, shape: tuple[int, ...], C_max: int) -> dict[str, np.ndarray]:
+    out = {}
+    for name in kind_variables(kind):
+        var = VARIABLES[name]
+        full_shape = shape + (C_max, C_max) if "class_i" in var.dims else shape
+        out[name] = np.full(full_shape, fill_value(var.dtype), dtype=var.dtype)
+    return out
+
+
+def run_theory_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
+    """Solve every theory point of a batch; a failing point is recorded with status ``error``."""
+    grid = Grid(config)
+    values = grid.values(batch)
+    out = _empty("theory", batch.shape, grid.C_max)
+    theory = config.theory
+    for idx in np.ndindex(*batch.shape):
+        loss, R, n_major, n_minor, k = (values[d][i] for d, i in zip(grid.dims("theory"), idx, strict=True))
+        start = time.perf_counter()
+        try:
+            problem = Problem.two_group(str(loss), int(n_major), int(n_minor), float(R), int(k),
+                                        theory.negatives, theory.reduction)  # fmt: skip
+            solution = solve(problem, theory.solver)
+        except Exception:
+            out["status_theory"][idx] = STATUS_CODE["error"]
+            out["time_theory"][idx] = time.perf_counter() - start
+            continue
+        C = problem.C
+        out["gram_theory"][idx + (slice(0, C), slice(0, C))] = solution.G
+        out["objective_theory"][idx] = solution.objective
+        out["cos_major_theory"][idx] = solution.a
+        out["cos_cross_theory"][idx] = solution.b
+        out["cos_minor_theory"][idx] = solution.c
+        out["gap_theory"][idx] = solution.gap
+        out["criterion_theory"][idx] = solution.criterion
+        out["collapsed_theory"][idx] = np.nan if solution.collapsed is None else float(solution.collapsed)
+        out["status_theory"][idx] = STATUS_CODE[solution.status]
+        out["time_theory"][idx] = time.perf_counter() - start
+    return out
+
+
+def run_threshold_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
+    """R* for every k of one (loss, n_major, n_minor); NaN and ``not_applicable`` where undefined."""
+    grid = Grid(config)
+    values = grid.values(batch)
+    out = _empty("threshold", batch.shape, grid.C_max)
+    theory = config.theory
+    for idx in np.ndindex(*batch.shape):
+        loss, n_major, n_minor, k = (values[d][i] for d, i in zip(grid.dims("threshold"), idx, strict=True))
+        loss = str(loss)
+        if n_minor < 2 or loss.startswith("triplet"):
+            out["status_threshold"][idx] = STATUS_CODE["not_applicable"]
+            continue
+        try:
+            result = minority_threshold(loss, int(n_major), int(n_minor), int(k), theory.negatives, theory.reduction)
+        except Exception:
+            out["status_threshold"][idx] = STATUS_CODE["error"]
+            continue
+        out["R_threshold"][idx] = result.R_star
+        out["criterion_limit"][idx] = result.criterion_limit if math.isfinite(result.criterion_limit) else -np.inf
+        out["status_threshold"][idx] = STATUS_CODE["optimal"]
+    return out
+
+
+RUNNERS = {"theory": run_theory_batch, "threshold": run_threshold_batch}
+
+
+def run_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
+    return RUNNERS[batch.kind](config, batch)

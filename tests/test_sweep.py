@@ -1,0 +1,218 @@
+"""The sweep end to end: config -> LocalCluster -> zarr store; resume, interrupts, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from pipeline.config import ConfigError, load_config
+from pipeline.problem import Problem
+from pipeline.store import open_results
+from pipeline.theory import solve
+from pipeline.threshold import minority_threshold
+
+TINY = {
+    "name": "tiny",
+    "grid": {
+        "loss": ["infonce(tau=0.5)", "sumexp(tau=1)"],
+        "R": {"logspace": [0, 2.5, 6]},
+        "n_major": [1, 2],
+        "n_minor": [1, 2],
+        "k": [1, 4],
+        "dim": [8],
+        "seed": [0],
+    },
+    "batch": {"points": 3},
+}
+THEORY_VARS = ["gram_theory", "objective_theory", "cos_major_theory", "cos_cross_theory", "cos_minor_theory",
+               "gap_theory", "criterion_theory", "collapsed_theory", "status_theory"]  # fmt: skip
+
+
+def write_config(tmp_path: Path, store: str = "store.zarr", **changes) -> Path:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["store"] = str(tmp_path / store)
+    for key, value in changes.items():
+        section, _, leaf = key.partition(".")
+        config.setdefault(section, {})[leaf] = value
+    path = tmp_path / f"{store}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def clphase(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600, **kwargs)  # fmt: skip
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        h.update(str(f.relative_to(path)).encode())
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete run of the tiny sweep (2 local workers), with its task log."""
+    tmp = tmp_path_factory.mktemp("finished")
+    cfg = write_config(tmp)
+    log = tmp / "tasks.log"
+    proc = clphase("run", str(cfg), "--workers", "2", env={"CLPHASE_TASK_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr
+    return cfg, tmp / "store.zarr", log, proc
+
+
+def test_store_layout(finished):
+    _, store, _, proc = finished
+    assert "dashboard: http://127.0.0.1:" in proc.stdout
+    ds = xr.open_zarr(store, consolidated=False)
+    for dim in ("loss", "R", "n_major", "n_minor", "k", "dim", "seed", "class_i", "class_j"):
+        assert dim in ds.dims
+    assert ds.sizes["class_i"] == 4  # largest C = 2 + 2, majority first, NaN padded
+    assert ds.gram_theory.dims == ("loss", "R", "n_major", "n_minor", "k", "class_i", "class_j")
+    assert ds.R_threshold.dims == ("loss", "n_major", "n_minor", "k")
+    for name in ds.data_vars:
+        assert ds[name].attrs["long_name"] and "units" in ds[name].attrs, name
+    assert (ds.done_theory == 1).all() and (ds.done_threshold == 1).all()
+    assert (ds.status_theory == 1).all()  # every point certified optimal
+    applicable = ds.status_threshold.sel(n_minor=2)
+    assert (applicable == 1).all() and ds.R_threshold.sel(n_minor=2).notnull().all()
+    assert ds.R_threshold.sel(n_minor=1).isnull().all()  # one minority class: no threshold
+    gram = ds.gram_theory.sel(n_major=1, n_minor=1)
+    assert gram.isel(class_i=slice(0, 2), class_j=slice(0, 2)).notnull().all()
+    assert gram.isel(class_i=slice(2, None)).isnull().all()
+    for key in ("config", "config_hash", "provenance", "created_at", "completed_at"):
+        assert key in ds.attrs
+    assert "git_revision" in ds.attrs["provenance"] and "numpy" in ds.attrs["provenance"]
+    assert load_config(finished[0]).to_yaml() == ds.attrs["config"]
+
+
+def test_store_values_equal_direct_solver_calls(finished):
+    cfg, store, _, _ = finished
+    config = load_config(cfg)
+    ds = open_results(store)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        point = {d: rng.choice(ds[d].values) for d in ("loss", "R", "n_major", "n_minor", "k")}
+        problem = Problem.two_group(str(point["loss"]), int(point["n_major"]), int(point["n_minor"]),
+                                    float(point["R"]), int(point["k"]))  # fmt: skip
+        solution = solve(problem, config.theory.solver)
+        C = problem.C
+        stored = ds.sel(point)
+        np.testing.assert_array_equal(stored.gram_theory.values[:C, :C], solution.G)
+        assert float(stored.objective_theory) == solution.objective
+        assert np.array_equal(float(stored.cos_minor_theory), solution.c, equal_nan=True)
+    for loss in ds.loss.values:
+        result = minority_threshold(str(loss), 2, 2, 4)
+        assert float(ds.R_threshold.sel(loss=loss, n_major=2, n_minor=2, k=4)) == result.R_star
+
+
+def test_rerun_recomputes_nothing(finished, tmp_path):
+    cfg, store, _, _ = finished
+    log = tmp_path / "again.log"
+    proc = clphase("run", str(cfg), "--workers", "1", env={"CLPHASE_TASK_LOG": str(log)})
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout
+    assert not log.exists()
+
+
+def test_status_command(finished):
+    proc = clphase("status", str(finished[1]))
+    assert proc.returncode == 0
+    assert "theory: 96 done, 0 failed, 0 pending" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields"),
+    [
+        ({"grid.k": [1, 8]}, "grid.k"),
+        ({"theory.negatives": "other"}, "theory.negatives"),
+        ({"batch.points": 5}, "batch.points"),
+    ],
+)
+def test_different_config_is_refused_and_store_untouched(finished, tmp_path, changes, fields):
+    _, store, _, _ = finished
+    cfg = write_config(tmp_path, **changes)
+    text = yaml.safe_load(cfg.read_text())
+    text["store"] = str(store)
+    cfg.write_text(yaml.safe_dump(text))
+    before = tree_digest(store)
+    proc = clphase("run", str(cfg), "--workers", "1")
+    assert proc.returncode == 2
+    assert fields in proc.stderr and "differ" in proc.stderr and "Traceback" not in proc.stderr
+    assert tree_digest(store) == before
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    cfg = write_config(tmp_path)
+    proc = clphase("run", str(cfg), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "theory points: 96" in proc.stdout and "estimate" in proc.stdout
+    assert not (tmp_path / "store.zarr").exists()
+
+
+def compare_stores(a: Path, b: Path) -> None:
+    ds_a, ds_b = open_results(a), open_results(b)
+    for name in [*THEORY_VARS, "R_threshold", "status_threshold", "done_theory", "done_threshold"]:
+        xr.testing.assert_equal(ds_a[name].load(), ds_b[name].load())
+
+
+def keys(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_resumes_to_the_same_store(finished, tmp_path, sig):
+    cfg = write_config(tmp_path)
+    log = tmp_path / "tasks.log"
+    env = {**os.environ, "CLPHASE_TASK_LOG": str(log), "CLPHASE_BATCH_DELAY_S": "0.3"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while len(keys(log)) < 8 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "rerun the same command to resume" in err
+    first = keys(log)
+    assert 8 <= len(first) < 40  # interrupted mid-run (40 batches in all)
+    time.sleep(1.0)  # orphaned workers (SIGKILL) finish their batch or die with the scheduler
+    first = keys(log)
+    proc = clphase("run", str(cfg), "--workers", "2", env={"CLPHASE_TASK_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr
+    every = keys(log)
+    assert set(every) == set(keys(finished[2]))  # every batch was computed
+    recomputed = len(every) - len(set(every))
+    assert recomputed <= 4  # at most the window of batches in flight at the interrupt
+    compare_stores(tmp_path / "store.zarr", finished[1])
+
+
+def test_bad_configs_exit_2_naming_every_problem(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"store": str(tmp_path / "s.zarr"), "grid": {"loss": ["infonce(tau=0)"], "R": [0.5],
+                                   "k": [0, 4], "colour": 1}, "theory": {"solver": "magic"}}))  # fmt: skip
+    proc = clphase("run", str(cfg))
+    assert proc.returncode == 2
+    for expected in ("grid.loss", "tau > 0", "grid.R: 0.5", "grid.k: 0", "grid.colour: unknown key", "theory.solver"):
+        assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "s.zarr").exists()
+
+
+def test_config_overrides(tmp_path):
+    cfg = write_config(tmp_path)
+    config = load_config(cfg, ["grid.k=[2,3]", "store=elsewhere.zarr", "theory.reduction=mean"])
+    assert config.grid.k == (2, 3) and config.store == "elsewhere.zarr" and config.theory.reduction == "mean"
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(cfg, ["grid.k"])
