@@ -259,7 +259,7 @@ def validate(raw: Any) -> SweepConfig:
             [
                 f"grid: {grid.n_points} points: expected at most batch.max_points = {batch.max_points}; "
                 "shrink an axis or raise batch.max_points"
-            ]  # fmt: skip
+            ]
         )
     return SweepConfig(name=name, store=store, grid=grid, theory=theory, batch=batch, cluster=cluster)
 

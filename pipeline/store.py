@@ -31,7 +31,7 @@ FORMAT = "clphase-store-1"
 PACKAGES = ("clphase", "numpy", "scipy", "cvxpy", "clarabel", "scs", "xarray", "zarr", "dask", "distributed", "torch")
 
 
-class StoreMismatch(InputError):
+class StoreMismatchError(InputError):
     """An existing store was made by a different config."""
 
     def __init__(self, path: str, fields: list[str]) -> None:
@@ -107,7 +107,7 @@ def prepare_store(path: str, config: SweepConfig) -> str:
     stored = json.loads(attrs["clphase_science"])
     fields = diff_science(stored, config.science())
     if fields:
-        raise StoreMismatch(path, fields)
+        raise StoreMismatchError(path, fields)
     return "resume"
 
 

@@ -39,16 +39,14 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     n_batches = {kind: grid.n_batches(kind) for kind in KINDS}
     pending = pending_batches(config, config.store) if mode == "resume" else None
     plan_s = time.perf_counter() - start
+    spec = grid.spec
+    axes = ", ".join(f"{d}={len(getattr(spec, d))}" for d in grid.coords() if not d.startswith("class"))
+    n_thresholds = len(spec.loss) * len(spec.n_major) * len(spec.n_minor) * len(spec.k)
+    batch_points = int(np.prod(list(grid.chunks("theory").values())))
     print(f"sweep {config.name!r} -> store {config.store} ({'resume' if pending else 'new store'})")
-    print(
-        f"grid: {grid.spec.n_points} points over {', '.join(f'{d}={len(getattr(grid.spec, d))}' for d in grid.coords() if not d.startswith('class'))}"
-    )
-    print(
-        f"theory points: {grid.spec.n_theory_points} in {n_batches['theory']} batches of <= {np.prod(list(grid.chunks('theory').values()))}"
-    )
-    print(
-        f"thresholds: {len(grid.spec.loss) * len(grid.spec.n_major) * len(grid.spec.n_minor) * len(grid.spec.k)} in {n_batches['threshold']} batches"
-    )
+    print(f"grid: {spec.n_points} points over {axes}")
+    print(f"theory points: {spec.n_theory_points} in {n_batches['theory']} batches of <= {batch_points}")
+    print(f"thresholds: {n_thresholds} in {n_batches['threshold']} batches")
     if pending is not None:
         print("pending batches: " + ", ".join(f"{k} {len(v)}" for k, v in pending.items()))
     n_workers = workers or config.cluster.n_workers or __import__("os").cpu_count()

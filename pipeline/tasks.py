@@ -19,7 +19,7 @@ def _empty(kind: str, shape: tuple[int, ...], C_max: int) -> dict[str, np.ndarra
     out = {}
     for name in kind_variables(kind):
         var = VARIABLES[name]
-        full_shape = shape + (C_max, C_max) if "class_i" in var.dims else shape
+        full_shape = (*shape, C_max, C_max) if "class_i" in var.dims else shape
         out[name] = np.full(full_shape, fill_value(var.dtype), dtype=var.dtype)
     return out
 
@@ -42,7 +42,7 @@ def run_theory_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]
             out["time_theory"][idx] = time.perf_counter() - start
             continue
         C = problem.C
-        out["gram_theory"][idx + (slice(0, C), slice(0, C))] = solution.G
+        out["gram_theory"][(*idx, slice(0, C), slice(0, C))] = solution.G
         out["objective_theory"][idx] = solution.objective
         out["cos_major_theory"][idx] = solution.a
         out["cos_cross_theory"][idx] = solution.b

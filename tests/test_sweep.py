@@ -120,7 +120,7 @@ def test_store_values_equal_direct_solver_calls(finished):
 
 
 def test_rerun_recomputes_nothing(finished, tmp_path):
-    cfg, store, _, _ = finished
+    cfg, _store, _, _ = finished
     log = tmp_path / "again.log"
     proc = clphase("run", str(cfg), "--workers", "1", env={"CLPHASE_TASK_LOG": str(log)})
     assert proc.returncode == 0 and "nothing to do" in proc.stdout
@@ -183,7 +183,7 @@ def test_interrupted_run_resumes_to_the_same_store(finished, tmp_path, sig):
     while len(keys(log)) < 8 and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "rerun the same command to resume" in err
     first = keys(log)
