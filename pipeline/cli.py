@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--scheduler-file", default=None, help="attach to the scheduler described by this file")
     p_status = sub.add_parser("status", help="done / failed / pending points of a store")
     p_status.add_argument("store", help="path of a results store")
+    p_plot = sub.add_parser("plot", help="phase diagrams, thresholds and Gram panels from a store")
+    p_plot.add_argument("store", help="path of a results store")
+    p_plot.add_argument("--out", default=None, help="output folder (default: figures/<store name>)")
+    p_plot.add_argument("--select", default=None, help="subset, e.g. 'loss=infonce(tau=1),n_minor=2'")
     return parser
 
 
@@ -146,7 +150,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status(args.store)
 
 
-COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold, "run": _cmd_run, "status": _cmd_status}
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.plots import write_figures
+
+    out = args.out or str(Path("figures") / Path(args.store.rstrip("/")).stem)
+    try:
+        report = write_figures(args.store, out, args.select)
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError("select", args.select, str(err).split(": expected ")[-1]) from None
+    for line in report["skipped"]:
+        print(f"skipped: {line}")
+    print(f"wrote {len(report['written'])} files to {out} in {report['seconds']:.1f} s")
+    return 0
+
+
+COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold, "run": _cmd_run, "status": _cmd_status, "plot": _cmd_plot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

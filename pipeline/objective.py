@@ -125,23 +125,29 @@ def class_objective(problem: Problem, G: np.ndarray) -> tuple[float, np.ndarray]
     return value.item(), D
 
 
-def certificate(problem: Problem, G: np.ndarray) -> tuple[float, float]:
+def gap_bound(G: np.ndarray, D: np.ndarray) -> float:
     """Duality-gap bound for a feasible G of the convex program over {G PSD, diag(G) = 1}.
 
     For any y with Z = sym(D) - Diag(y) PSD, convexity gives for every feasible H
     ``L(H) >= L(G) + <D, H - G> >= L(G) - <D, G> + sum(y)``. Taking y_i = (sym(D) G)_ii (exact at
     an optimum, where Z G = 0) and shifting y down by ``lambda_min(Z)^-`` makes Z PSD; the gap
-    L(G) - lower bound is then ``C * max(0, -lambda_min(Z))``. Independent of the solver used.
+    L(G) - lower bound is then ``C * max(0, -lambda_min(Z))``.
 
-    Returns
-    -------
-    value : float
-        L(G).
-    gap : float
-        Upper bound on L(G) - min L (absolute).
+    Parameters
+    ----------
+    G : (C, C) feasible Gram matrix.
+    D : (C, C) gradient (or subgradient) of L at G, row c for anchor c.
     """
-    value, D = class_objective(problem, G)
     D_sym = (D + D.T) / 2  # (C, C)
     y = np.einsum("ij,ji->i", D_sym, G)  # (C,)
     lam_min = np.linalg.eigvalsh(D_sym - np.diag(y))[0]
-    return value, problem.C * max(0.0, -float(lam_min))
+    return G.shape[0] * max(0.0, -float(lam_min))
+
+
+def certificate(problem: Problem, G: np.ndarray) -> tuple[float, float]:
+    """L(G) and the bound of :func:`gap_bound` from the class-level enumeration (solver-independent).
+
+    The enumeration has binom(k + C - 1, C - 1) terms per anchor: use it for small C and k.
+    """
+    value, D = class_objective(problem, G)
+    return value, gap_bound(G, D)

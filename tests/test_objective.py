@@ -91,3 +91,18 @@ def test_certificate_is_zero_only_at_the_optimum():
     value, gap = certificate(problem, np.eye(4))
     assert gap > 1e-2
     assert value - gap <= certificate(problem, etf)[0] + 1e-12  # a valid lower bound
+
+
+@pytest.mark.parametrize("negatives", ["marginal", "other"])
+@pytest.mark.parametrize("loss", ["infonce(tau=0.5)", "sumexp(tau=1)"])
+def test_group_gradient_equals_class_gradient(loss, negatives):
+    """The symmetric solver's certificate uses the group expectation; check it against the enumeration."""
+    from pipeline.symmetric import GroupModel
+
+    problem = Problem.create(loss, [3, 3, 3, 1, 1], 3, negatives, "mean")
+    model = GroupModel.from_problem(problem)
+    S = np.array([[-0.3, -0.2], [-0.2, 0.4]])
+    value, D = model.class_gradient(S)
+    value_ref, D_ref = class_objective(problem, model.gram(S))
+    assert value == pytest.approx(value_ref, rel=1e-13)
+    np.testing.assert_allclose(D, D_ref, rtol=1e-12)

@@ -1,0 +1,127 @@
+"""Analysis of a results store: phase labels, threshold curves, summaries (xarray in, xarray out).
+
+Imports neither torch nor cvxpy: it runs wherever the store can be opened.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from pipeline.results import STATUS_CODE
+
+PHASES = ("pending", "failed", "no_collapse", "minority_collapse", "disagreement", "not_applicable")
+PHASE_CODE = {name: code for code, name in enumerate(PHASES)}
+
+
+def select(ds: xr.Dataset, selection: str | None) -> xr.Dataset:
+    """Subset by a string such as ``'loss=infonce(tau=1),n_minor=2'`` (values matched as in the store).
+
+    Raises ValueError naming the dim or value that does not exist.
+    """
+    if not selection:
+        return ds
+    chosen: dict[str, list] = {}
+    for item in _split(selection):
+        dim, sep, raw = item.partition("=")
+        dim = dim.strip()
+        if not sep or dim not in ds.dims or dim.startswith("class"):
+            dims = ", ".join(d for d in ds.dims if not d.startswith("class"))
+            raise ValueError(f"--select {item!r}: expected dim=value with dim one of {dims}")
+        coord = ds[dim].values
+        matches = [v for v in coord if str(v) == raw.strip() or _numeric_equal(v, raw)]
+        if not matches:
+            raise ValueError(f"--select {dim}={raw!r}: expected one of {', '.join(map(str, coord))}")
+        chosen.setdefault(dim, []).extend(matches)
+    return ds.sel({d: v for d, v in chosen.items()})
+
+
+def _split(selection: str) -> list[str]:
+    """Split on commas outside parentheses (loss ids contain commas only inside them)."""
+    items, depth, current = [], 0, ""
+    for ch in selection:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*items, current]
+
+
+def _numeric_equal(value: object, raw: str) -> bool:
+    try:
+        return bool(np.isclose(float(value), float(raw), rtol=1e-9))
+    except (TypeError, ValueError):
+        return False
+
+
+def theory_phase(ds: xr.Dataset) -> xr.DataArray:
+    """Phase label code per theory point: pending, failed, no_collapse, minority_collapse, not_applicable.
+
+    Collapse comes from ``collapsed_theory`` (the optimality condition at c = 1), never from 1 - c.
+    """
+    done = ds.done_theory == 1
+    failed = ds.status_theory == STATUS_CODE["error"]
+    collapsed = ds.collapsed_theory
+    code = xr.where(collapsed == 1, PHASE_CODE["minority_collapse"], PHASE_CODE["no_collapse"])
+    code = xr.where(collapsed.isnull(), PHASE_CODE["not_applicable"], code)
+    code = xr.where(failed, PHASE_CODE["failed"], code)
+    code = xr.where(done, code, PHASE_CODE["pending"])
+    code.attrs = {"long_name": "phase", "flag_values": list(range(len(PHASES))), "flag_meanings": " ".join(PHASES)}
+    return code.rename("phase_theory")
+
+
+def minor_cosine(ds: xr.Dataset) -> xr.DataArray:
+    """Theory minority cosine c with pending and failed points as NaN (never drawn as values)."""
+    ok = (ds.done_theory == 1) & (ds.status_theory != STATUS_CODE["error"])
+    return ds.cos_minor_theory.where(ok)
+
+
+def threshold_curve(ds: xr.Dataset) -> xr.DataArray:
+    """R*(k) per (loss, n_major, n_minor): inf where none, NaN where pending or not applicable."""
+    done = ds.done_threshold == 1
+    ok = done & (ds.status_threshold == STATUS_CODE["optimal"])
+    return ds.R_threshold.where(ok)
+
+
+def thresholds_table(ds: xr.Dataset) -> list[dict[str, object]]:
+    """Rows of (loss, n_major, n_minor, k, R_star, status) for CSV export."""
+    curve = threshold_curve(ds).load()
+    status = ds.status_threshold.load()
+    done = ds.done_threshold.load()
+    names = {code: name for name, code in STATUS_CODE.items()}
+    rows = []
+    for loss in curve.loss.values:
+        for n_major in curve.n_major.values:
+            for n_minor in curve.n_minor.values:
+                for k in curve.k.values:
+                    point = {"loss": loss, "n_major": n_major, "n_minor": n_minor, "k": k}
+                    value = float(curve.sel(point))
+                    state = names[int(status.sel(point))] if int(done.sel(point)) else "pending"
+                    rows.append({**{key: (str(v) if key == "loss" else int(v)) for key, v in point.items()},
+                                 "R_star": value, "status": state})  # fmt: skip
+    return rows
+
+
+def phase_counts(ds: xr.Dataset) -> dict[str, int]:
+    """Number of theory points per phase label."""
+    code = theory_phase(ds).values
+    return {name: int((code == PHASE_CODE[name]).sum()) for name in PHASES}
+
+
+def gram_points(ds: xr.Dataset, loss: str, n_major: int, n_minor: int, k: int) -> list[tuple[str, float]]:
+    """Grid values of R below, at and above the threshold (nearest in log R) for Gram panels."""
+    R = ds.R.values
+    R_star = float(threshold_curve(ds).sel(loss=loss, n_major=n_major, n_minor=n_minor, k=k))
+    if not np.isfinite(R_star):
+        picks = [("low R", R[0]), ("middle R", R[len(R) // 2]), ("high R", R[-1])]
+    else:
+        log_R = np.log(R)
+
+        def nearest(x: float) -> float:
+            return float(R[np.argmin(np.abs(log_R - np.log(x)))])
+
+        picks = [("below R*", nearest(R_star / 4)), ("at R*", nearest(R_star)), ("above R*", nearest(R_star * 4))]
+    return [(label, float(value)) for label, value in picks]

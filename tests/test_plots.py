@@ -1,0 +1,105 @@
+"""Figures from a store: what is drawn equals what is stored; pending points are not drawn."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.analysis import PHASE_CODE, phase_counts, select, theory_phase
+from pipeline.config import validate
+from pipeline.graph import compute_and_write
+from pipeline.grid import Grid
+from pipeline.plots import phase_diagram, thresholds_figure, write_figures
+from pipeline.store import init_store, open_results
+
+
+@pytest.fixture(scope="module")
+def partial_store(tmp_path_factory):
+    """A store with every threshold and only some theory batches written (no cluster needed)."""
+    tmp = tmp_path_factory.mktemp("partial")
+    config = validate({
+        "name": "partial", "store": str(tmp / "partial.zarr"),
+        "grid": {"loss": ["infonce(tau=1)", "infonce(tau=0.5)"], "R": {"logspace": [0, 2.5, 8]},
+                 "n_major": [2, 3], "n_minor": [2], "k": [1, 4, 16]},
+        "batch": {"points": 4},
+    })  # fmt: skip
+    init_store(config.store, config)
+    grid = Grid(config)
+    for batch in grid.batches("threshold"):
+        compute_and_write(config, batch, config.store)
+    theory = list(grid.batches("theory"))
+    for batch in theory[::2]:
+        compute_and_write(config, batch, config.store)
+    return config.store
+
+
+def test_phase_diagram_draws_exactly_the_store(partial_store):
+    ds = open_results(partial_store).load()
+    for loss in ds.loss.values:
+        for n_major in (2, 3):
+            point = {"loss": loss, "n_major": n_major, "n_minor": 2}
+            _, drawn = phase_diagram(ds, str(loss), n_major, 2)
+            pending = (ds.done_theory.sel(point) == 0).transpose("R", "k").values
+            assert pending.any() and not pending.all()
+            assert drawn["mesh"].mask[pending].all()  # pending points are not drawn as values
+            stored = ds.cos_minor_theory.sel(point).transpose("R", "k").values
+            np.testing.assert_array_equal(drawn["mesh"].data[~pending], stored[~pending])
+            R_star = ds.R_threshold.sel(point).values
+            finite = np.isfinite(R_star)
+            np.testing.assert_array_equal(drawn["threshold"][0], ds.k.values[finite])
+            np.testing.assert_array_equal(drawn["threshold"][1], R_star[finite])
+            np.testing.assert_array_equal(drawn["no_threshold"], ds.k.values[np.isinf(R_star)])
+    assert np.isinf(ds.R_threshold.sel(n_major=3)).all()  # three majority classes: never collapses
+
+
+def test_thresholds_figure_matches_store(partial_store):
+    ds = open_results(partial_store).load()
+    _, drawn = thresholds_figure(ds)
+    assert drawn  # finite curves exist for n_major = 2
+    for label, (_k, R_star) in drawn.items():
+        loss = label.split(", ")[0]
+        stored = ds.R_threshold.sel(loss=loss, n_major=2, n_minor=2).values
+        np.testing.assert_array_equal(R_star, stored[np.isfinite(stored)])
+
+
+def test_phase_labels(partial_store):
+    ds = open_results(partial_store)
+    counts = phase_counts(ds)
+    assert counts["pending"] > 0 and counts["minority_collapse"] > 0 and counts["no_collapse"] > 0
+    phase = theory_phase(ds)
+    collapsed = (phase == PHASE_CODE["minority_collapse"]).values
+    assert (ds.collapsed_theory.values[collapsed] == 1).all()
+    assert sum(counts.values()) == phase.size
+
+
+def test_write_figures_and_select(partial_store, tmp_path):
+    report = write_figures(partial_store, tmp_path / "figs", "loss=infonce(tau=1),n_major=2")
+    names = {p.name for p in report["written"]}
+    assert {"phase_infonce-tau1_A2_B2.png", "phase_infonce-tau1_A2_B2.pdf", "thresholds.png", "thresholds.pdf",
+            "thresholds.csv", "summary.md"} <= names  # fmt: skip
+    assert any(n.startswith("gram_") and n.endswith(".pdf") for n in names)
+    assert report["skipped"] and "pending" in report["skipped"][0]
+    csv_text = (tmp_path / "figs" / "thresholds.csv").read_text()
+    assert csv_text.startswith("loss,n_major,n_minor,k,R_star,status") and "infonce(tau=0.5)" not in csv_text
+    assert "pending" in (tmp_path / "figs" / "summary.md").read_text()
+
+
+def test_bad_select_is_refused(partial_store):
+    with pytest.raises(ValueError, match="n_minor"):
+        select(open_results(partial_store), "n_minor=7")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "plot", partial_store, "--select", "colour=red"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "select" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_analysis_needs_neither_torch_nor_cvxpy(partial_store, tmp_path):
+    code = (
+        "import sys; from pipeline.plots import write_figures; "
+        f"write_figures({partial_store!r}, {str(tmp_path)!r}); "
+        "bad = [m for m in ('torch', 'cvxpy') if m in sys.modules]; assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
