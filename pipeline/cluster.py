@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from pipeline.config import SweepConfig
 from pipeline.errors import InputError
 
 # one thread per worker process: BLAS and torch must not oversubscribe the cores
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class ExitWithParent(WorkerPlugin):
+    """Ends a local worker process when the process that started it is gone (a SIGKILLed client).
+
+    Without it an orphaned worker can finish, or hang in, a task long after its client died.
+    """
+
+    name = "clphase-exit-with-parent"
+
+    def setup(self, worker) -> None:
+        parent = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @contextmanager
@@ -54,6 +76,7 @@ def connect(
         env=THREAD_ENV,
     )
     client = Client(cluster)
+    client.register_plugin(ExitWithParent())
     try:
         yield client
     finally:

@@ -177,18 +177,20 @@ def test_interrupted_run_resumes_to_the_same_store(finished, tmp_path, sig):
     cfg = write_config(tmp_path)
     log = tmp_path / "tasks.log"
     env = {**os.environ, "CLPHASE_TASK_LOG": str(log), "CLPHASE_BATCH_DELAY_S": "0.3"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "2"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + 120
-    while len(keys(log)) < 8 and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    _out, err = proc.communicate(timeout=60)
+    # output to a file: a pipe would stay open as long as any orphaned worker holds it
+    with open(tmp_path / "run.err", "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "2"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err_file, text=True)  # fmt: skip
+        deadline = time.time() + 120
+        while len(keys(log)) < 8 and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "rerun the same command to resume" in err
+        assert proc.returncode == 130 and "rerun the same command to resume" in (tmp_path / "run.err").read_text()
     first = keys(log)
     assert 8 <= len(first) < 40  # interrupted mid-run (40 batches in all)
-    time.sleep(1.0)  # orphaned workers (SIGKILL) finish their batch or die with the scheduler
+    time.sleep(1.5)  # orphaned workers (SIGKILL) notice within 0.5 s that their parent is gone
     first = keys(log)
     proc = clphase("run", str(cfg), "--workers", "2", env={"CLPHASE_TASK_LOG": str(log)})
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,197 @@
+"""Batched contrastive training (torch): many runs of one shape as one stacked tensor program.
+
+Each run minimises the same loss family as the theory, with sampled positives and k sampled
+negatives per anchor following the sampling model. Runs that share a shape (model, data, C, k,
+dim, psi/phi form, conventions) train together: parameters carry a leading run axis B, each run
+has its own class proportions p (so its own R), its own loss parameter (tau or margin) and its own
+initial seed, and Adam, being elementwise, keeps the runs independent.
+
+How R enters (documented convention): every class has ``samples_per_class`` samples, and anchors
+and negatives are drawn class-first with the run's exact proportions p (R = p_major / p_minor), so
+R is exact and no class is subsampled below two samples. Anchors are drawn class-balanced with
+importance weights C p_c (an unbiased estimate of the same loss with far more minority anchors, whose
+terms weigh O(p_minor^2) and would otherwise be drawn rarely); positives are another sample of the
+anchor's class; negatives are drawn from q = p (``marginal``) or p without the anchor's class (``other``).
+
+Models: ``ufm`` (one free embedding per sample, normalised: the setting of the theory) and ``mlp``
+(a two-layer encoder, output normalised) on ``gaussian`` (one isotropic component per class) or
+``digits`` (scikit-learn's bundled 8x8 digits, classes 0..C-1 with majority first; no download).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from pipeline.losses import Loss
+from pipeline.metrics import class_mean_gram, group_cosines, nc1
+
+MODELS = ("ufm", "mlp")
+DATASETS = ("gaussian", "digits")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Training settings shared by every run of a sweep.
+
+    Defaults train UFM InfoNCE runs at 4 classes to their class geometry in about a second on a CPU.
+    """
+
+    model: str = "ufm"
+    data: str = "gaussian"
+    steps: int = 600
+    lr: float = 0.05  # Adam; cosine decay to lr / 100
+    batch_size: int = 1024  # anchors per step
+    samples_per_class: int = 8
+    hidden: int = 64  # mlp width
+    input_dim: int = 32  # gaussian input dimension (digits: 64)
+    noise: float = 0.5  # gaussian within-class standard deviation
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a grid point and a seed."""
+
+    loss: Loss
+    p: np.ndarray  # (C,) class proportions, majority first
+    n_major: int
+    k: int
+    dim: int
+    seed: int
+    negatives: str = "marginal"
+    reduction: str = "sum"
+
+
+@dataclass
+class RunResult:
+    gram: np.ndarray  # (C, C) Gram of the normalised class means
+    cos_major: float
+    cos_cross: float
+    cos_minor: float
+    nc1: float
+    loss: float  # sampled loss averaged over the last 10% of steps
+    features: np.ndarray  # (N, d) final features
+    labels: np.ndarray  # (N,)
+    diverged: bool
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_data(spec: TrainSpec, C: int, seed: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """Inputs X (N, input) (None for UFM) and labels y (N,), ``samples_per_class`` per class."""
+    n = spec.samples_per_class
+    y = np.repeat(np.arange(C), n)  # (N,)
+    if spec.model == "ufm":
+        return None, y
+    rng = np.random.default_rng(seed)
+    if spec.data == "gaussian":
+        centres = rng.standard_normal((C, spec.input_dim))  # (C, D_in)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        X = centres[y] + spec.noise * rng.standard_normal((C * n, spec.input_dim)) / math.sqrt(spec.input_dim)
+        return X.astype(np.float32), y
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    if C > 10:
+        raise ValueError(f"digits has 10 classes; the grid point needs {C}")
+    X = np.concatenate([rng.permutation(digits.data[digits.target == c])[:n] for c in range(C)]) / 16.0
+    return X.astype(np.float32), y
+
+
+def _stack_param(runs: list[Run], device: torch.device) -> torch.Tensor:
+    return torch.tensor([r.loss.param for r in runs], dtype=torch.float32, device=device).view(-1, 1, 1)
+
+
+def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
+    """Train runs of one shape together; returns one result per run, in order.
+
+    All runs must share the loss form (psi, phi), C, n_major, k, dim and conventions.
+    """
+    first = runs[0]
+    C, k, d, B = first.p.size, first.k, first.dim, len(runs)
+    for r in runs:
+        same = (r.loss.psi_kind, r.loss.phi_kind, r.p.size, r.n_major, r.k, r.dim, r.negatives, r.reduction)
+        assert same == (first.loss.psi_kind, first.loss.phi_kind, C, first.n_major, k, d, first.negatives,
+                        first.reduction), "runs of one batch must share their shape"  # fmt: skip
+    device = pick_device(spec.device)
+    torch.manual_seed(sum(r.seed * 1_000_003**i for i, r in enumerate(runs)) % 2**63)
+    X, y = make_data(spec, C, first.seed)
+    n = spec.samples_per_class
+    N = C * n
+    gens = [torch.Generator().manual_seed(r.seed) for r in runs]
+    if spec.model == "ufm":
+        W = torch.stack([torch.randn(N, d, generator=g) for g in gens]).to(device).requires_grad_()  # (B, N, d)
+        params = [W]
+    else:
+        D_in = X.shape[1]
+        W1 = torch.stack([torch.randn(D_in, spec.hidden, generator=g) / math.sqrt(D_in) for g in gens])
+        W2 = torch.stack([torch.randn(spec.hidden, d, generator=g) / math.sqrt(spec.hidden) for g in gens])
+        W1, W2 = W1.to(device).requires_grad_(), W2.to(device).requires_grad_()  # (B, D_in, h), (B, h, d)
+        b1 = torch.zeros(B, 1, spec.hidden, device=device, requires_grad=True)
+        params = [W1, b1, W2]
+        X_t = torch.from_numpy(X).to(device)  # (N, D_in)
+
+    def features() -> torch.Tensor:
+        if spec.model == "ufm":
+            H = W  # (B, N, d)
+        else:
+            H = torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2  # (B, N, d)
+        return torch.nn.functional.normalize(H, dim=-1)
+
+    p = torch.tensor(np.stack([r.p for r in runs]), dtype=torch.float32, device=device)  # (B, C)
+    weight = p * C  # importance weights of class-balanced anchors, (B, C)
+    loss_fn = replace(first.loss, param=_stack_param(runs, device))
+    rho = 1.0 if first.reduction == "sum" else 1.0 / k
+    M = spec.batch_size
+    optimizer = torch.optim.Adam(params, lr=spec.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.steps, eta_min=spec.lr / 100)
+    tail = max(1, spec.steps // 10)
+    tail_loss = torch.zeros(B, device=device)
+    rows = torch.arange(B, device=device)[:, None]  # (B, 1)
+    for step in range(spec.steps):
+        F = features()  # (B, N, d)
+        y_a = torch.randint(C, (B, M), device=device)  # (B, M) class-balanced anchors
+        i_a = y_a * n + torch.randint(n, (B, M), device=device)
+        i_p = y_a * n + (i_a - y_a * n + torch.randint(1, n, (B, M), device=device)) % n  # another sample
+        if first.negatives == "marginal":
+            y_n = torch.multinomial(p, M * k, replacement=True).view(B, M, k)  # (B, M, k)
+        else:
+            q = p[:, None, :].expand(B, M, C).clone()  # (B, M, C)
+            q.scatter_(2, y_a[..., None], 0.0)
+            y_n = torch.multinomial(q.view(B * M, C), k, replacement=True).view(B, M, k)
+        i_n = y_n * n + torch.randint(n, (B, M, k), device=device)  # (B, M, k)
+        f_a = F[rows, i_a]  # (B, M, d)
+        f_p = F[rows, i_p]  # (B, M, d)
+        f_n = F[rows[..., None], i_n]  # (B, M, k, d)
+        z = torch.einsum("bmkd,bmd->bmk", f_n, f_a) - (f_a * f_p).sum(-1, keepdim=True)  # (B, M, k)
+        per_anchor = loss_fn.psi(rho * loss_fn.phi(z).sum(-1))  # (B, M)
+        per_run = (weight.gather(1, y_a) * per_anchor).mean(1)  # (B,)
+        optimizer.zero_grad(set_to_none=True)
+        per_run.sum().backward()
+        optimizer.step()
+        schedule.step()
+        if step >= spec.steps - tail:
+            tail_loss += per_run.detach() / tail
+    with torch.no_grad():
+        F = features().cpu().numpy().astype(np.float64)  # (B, N, d)
+    tail_loss = tail_loss.cpu().numpy()
+    results = []
+    for b, run in enumerate(runs):
+        H = F[b]
+        diverged = not (np.all(np.isfinite(H)) and np.isfinite(tail_loss[b]))
+        if diverged:
+            nan_g = np.full((C, C), np.nan)
+            results.append(RunResult(nan_g, math.nan, math.nan, math.nan, math.nan, float(tail_loss[b]), H, y, True))
+            continue
+        G = class_mean_gram(H, y, C)
+        a, b_cos, c = group_cosines(G, run.n_major)
+        results.append(RunResult(G, a, b_cos, c, nc1(H, y, C), float(tail_loss[b]), H, y, False))
+    return results
