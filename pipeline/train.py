@@ -19,8 +19,9 @@ How R enters (documented convention): every class has ``samples_per_class`` samp
 and negatives are drawn class-first with the run's exact proportions p (R = p_major / p_minor), so
 R is exact and no class is subsampled below two samples. Anchors are drawn class-balanced with
 importance weights C p_c, stratified (exactly M / C anchors of each class per step): the same loss
-with far more minority anchors, whose terms weigh O(p_minor^2), and no class-count noise; positives are another sample of the
-anchor's class; negatives are drawn from q = p (``marginal``) or p without the anchor's class (``other``).
+with far more minority anchors, whose terms weigh O(p_minor^2), and no class-count noise; positives
+are another sample of the anchor's class; negatives are drawn from q = p (``marginal``) or from p
+without the anchor's class (``other``).
 
 Models: ``ufm`` (one free embedding per sample, normalised: the setting of the theory) and ``mlp``
 (a two-layer encoder, output normalised) on ``gaussian`` (one isotropic component per class) or
@@ -159,9 +160,8 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
 
     def features() -> torch.Tensor:
         if spec.model == "ufm":
-            H = W  # (B, N, d)
-        else:
-            H = torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2  # (B, N, d)
+            return torch.nn.functional.normalize(W, dim=-1)  # (B, N, d)
+        H = torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2  # (B, N, d)
         return torch.nn.functional.normalize(H, dim=-1)
 
     p = torch.tensor(np.stack([r.p for r in runs]), dtype=torch.float32, device=device)  # (B, C)
