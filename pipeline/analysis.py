@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from pipeline.metrics import COLLAPSE_TOL
 from pipeline.results import STATUS_CODE
 
 PHASES = ("pending", "failed", "no_collapse", "minority_collapse", "disagreement", "not_applicable")
@@ -125,3 +126,50 @@ def gram_points(ds: xr.Dataset, loss: str, n_major: int, n_minor: int, k: int) -
 
         picks = [("below R*", nearest(R_star / 4)), ("at R*", nearest(R_star)), ("above R*", nearest(R_star * 4))]
     return [(label, float(value)) for label, value in picks]
+
+
+# --- training against theory ------------------------------------------------------------------
+
+
+def has_training(ds: xr.Dataset) -> bool:
+    return "cos_minor_train" in ds
+
+
+def train_collapsed(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
+    """Measured minority collapse per run: c_train >= 1 - tol (1.0 / 0.0), NaN where not trained."""
+    trained = ds.status_train == STATUS_CODE["trained"]
+    return xr.where(ds.cos_minor_train >= 1 - tol, 1.0, 0.0).where(trained)
+
+
+def train_phase(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
+    """Phase per training run: agreement with theory's collapse decision, or ``disagreement``.
+
+    A run agrees when its measured collapse (c_train >= 1 - tol) matches the theory's optimality
+    condition at the same point; the tolerance is stored in the result's attrs.
+    """
+    measured = train_collapsed(ds, tol)
+    theory = ds.collapsed_theory
+    code = xr.where(measured == 1, PHASE_CODE["minority_collapse"], PHASE_CODE["no_collapse"])
+    code = xr.where((measured != theory) & theory.notnull(), PHASE_CODE["disagreement"], code)
+    code = xr.where(ds.status_train == STATUS_CODE["not_applicable"], PHASE_CODE["not_applicable"], code)
+    code = xr.where(ds.status_train == STATUS_CODE["diverged"], PHASE_CODE["failed"], code)
+    code = xr.where(ds.done_train == 1, code, PHASE_CODE["pending"])
+    code.attrs = {"long_name": "training phase", "flag_values": list(range(len(PHASES))),
+                  "flag_meanings": " ".join(PHASES), "collapse_tol": tol}  # fmt: skip
+    return code.rename("phase_train")
+
+
+def agreement(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.Dataset:
+    """Per theory point and dim: c_train mean and spread over seeds, and the fraction of seeds agreeing."""
+    trained = ds.status_train == STATUS_CODE["trained"]
+    c = ds.cos_minor_train.where(trained)
+    agree = (train_collapsed(ds, tol) == ds.collapsed_theory).where(trained & ds.collapsed_theory.notnull())
+    return xr.Dataset(
+        {
+            "c_train_mean": c.mean("seed"),
+            "c_train_std": c.std("seed"),
+            "agree_fraction": agree.mean("seed"),
+            "n_trained": trained.sum("seed"),
+        },
+        attrs={"collapse_tol": tol},
+    )

@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 from distributed import Client, as_completed
 
 from pipeline.config import SweepConfig
-from pipeline.grid import KINDS, Batch, Grid
+from pipeline.grid import Batch, Grid, kinds
 from pipeline.results import STATUS_CODE
 from pipeline.store import batch_done, read_done, update_attrs, write_batch
 from pipeline.tasks import run_batch
@@ -35,14 +36,14 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str) -> dict:
     if log:
         with open(log, "a") as f:
             f.write(batch.key + "\n")
-    status = arrays.get("status_theory", arrays.get("status_threshold"))
+    status = arrays[f"status_{batch.kind}"]
     return {
         "key": batch.key,
         "kind": batch.kind,
         "points": batch.n_points,
         "compute_s": compute_s,
         "point_s": float(arrays["time_theory"].sum()) if "time_theory" in arrays else compute_s,
-        "failed": int((status == STATUS_CODE["error"]).sum()),
+        "failed": int(np.isin(status, [STATUS_CODE["error"], STATUS_CODE["diverged"]]).sum()),
     }
 
 
@@ -50,7 +51,7 @@ def pending_batches(config: SweepConfig, path: str) -> dict[str, list[Batch]]:
     """Batches whose done mask is not set, per kind."""
     grid = Grid(config)
     out = {}
-    for kind in KINDS:
+    for kind in kinds(config):
         done = read_done(path, kind)
         out[kind] = [b for b in grid.batches(kind) if not batch_done(done, b)]
     return out
@@ -118,16 +119,22 @@ def run_sweep(
     """
     start = time.perf_counter()
     pending = pending_batches(config, path)
-    todo: Iterator[Batch] = itertools.chain(pending["threshold"], pending["theory"])
-    total = sum(b.n_points for kind in KINDS for b in pending[kind])
+    todo: Iterator[Batch] = itertools.chain(
+        *(pending[kind] for kind in ("threshold", "theory", "train") if kind in pending)
+    )
+    total = sum(b.n_points for batch_list in pending.values() for b in batch_list)
     threads = sum(client.nthreads().values()) or 1
     window = window or max(4, 2 * threads)
     progress = Progress(total)
     summary = Summary()
 
+    # training goes to GPU workers when the cluster has any (dask resource GPU=1 per GPU worker)
+    has_gpu = any("GPU" in (w.get("resources") or {}) for w in client.scheduler_info()["workers"].values())
+
     def submit(batch: Batch):
+        resources = {"GPU": 1} if batch.kind == "train" and has_gpu else None
         return client.submit(compute_and_write, config, batch, path, key=f"{batch.key}-{config.science_hash()}",
-                             pure=False, retries=2)  # fmt: skip
+                             pure=False, retries=2, resources=resources)  # fmt: skip
 
     futures = as_completed([submit(b) for b in itertools.islice(todo, window)], with_results=False)
     try:
@@ -152,7 +159,7 @@ def run_sweep(
         futures.clear()
         raise
     summary.wall_s = time.perf_counter() - start
-    done_all = all(not pending_batches(config, path)[k] for k in KINDS)
+    done_all = not any(pending_batches(config, path).values())
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     update_attrs(path, updated_at=stamp, **({"completed_at": stamp} if done_all else {}))
     return summary

@@ -18,7 +18,13 @@ from pipeline.config import SweepConfig
 
 THEORY_DIMS = ("loss", "R", "n_major", "n_minor", "k")
 THRESHOLD_DIMS = ("loss", "n_major", "n_minor", "k")
-KINDS = ("theory", "threshold")
+TRAIN_DIMS = (*THEORY_DIMS, "dim", "seed")
+KINDS = ("theory", "threshold", "train")
+
+
+def kinds(config: SweepConfig) -> tuple[str, ...]:
+    """Task kinds of a sweep: training only when the config has a ``train`` section."""
+    return KINDS if config.train is not None else KINDS[:2]
 
 
 @dataclass(frozen=True)
@@ -91,10 +97,16 @@ class Grid:
             return {"loss": 1, "R": c_R, "n_major": 1, "n_minor": 1, "k": c_k}
         if kind == "threshold":
             return {"loss": 1, "n_major": 1, "n_minor": 1, "k": len(self.spec.k)}
+        if kind == "train":
+            # one task stacks R values x every seed of one shape (loss, classes, k, dim)
+            n_seed = len(self.spec.seed)
+            runs = self.config.train.runs_per_batch if self.config.train else 1
+            return {"loss": 1, "R": min(len(self.spec.R), max(1, runs // n_seed)), "n_major": 1, "n_minor": 1,
+                    "k": 1, "dim": 1, "seed": n_seed}  # fmt: skip
         raise ValueError(f"unknown task kind {kind!r}")
 
     def dims(self, kind: str) -> tuple[str, ...]:
-        return THEORY_DIMS if kind == "theory" else THRESHOLD_DIMS
+        return {"theory": THEORY_DIMS, "threshold": THRESHOLD_DIMS, "train": TRAIN_DIMS}[kind]
 
     def n_batches(self, kind: str) -> int:
         chunks = self.chunks(kind)

@@ -20,14 +20,20 @@ import numpy as np
 import xarray as xr
 
 from pipeline.analysis import (
+    PHASE_CODE,
     PHASES,
+    agreement,
     gram_points,
+    has_training,
     minor_cosine,
     phase_counts,
     select,
     threshold_curve,
     thresholds_table,
+    train_phase,
 )
+from pipeline.metrics import COLLAPSE_TOL
+from pipeline.results import STATUS_CODE
 
 COLUMN_IN = 3.4
 OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -80,15 +86,83 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
     if none.any():
         top = _edges(R)[-1]
         ax.plot(k[none], np.full(none.sum(), top), "^", color="#d55e00", ms=5, clip_on=False, label="R* = inf")
+    drawn = {"mesh": values, "threshold": (k[finite], curve.values[finite]), "no_threshold": k[none]}
+    if has_training(ds):
+        drawn["training"] = _training_markers(ds, ax, point)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("negatives per anchor k")
     ax.set_ylabel("imbalance ratio R = p_major / p_minor")
     ax.set_title(f"{loss}, K_A={n_major}, K_B={n_minor}")
     ax.set_xticks(k, [str(v) for v in k])
-    if finite.any() or none.any():
-        ax.legend(loc="lower right", frameon=True)
-    return fig, {"mesh": values, "threshold": (k[finite], curve.values[finite]), "no_threshold": k[none]}
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", frameon=True, fontsize=6)
+    return fig, drawn
+
+
+def _training_markers(ds: xr.Dataset, ax: plt.Axes, point: dict) -> dict[str, np.ndarray]:
+    """Mark trained (k, R) cells: circles where every trained run agrees with theory, crosses elsewhere.
+
+    Uses the largest trained dim; returns the marked (k, R) pairs per outcome.
+    """
+    phase = train_phase(ds).sel(point)  # (R, k, dim, seed)
+    trained = phase.isin([PHASE_CODE["minority_collapse"], PHASE_CODE["no_collapse"], PHASE_CODE["disagreement"]])
+    dims = [d for d in phase.dim.values if bool(trained.sel(dim=d).any())]
+    marks = {"agree": np.empty((0, 2)), "disagree": np.empty((0, 2))}
+    if not dims:
+        return marks
+    dim = max(dims)
+    phase, trained = phase.sel(dim=dim), trained.sel(dim=dim)
+    disagree = (phase == PHASE_CODE["disagreement"]).any("seed") & trained.any("seed")
+    agree = trained.any("seed") & ~disagree
+    grid_R, grid_k = xr.broadcast(ds.R, ds.k)
+    for name, mask, style in (("agree", agree, dict(marker="o", mfc="none", mec="white", ms=3.5, mew=0.8)),
+                              ("disagree", disagree, dict(marker="x", color="#CC79A7", ms=4.5, mew=1.2))):  # fmt: skip
+        m = mask.transpose("R", "k").values
+        pts = np.column_stack([grid_k.transpose("R", "k").values[m], grid_R.transpose("R", "k").values[m]])
+        marks[name] = pts
+        if len(pts):
+            label = f"training (d={dim}) {'agrees' if name == 'agree' else 'disagrees'}"
+            ax.plot(pts[:, 0], pts[:, 1], ls="none", label=label, **style)
+    return marks
+
+
+def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> plt.Figure:
+    """Theory against training: c_train (mean, spread over seeds) vs c_theory, and distance vs R."""
+    point = {"loss": loss, "n_major": n_major, "n_minor": n_minor}
+    stats = agreement(ds).sel(point)
+    c_theory = ds.cos_minor_theory.sel(point)
+    dist = ds.dist_to_theory.sel(point)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_IN * 2, 2.5), layout="constrained")
+    left.plot([-1, 1], [-1, 1], color="0.6", lw=0.8, label="training = theory")
+    for i, dim in enumerate(ds.dim.values):
+        mean = stats.c_train_mean.sel(dim=dim)
+        if not bool(mean.notnull().any()):
+            continue
+        color = OKABE_ITO[i % len(OKABE_ITO)]
+        x, y = xr.broadcast(c_theory, mean)
+        left.errorbar(x.values.ravel(), y.values.ravel(), yerr=stats.c_train_std.sel(dim=dim).values.ravel(),
+                      fmt="o", ms=2.5, color=color, lw=0.8, label=f"d = {dim}")  # fmt: skip
+        d_mean = dist.sel(dim=dim).mean("seed")
+        for k in ds.k.values:
+            series = d_mean.sel(k=k)
+            if bool(series.notnull().any()):
+                right.plot(ds.R.values, series.values, "o-", ms=2.5, lw=0.8, color=color, label=f"d = {dim}, k = {k}")
+    left.set_xlabel("minority cosine c, theory")
+    left.set_ylabel("c, training (mean ± sd, seeds)")
+    left.legend(fontsize=6)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("imbalance ratio R = p_major / p_minor")
+    right.set_ylabel("||G_train - G_theory||_F / C")
+    curve = threshold_curve(ds).sel(point)
+    for k in ds.k.values:
+        R_star = float(curve.sel(k=k))
+        if np.isfinite(R_star) and bool(dist.sel(k=k).notnull().any()):
+            right.axvline(R_star, color="0.5", ls="--", lw=0.8)
+    right.legend(fontsize=6)
+    fig.suptitle(f"theory vs training: {loss}, K_A={n_major}, K_B={n_minor} (dashed: R*)")
+    return fig
 
 
 def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
@@ -154,6 +228,14 @@ def write_figures(path: str, out: str | Path, selection: str | None = None) -> d
             skipped.append(f"{loss} K_A={n_major} K_B={n_minor}: {n_pending} theory points pending (hatched)")
         fig, _ = phase_diagram(ds, loss, n_major, n_minor)
         written += _save(fig, out, f"phase_{slug(loss)}_A{n_major}_B{n_minor}")
+        if has_training(ds):
+            trained = ds.status_train.sel(point) == STATUS_CODE["trained"]
+            if bool(trained.any()):
+                written += _save(training_figure(ds, loss, n_major, n_minor), out,
+                                 f"train_{slug(loss)}_A{n_major}_B{n_minor}")  # fmt: skip
+            n_train_pending = int((ds.done_train.sel(point) == 0).sum())
+            if n_train_pending:
+                skipped.append(f"{loss} K_A={n_major} K_B={n_minor}: {n_train_pending} training runs pending")
         k_mid = int(ds.k.values[len(ds.k) // 2])
         written += _save(gram_panels(ds, loss, n_major, n_minor, k_mid), out,
                          f"gram_{slug(loss)}_A{n_major}_B{n_minor}_k{k_mid}")  # fmt: skip
@@ -180,6 +262,12 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
         R_star = "inf" if np.isinf(row["R_star"]) else ("" if np.isnan(row["R_star"]) else f"{row['R_star']:.4g}")
         cells = [row["loss"], row["n_major"], row["n_minor"], row["k"], R_star, row["status"]]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    if has_training(ds):
+        phase = train_phase(ds).values
+        tol = COLLAPSE_TOL
+        lines += ["", f"Training runs (collapse measured as c_train >= 1 - {tol:g}):", "",
+                  "| phase | runs |", "|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {int((phase == PHASE_CODE[name]).sum())} |" for name in PHASES]
     if skipped:
         lines += ["", "Skipped (not drawn as values):", *[f"- {s}" for s in skipped]]
     path.write_text("\n".join(lines) + "\n")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATUS = ("pending", "optimal", "optimal_inaccurate", "local", "error", "not_applicable")
+STATUS = ("pending", "optimal", "optimal_inaccurate", "local", "error", "not_applicable", "trained", "diverged")
 STATUS_CODE = {name: code for code, name in enumerate(STATUS)}
 
 THEORY = ("loss", "R", "n_major", "n_minor", "k")
 CLASSES = ("class_i", "class_j")
 THRESHOLD = ("loss", "n_major", "n_minor", "k")
+TRAIN = (*THEORY, "dim", "seed")
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,21 @@ VARIABLES: dict[str, Variable] = {
     "R_threshold": Variable(THRESHOLD, "float64", "minority-collapse threshold R* (inf: none)", "1", "threshold"),
     "criterion_limit": Variable(THRESHOLD, "float64", "limit of g / p_minor^2 as R -> inf", "nats", "threshold"),
     "status_threshold": Variable(THRESHOLD, "int8", "threshold search status", "1", "threshold"),
+    "gram_train": Variable(TRAIN + CLASSES, "float64", "Gram matrix of the normalised trained class means (NaN padded)", "1", "train"),
+    "cos_major_train": Variable(TRAIN, "float64", "trained majority-majority cosine a", "1", "train"),
+    "cos_cross_train": Variable(TRAIN, "float64", "trained majority-minority cosine b", "1", "train"),
+    "cos_minor_train": Variable(TRAIN, "float64", "trained minority-minority cosine c", "1", "train"),
+    "nc1_train": Variable(TRAIN, "float64", "within-class variability tr(Sigma_W Sigma_B^+) / C (NC1)", "1", "train"),
+    "loss_train": Variable(TRAIN, "float64", "sampled training loss, mean of the last 10% of steps", "nats", "train"),
+    "objective_train": Variable(TRAIN, "float64", "class-collapsed loss L(G) at the trained Gram matrix", "nats", "train"),
+    "objective_rank": Variable(TRAIN, "float64", "rank-dim optimum of L (Burer-Monteiro; NaN when dim >= C)", "nats", "train"),
+    "dist_to_theory": Variable(TRAIN, "float64", "||G_train - G_theory||_F / C", "1", "train"),
+    "status_train": Variable(TRAIN, "int8", "training status", "1", "train"),
+    "time_train": Variable(TRAIN, "float64", "training wall time per run (batch time / runs)", "s", "train"),
 }  # fmt: skip
 
-DONE = {"theory": "done_theory", "threshold": "done_threshold"}
-KIND_DIMS = {"theory": THEORY, "threshold": THRESHOLD}
+DONE = {"theory": "done_theory", "threshold": "done_threshold", "train": "done_train"}
+KIND_DIMS = {"theory": THEORY, "threshold": THRESHOLD, "train": TRAIN}
 
 
 def kind_variables(kind: str) -> list[str]:

@@ -24,7 +24,7 @@ import zarr
 
 from pipeline.config import SweepConfig, diff_science
 from pipeline.errors import InputError
-from pipeline.grid import Batch, Grid
+from pipeline.grid import Batch, Grid, kinds
 from pipeline.results import DONE, KIND_DIMS, STATUS, VARIABLES, fill_value
 
 FORMAT = "clphase-store-1"
@@ -117,6 +117,8 @@ def init_store(path: str, config: SweepConfig) -> None:
     coords = grid.coords()
     data_vars = {}
     for name, var in VARIABLES.items():
+        if var.kind not in kinds(config):
+            continue
         chunks = grid.chunks(var.kind)
         shape = tuple(len(coords[d]) for d in var.dims)
         chunk_shape = tuple(chunks.get(d, len(coords[d])) for d in var.dims)
@@ -125,7 +127,8 @@ def init_store(path: str, config: SweepConfig) -> None:
         if name.startswith("status_"):
             attrs.update(flag_values=list(range(len(STATUS))), flag_meanings=" ".join(STATUS))
         data_vars[name] = (var.dims, array, attrs)
-    for kind, name in DONE.items():
+    for kind in kinds(config):
+        name = DONE[kind]
         dims = KIND_DIMS[kind]
         chunks = grid.chunks(kind)
         shape = tuple(len(coords[d]) for d in dims)

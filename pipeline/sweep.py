@@ -9,9 +9,19 @@ import numpy as np
 from pipeline.cluster import connect
 from pipeline.config import SweepConfig
 from pipeline.graph import pending_batches, run_sweep
-from pipeline.grid import KINDS, Grid
+from pipeline.grid import Grid, kinds
 from pipeline.results import STATUS_CODE
 from pipeline.store import init_store, open_results, prepare_store, read_done
+
+
+def n_train_runs(config: SweepConfig) -> int:
+    """Training runs selected by ``train.select`` (all grid points when empty)."""
+    spec = config.grid
+    sizes = [
+        len(config.train.select.get(d, getattr(spec, d)))
+        for d in ("loss", "R", "n_major", "n_minor", "k", "dim", "seed")
+    ]
+    return int(np.prod(sizes))
 
 
 def _estimate_point_s(config: SweepConfig) -> float:
@@ -36,7 +46,7 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     start = time.perf_counter()
     grid = Grid(config)
     mode = prepare_store(config.store, config)
-    n_batches = {kind: grid.n_batches(kind) for kind in KINDS}
+    n_batches = {kind: grid.n_batches(kind) for kind in kinds(config)}
     pending = pending_batches(config, config.store) if mode == "resume" else None
     plan_s = time.perf_counter() - start
     spec = grid.spec
@@ -47,6 +57,12 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     print(f"grid: {spec.n_points} points over {axes}")
     print(f"theory points: {spec.n_theory_points} in {n_batches['theory']} batches of <= {batch_points}")
     print(f"thresholds: {n_thresholds} in {n_batches['threshold']} batches")
+    if config.train is not None:
+        chunk = grid.chunks("train")
+        print(
+            f"training runs: {spec.n_points} (selected: {n_train_runs(config)}) in {n_batches['train']} batches "
+            f"of <= {chunk['R'] * chunk['seed']} stacked runs ({config.train.model}, {config.train.steps} steps)"
+        )
     if pending is not None:
         print("pending batches: " + ", ".join(f"{k} {len(v)}" for k, v in pending.items()))
     n_workers = workers or config.cluster.n_workers or __import__("os").cpu_count()
@@ -83,10 +99,12 @@ def status(path: str) -> int:
     ds = open_results(path)
     print(f"store {path}: {ds.attrs.get('title', '')}, created {ds.attrs.get('created_at', '?')}, "
           f"completed {ds.attrs.get('completed_at', 'no')}")  # fmt: skip
-    for kind, status_var in (("theory", "status_theory"), ("threshold", "status_threshold")):
+    for kind in ("theory", "threshold", "train"):
+        if f"status_{kind}" not in ds:
+            continue
         done = read_done(path, kind)
-        codes = ds[status_var].values
-        failed = int(((codes == STATUS_CODE["error"]) & done).sum())
+        codes = ds[f"status_{kind}"].values
+        failed = int((np.isin(codes, [STATUS_CODE["error"], STATUS_CODE["diverged"]]) & done).sum())
         print(f"{kind:>9}: {int(done.sum()) - failed} done, {failed} failed, {int((~done).sum())} pending "
               f"(of {done.size})")  # fmt: skip
     return 0

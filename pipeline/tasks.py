@@ -78,7 +78,74 @@ def run_threshold_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarr
     return out
 
 
-RUNNERS = {"theory": run_theory_batch, "threshold": run_threshold_batch}
+def _selected(config: SweepConfig, point: dict) -> bool:
+    for axis, values in config.train.select.items():
+        if point[axis] not in values and not any(
+            isinstance(v, float) and math.isclose(v, point[axis], rel_tol=1e-9) for v in values
+        ):
+            return False
+    return True
+
+
+def run_train_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
+    """Train every selected run of a batch as one stacked program and measure it against theory.
+
+    Runs share (loss, n_major, n_minor, k, dim) and differ in R and seed. Unselected points get
+    status ``not_applicable``; diverged runs get ``diverged`` and NaN values.
+    """
+    from pipeline.objective import class_objective, count_vectors
+    from pipeline.train import Run, train_runs
+
+    grid = Grid(config)
+    values = grid.values(batch)
+    out = _empty("train", batch.shape, grid.C_max)
+    theory = config.theory
+    dims = grid.dims("train")
+    runs, where, problems = [], [], {}
+    for idx in np.ndindex(*batch.shape):
+        point = {d: values[d][i].item() for d, i in zip(dims, idx, strict=True)}
+        if not _selected(config, point):
+            out["status_train"][idx] = STATUS_CODE["not_applicable"]
+            continue
+        problem = Problem.two_group(point["loss"], point["n_major"], point["n_minor"], point["R"], point["k"],
+                                    theory.negatives, theory.reduction)  # fmt: skip
+        problems[point["R"]] = problem
+        runs.append(Run(problem.loss, problem.p, point["n_major"], point["k"], point["dim"], point["seed"],
+                        theory.negatives, theory.reduction))  # fmt: skip
+        where.append((idx, point))
+    if not runs:
+        return out
+    start = time.perf_counter()
+    results = train_runs(runs, config.train)
+    per_run_s = (time.perf_counter() - start) / len(runs)
+    references: dict[float, tuple] = {}
+    for (idx, point), result in zip(where, results, strict=True):
+        problem = problems[point["R"]]
+        C, dim = problem.C, point["dim"]
+        out["time_train"][idx] = per_run_s
+        out["loss_train"][idx] = result.loss
+        if result.diverged:
+            out["status_train"][idx] = STATUS_CODE["diverged"]
+            continue
+        if point["R"] not in references:
+            G_theory = solve(problem, theory.solver).G
+            rank = solve(problem, "rank", dim=dim).objective if dim < C else math.nan
+            references[point["R"]] = (G_theory, rank)
+        G_theory, rank = references[point["R"]]
+        out["gram_train"][(*idx, slice(0, C), slice(0, C))] = result.gram
+        out["cos_major_train"][idx] = result.cos_major
+        out["cos_cross_train"][idx] = result.cos_cross
+        out["cos_minor_train"][idx] = result.cos_minor
+        out["nc1_train"][idx] = result.nc1
+        small = problem.loss.psi_linear or C * count_vectors(problem.k, C).shape[0] <= 200_000
+        out["objective_train"][idx] = class_objective(problem, result.gram)[0] if small else math.nan
+        out["objective_rank"][idx] = rank
+        out["dist_to_theory"][idx] = np.linalg.norm(result.gram - G_theory) / C
+        out["status_train"][idx] = STATUS_CODE["trained"]
+    return out
+
+
+RUNNERS = {"theory": run_theory_batch, "threshold": run_threshold_batch, "train": run_train_batch}
 
 
 def run_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:

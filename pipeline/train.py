@@ -36,39 +36,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from pipeline.config import TrainSpec
 from pipeline.losses import Loss
 from pipeline.metrics import class_mean_gram, group_cosines, nc1
 from pipeline.objective import count_vectors, multinomial_weights
-
-MODELS = ("ufm", "mlp")
-DATASETS = ("gaussian", "digits")
-ESTIMATORS = ("expected", "sampled")
-MAX_EXPECTED_TERMS = 20_000  # count vectors x classes for the expected estimator
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """Training settings shared by every run of a sweep.
-
-    The defaults bring UFM InfoNCE runs at 4 classes to the theory's geometry (c within 1e-3, also at
-    c = 1 above R*) in about a second per run on a CPU.
-    """
-
-    model: str = "ufm"
-    data: str = "gaussian"
-    steps: int = 1500
-    lr: float = 0.1  # Adam, cosine decay to lr * lr_final
-    lr_final: float = 0.3
-    # a short second-moment memory: the minority-minority force is O(p_minor^2), and with the default
-    # 0.999 Adam keeps dividing it by the O(p_minor) gradients of the first few hundred steps
-    betas: tuple[float, float] = (0.5, 0.9)
-    batch_size: int = 256  # anchors per step (rounded down to a multiple of C)
-    samples_per_class: int = 2
-    hidden: int = 64  # mlp width
-    input_dim: int = 32  # gaussian input dimension (digits: 64)
-    noise: float = 0.5  # gaussian within-class standard deviation
-    device: str = "auto"  # auto: cuda when available, else cpu
-    estimator: str = "expected"  # expected | sampled (see module docstring)
 
 
 @dataclass(frozen=True)

@@ -218,3 +218,29 @@ def test_config_overrides(tmp_path):
     assert config.grid.k == (2, 3) and config.store == "elsewhere.zarr" and config.theory.reduction == "mean"
     with pytest.raises(ConfigError, match="key=value"):
         load_config(cfg, ["grid.k"])
+
+
+def test_training_in_the_sweep(tmp_path):
+    """A train: section adds the training task kind; its variables land next to the theory's."""
+    axes = {"R": [1.0, 50.0], "n_major": [2], "n_minor": [2], "k": [4], "dim": [3, 8], "seed": [0, 1]}
+    axes["loss"] = ["infonce(tau=1)"]
+    cfg = write_config(tmp_path, **{f"grid.{key}": value for key, value in axes.items()})
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"] = {"steps": 300, "select": {"dim": [3, 8]}}
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = clphase("run", str(cfg), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    ds = open_results(tmp_path / "store.zarr")
+    for name in ("gram_train", "cos_minor_train", "nc1_train", "loss_train", "dist_to_theory", "status_train",
+                 "objective_train", "objective_rank"):  # fmt: skip
+        assert name in ds and ds[name].attrs["long_name"]
+    assert ds.gram_train.dims == ("loss", "R", "n_major", "n_minor", "k", "dim", "seed", "class_i", "class_j")
+    assert (ds.status_train == 6).all() and (ds.done_train == 1).all()  # all trained
+    balanced = ds.sel(R=1.0, dim=8).dist_to_theory
+    assert (balanced < 0.05).all()
+    # d = 3 < C = 4: the store holds the rank-3 optimum beside the trained objective
+    rank = ds.objective_rank.sel(dim=3)
+    assert rank.notnull().all() and ds.objective_rank.sel(dim=8).isnull().all()
+    assert (ds.objective_train.sel(dim=3) >= rank - 1e-6).all()
+    status = clphase("status", str(tmp_path / "store.zarr"))
+    assert "train: 8 done, 0 failed, 0 pending" in status.stdout
