@@ -129,11 +129,23 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
         params = [W1, b1, W2]
         X_t = torch.from_numpy(X).to(device)  # (N, D_in)
 
+    def unit(H: torch.Tensor) -> torch.Tensor:
+        return H * torch.rsqrt((H * H).sum(-1, keepdim=True) + 1e-30)  # cheaper than a division
+
     def features() -> torch.Tensor:
         if spec.model == "ufm":
-            return torch.nn.functional.normalize(W, dim=-1)  # (B, N, d)
-        H = torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2  # (B, N, d)
-        return torch.nn.functional.normalize(H, dim=-1)
+            return unit(W)  # (B, N, d)
+        return unit(torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2)  # (B, N, d)
+
+    offsets = (torch.arange(B, device=device) * N)[:, None]  # (B, 1): rows of run b in the flat (B * N, d)
+
+    def take(F: torch.Tensor, *indices: torch.Tensor) -> list[torch.Tensor]:
+        """F[b, index[b, ...]] for each index, through one index_select on the flattened features
+        (one gather, and one scatter-add in the backward pass, instead of one per index)."""
+        flat = torch.cat([i.reshape(B, -1) for i in indices], dim=1) + offsets  # (B, total)
+        rows_out = F.reshape(B * N, -1).index_select(0, flat.reshape(-1)).reshape(B, flat.shape[1], -1)
+        sizes = [i[0].numel() for i in indices]
+        return [part.reshape(*i.shape, -1) for part, i in zip(rows_out.split(sizes, dim=1), indices, strict=True)]
 
     p = torch.tensor(np.stack([r.p for r in runs]), dtype=torch.float32, device=device)  # (B, C)
     weight = p * C  # importance weights of class-balanced anchors, (B, C)
@@ -152,9 +164,9 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
         if first.loss.psi_linear:
             N_t = None
         else:
-            N = count_vectors(k, C).astype(np.float64)  # (Mc, C)
-            N_t = torch.tensor(N, dtype=torch.float32, device=device)
-            P_t = torch.stack([torch.tensor(multinomial_weights(N, qb), dtype=torch.float32)
+            counts = count_vectors(k, C).astype(np.float64)  # (Mc, C)
+            N_t = torch.tensor(counts, dtype=torch.float32, device=device)
+            P_t = torch.stack([torch.tensor(multinomial_weights(counts, qb), dtype=torch.float32)
                                for qb in q.cpu().double().numpy()]).to(device)  # (B, C, Mc)  # fmt: skip
     tail = max(1, spec.steps // 10)
     tail_loss = torch.zeros(B, device=device)
@@ -165,8 +177,6 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
         i_a = y_a * n + torch.randint(n, (B, M), device=device)
         shift = torch.randint(1, n, (B, M), device=device) if n > 1 else 0
         i_p = y_a * n + (i_a - y_a * n + shift) % n  # another sample of the class (itself when n = 1)
-        f_a = F[rows, i_a]  # (B, M, d)
-        f_p = F[rows, i_p]  # (B, M, d)
         if spec.estimator == "sampled":
             if first.negatives == "marginal":
                 y_n = torch.multinomial(p, M * k, replacement=True).view(B, M, k)  # (B, M, k)
@@ -175,12 +185,12 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
                 q_a.scatter_(2, y_a[..., None], 0.0)
                 y_n = torch.multinomial(q_a.view(B * M, C), k, replacement=True).view(B, M, k)
             i_n = y_n * n + torch.randint(n, (B, M, k), device=device)  # (B, M, k)
-            f_n = F[rows[..., None], i_n]  # (B, M, k, d)
+            f_a, f_p, f_n = take(F, i_a, i_p, i_n)  # (B, M, d), (B, M, d), (B, M, k, d)
             z = torch.einsum("bmkd,bmd->bmk", f_n, f_a) - (f_a * f_p).sum(-1, keepdim=True)  # (B, M, k)
             per_anchor = loss_fn.psi(rho * loss_fn.phi(z).sum(-1))  # (B, M)
         else:
             i_n = torch.arange(C, device=device) * n + torch.randint(n, (B, M, C), device=device)  # (B, M, C)
-            f_n = F[rows[..., None], i_n]  # (B, M, C, d): one negative sample per class
+            f_a, f_p, f_n = take(F, i_a, i_p, i_n)  # f_n (B, M, C, d): one negative sample per class
             z = torch.einsum("bmcd,bmd->bmc", f_n, f_a) - (f_a * f_p).sum(-1, keepdim=True)  # (B, M, C)
             q_a = q[rows, y_a]  # (B, M, C)
             if N_t is None:  # psi linear: E[sum_i phi] = k sum_j q_j phi_j
