@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--workers", default=None, help="number of local worker processes (default: one per core)")
     p_run.add_argument("--scheduler-address", default=None, help="attach to a running dask scheduler")
     p_run.add_argument("--scheduler-file", default=None, help="attach to the scheduler described by this file")
+    p_run.add_argument("--cluster", default=None, help="profile of cluster/jobqueue.yaml (default: cluster.kind)")
     p_status = sub.add_parser("status", help="done / failed / pending points of a store")
     p_status.add_argument("store", help="path of a results store")
     p_plot = sub.add_parser("plot", help="phase diagrams, thresholds and Gram panels from a store")
@@ -137,7 +138,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.sweep import dry_run, run
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"cluster.kind={args.cluster}"] if args.cluster else [])
+    config = load_config(args.config, overrides)
     workers = None if args.workers is None else _to_int("workers", args.workers, 1)
     if args.dry_run:
         return dry_run(config, workers)
@@ -173,7 +175,13 @@ COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold, "run": _cmd_run, "
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clphase`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options: `run CONFIG --dry-run grid.k=[1]`
+    if args.command == "run" and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except InputError as err:

@@ -1,21 +1,32 @@
-"""Where the tasks run: a LocalCluster by default, or an existing scheduler."""
+"""Where the tasks run: a LocalCluster (default), a dask-jobqueue SLURM profile, or an existing scheduler.
+
+Profiles live in ``cluster/jobqueue.yaml``; each overrides dask-jobqueue's ``jobqueue.slurm``
+defaults and is selected with ``clphase run CONFIG --cluster PROFILE`` (``cluster.kind``).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+import dask
+import yaml
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pipeline.config import SweepConfig
+from pipeline.config import ClusterSpec, SweepConfig
 from pipeline.errors import InputError
 
 # one thread per worker process: BLAS and torch must not oversubscribe the cores
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+DEFAULT_PROFILES = Path(__file__).resolve().parents[1] / "cluster" / "jobqueue.yaml"
+_SAFE = re.compile(r"[A-Za-z0-9_.,:@+=/-]+")
 
 
 class ExitWithParent(WorkerPlugin):
@@ -37,6 +48,79 @@ class ExitWithParent(WorkerPlugin):
         threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def sbatch_quote(field: str, value: str) -> str:
+    """A value for an ``#SBATCH --opt=VALUE`` line: bare when safe, else quoted the way sbatch parses.
+
+    sbatch reads a quoted argument up to the matching quote, without escapes, so a value holding
+    both quote characters (or a newline) cannot be written and is refused.
+
+    Examples
+    --------
+    >>> sbatch_quote("cluster.queue", "gpu-a100")
+    'gpu-a100'
+    >>> sbatch_quote("cluster.account", "my lab")
+    '"my lab"'
+    """
+    if _SAFE.fullmatch(value):
+        return value
+    if "\n" in value or ("'" in value and '"' in value):
+        raise InputError(field, value, "a name without newlines that does not hold both ' and \"")
+    return f"'{value}'" if '"' in value else f'"{value}"'
+
+
+def load_profiles(path: str | Path | None = None) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """The profiles file and its ``jobqueue`` mapping (profile name -> dask-jobqueue settings)."""
+    path = Path(path) if path else DEFAULT_PROFILES
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise InputError("cluster.profiles", str(path), f"a readable profiles file ({err.strerror})") from None
+    profiles = raw.get("jobqueue") if isinstance(raw, dict) else None
+    if not isinstance(profiles, dict):
+        raise InputError("cluster.profiles", str(path), "a YAML file with a 'jobqueue:' mapping of profiles")
+    return path, profiles
+
+
+def jobqueue_settings(spec: ClusterSpec) -> dict[str, Any]:
+    """dask-jobqueue settings of the profile ``spec.kind``, with the run's queue/account/interface."""
+    import dask_jobqueue  # noqa: F401 - registers the jobqueue.* defaults with dask.config
+
+    path, profiles = load_profiles(spec.profiles)
+    if spec.kind not in profiles:
+        choices = ", ".join(["local", *profiles])
+        raise InputError("cluster.kind", spec.kind, f"one of {choices} (profiles in {path})")
+    settings = {**dask.config.get("jobqueue.slurm"), **(profiles[spec.kind] or {})}
+    directives = list(settings.get("job-extra-directives") or [])
+    for flag, key, value in (("--partition", "queue", spec.queue), ("--account", "account", spec.account)):
+        value = value if value is not None else settings.get(key)
+        if value:
+            directives.append(f"{flag}={sbatch_quote(f'cluster.{key}', str(value))}")
+        settings[key] = None  # written above, quoted, instead of dask-jobqueue's bare -p / -A
+    settings["job-extra-directives"] = directives
+    if spec.interface:
+        settings["interface"] = spec.interface
+    settings["scheduler-options"] = {"dashboard_address": "127.0.0.1:0", **(settings.get("scheduler-options") or {})}
+    return settings
+
+
+def make_jobqueue_cluster(spec: ClusterSpec, log_directory: str | None = None):
+    """A SLURMCluster from a profile (not yet scaled)."""
+    from dask_jobqueue import SLURMCluster
+
+    settings = jobqueue_settings(spec)
+    if log_directory and not settings.get("log-directory"):
+        settings["log-directory"] = log_directory
+    # set globally, not in a context: dask-jobqueue reads its section again when it scales and closes
+    dask.config.set({f"jobqueue.{spec.kind}": settings})
+    return SLURMCluster(config_name=spec.kind)
+
+
+def max_workers(spec: ClusterSpec) -> int:
+    """Most worker processes a job-queue cluster may reach (sizes the window of tasks in flight)."""
+    settings = jobqueue_settings(spec)
+    return spec.max_jobs * int(settings.get("processes") or 1)
+
+
 @contextmanager
 def connect(
     config: SweepConfig,
@@ -49,9 +133,10 @@ def connect(
     Parameters
     ----------
     config : SweepConfig
-        ``cluster.kind`` 'local' starts a LocalCluster bound to 127.0.0.1.
+        ``cluster.kind`` 'local' starts a LocalCluster bound to 127.0.0.1; a profile name starts a
+        SLURMCluster that scales adaptively up to ``cluster.max_jobs`` jobs.
     n_workers : int, optional
-        Overrides ``cluster.n_workers`` (default: one per core).
+        Overrides ``cluster.n_workers`` (default: one per core) for a LocalCluster.
     scheduler_address, scheduler_file : str, optional
         Attach to a running scheduler instead of starting one.
     """
@@ -62,21 +147,24 @@ def connect(
         finally:
             client.close()
         return
-    if config.cluster.kind != "local":
-        raise InputError(
-            "cluster.kind", config.cluster.kind, "'local' (job-queue profiles arrive with the cluster module)"
+    spec = config.cluster
+    if spec.kind == "local":
+        workers = n_workers or spec.n_workers or os.cpu_count() or 1
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=spec.threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            env=THREAD_ENV,
         )
-    workers = n_workers or config.cluster.n_workers or os.cpu_count() or 1
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=config.cluster.threads_per_worker,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        env=THREAD_ENV,
-    )
+    else:
+        logs = str(Path(config.store).resolve().parent / "clphase-logs")
+        cluster = make_jobqueue_cluster(spec, logs)
+        cluster.adapt(minimum_jobs=1, maximum_jobs=spec.max_jobs)
     client = Client(cluster)
-    client.register_plugin(ExitWithParent())
+    if spec.kind == "local":
+        client.register_plugin(ExitWithParent())
     try:
         yield client
     finally:

@@ -102,6 +102,10 @@ class ClusterSpec:
     n_workers: int | None = None  # None: one per core
     threads_per_worker: int = 1  # solvers and torch run single-threaded per worker
     max_jobs: int = 16  # upper bound of adaptive scaling on a job queue
+    queue: str | None = None  # SLURM partition (None: the profile's)
+    account: str | None = None  # SLURM account (None: the profile's)
+    interface: str | None = None  # network interface of scheduler and workers (None: the profile's)
+    profiles: str | None = None  # profiles file (None: cluster/jobqueue.yaml)
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,10 @@ def validate(raw: Any) -> SweepConfig:
             "cluster.threads_per_worker", cluster_raw.get("threads_per_worker", 1), 1, problems
         ),
         max_jobs=_int_field("cluster.max_jobs", cluster_raw.get("max_jobs", 16), 1, problems),
+        queue=_optional_str("cluster.queue", cluster_raw.get("queue"), problems),
+        account=_optional_str("cluster.account", cluster_raw.get("account"), problems),
+        interface=_optional_str("cluster.interface", cluster_raw.get("interface"), problems),
+        profiles=_optional_str("cluster.profiles", cluster_raw.get("profiles"), problems),
     )
     train = None
     if raw.get("train") is not None:
@@ -299,6 +307,17 @@ def validate(raw: Any) -> SweepConfig:
             ]
         )
     return SweepConfig(name=name, store=store, grid=grid, theory=theory, batch=batch, cluster=cluster, train=train)
+
+
+def _optional_str(where: str, value: Any, problems: list[str]) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value or "\n" in value or "\x00" in value:
+        problems.append(f"{where}: {value!r}: expected a one-line string or null")
+        return None
+    return value
 
 
 def _positive_number(where: str, value: Any, problems: list[str]) -> float:

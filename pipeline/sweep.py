@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from pipeline.cluster import connect
+from pipeline.cluster import connect, jobqueue_settings, make_jobqueue_cluster, max_workers
 from pipeline.config import SweepConfig
 from pipeline.graph import pending_batches, run_sweep
 from pipeline.grid import Grid, kinds
@@ -70,11 +70,20 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     estimate = point_s * grid.spec.n_theory_points / n_workers
     print(f"estimate: {point_s * 1e3:.1f} ms per theory point -> about {estimate:.0f} s on {n_workers} workers")
     print(f"planned in {plan_s:.3f} s")
+    if config.cluster.kind != "local":
+        cluster = make_jobqueue_cluster(config.cluster)
+        try:
+            print(f"job script for cluster profile {config.cluster.kind!r} (up to {config.cluster.max_jobs} jobs):")
+            print(cluster.job_script())
+        finally:
+            cluster.close()
     return 0
 
 
 def run(config: SweepConfig, workers: int | None, scheduler_address: str | None, scheduler_file: str | None) -> int:
     """Run or resume the sweep; exit code 0 when every batch is written, 1 when some failed."""
+    if config.cluster.kind != "local":
+        jobqueue_settings(config.cluster)  # a bad profile or hostile queue name: refuse before any write
     mode = prepare_store(config.store, config)
     if mode == "new":
         init_store(config.store, config)
@@ -87,7 +96,8 @@ def run(config: SweepConfig, workers: int | None, scheduler_address: str | None,
         return 0
     with connect(config, workers, scheduler_address, scheduler_file) as client:
         print(f"dask dashboard: {client.dashboard_link}")
-        summary = run_sweep(config, config.store, client)
+        window = None if config.cluster.kind == "local" else 2 * max_workers(config.cluster)
+        summary = run_sweep(config, config.store, client, window=window)
     print(f"done: {summary.batches} batches, {summary.points} points in {summary.wall_s:.1f} s; "
           f"failed points: {summary.failed_points}; failed batches: {len(summary.failed_batches)}")  # fmt: skip
     print(f"open with: import pipeline; ds = pipeline.open_results({config.store!r})")
