@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--scheduler-address", default=None, help="attach to a running dask scheduler")
     p_run.add_argument("--scheduler-file", default=None, help="attach to the scheduler described by this file")
     p_run.add_argument("--cluster", default=None, help="profile of cluster/jobqueue.yaml (default: cluster.kind)")
+    p_run.add_argument(
+        "--retry-failed", action="store_true", help="recompute the points whose status is error/diverged"
+    )
     p_status = sub.add_parser("status", help="done / failed / pending points of a store")
     p_status.add_argument("store", help="path of a results store")
     p_plot = sub.add_parser("plot", help="phase diagrams, thresholds and Gram panels from a store")
@@ -143,7 +146,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     workers = None if args.workers is None else _to_int("workers", args.workers, 1)
     if args.dry_run:
         return dry_run(config, workers)
-    return run(config, workers, args.scheduler_address, args.scheduler_file)
+    return run(config, workers, args.scheduler_address, args.scheduler_file, args.retry_failed)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

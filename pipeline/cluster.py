@@ -108,8 +108,8 @@ def make_jobqueue_cluster(spec: ClusterSpec, log_directory: str | None = None):
     from dask_jobqueue import SLURMCluster
 
     settings = jobqueue_settings(spec)
-    if log_directory and not settings.get("log-directory"):
-        settings["log-directory"] = log_directory
+    if log_directory and not settings.get("log-directory") and _SAFE.fullmatch(log_directory):
+        settings["log-directory"] = log_directory  # written unquoted into #SBATCH -e/-o lines
     # set globally, not in a context: dask-jobqueue reads its section again when it scales and closes
     dask.config.set({f"jobqueue.{spec.kind}": settings})
     return SLURMCluster(config_name=spec.kind)

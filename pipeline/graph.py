@@ -16,26 +16,40 @@ import numpy as np
 from distributed import Client, as_completed
 
 from pipeline.config import SweepConfig
+from pipeline.faults import kill_point
 from pipeline.grid import Batch, Grid, kinds
 from pipeline.results import STATUS_CODE
-from pipeline.store import batch_done, read_done, update_attrs, write_batch
+from pipeline.store import batch_done, read_batch, read_done, update_attrs, write_batch
 from pipeline.tasks import run_batch
 
 TASK_LOG_ENV = "CLPHASE_TASK_LOG"  # file to which every computed batch appends its key (tests)
 DELAY_ENV = "CLPHASE_BATCH_DELAY_S"  # extra seconds per batch, to interrupt sweeps mid-run (tests)
 
 
-def compute_and_write(config: SweepConfig, batch: Batch, path: str) -> dict:
-    """The task: compute one batch, write its chunk and then its done mask; report timings."""
+FAILED = (STATUS_CODE["error"], STATUS_CODE["diverged"])
+
+
+def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed: bool = False) -> dict:
+    """The task: compute one batch, write its chunk and then its done mask; report timings.
+
+    ``only_failed`` recomputes just the batch's points with a failed status and keeps the others.
+    """
     start = time.perf_counter()
-    arrays = run_batch(config, batch)
+    only = None
+    if only_failed:
+        existing = read_batch(path, batch)
+        only = np.isin(existing[f"status_{batch.kind}"], FAILED)
+    arrays = run_batch(config, batch, only)
+    if only is not None:
+        for name, values in arrays.items():
+            values[~only] = existing[name][~only]
     compute_s = time.perf_counter() - start
     time.sleep(float(os.environ.get(DELAY_ENV, "0")))
-    write_batch(path, batch, arrays)
+    write_batch(path, batch, arrays, between=lambda: kill_point("write", kill_parent=True))
     log = os.environ.get(TASK_LOG_ENV)
     if log:
         with open(log, "a") as f:
-            f.write(batch.key + "\n")
+            f.write(f"{batch.key} {batch.n_points if only is None else int(only.sum())}\n")
     status = arrays[f"status_{batch.kind}"]
     return {
         "key": batch.key,
@@ -107,6 +121,7 @@ def run_sweep(
     client: Client,
     window: int | None = None,
     on_result: Callable[[dict], None] | None = None,
+    retry: list[Batch] | None = None,
 ) -> Summary:
     """Run every pending batch of the store at ``path`` on ``client``.
 
@@ -119,10 +134,12 @@ def run_sweep(
     """
     start = time.perf_counter()
     pending = pending_batches(config, path)
-    todo: Iterator[Batch] = itertools.chain(
-        *(pending[kind] for kind in ("threshold", "theory", "train") if kind in pending)
+    retry = retry or []
+    ordered = [pending[kind] for kind in ("threshold", "theory", "train") if kind in pending]
+    todo: Iterator[tuple[Batch, bool]] = itertools.chain(
+        ((b, True) for b in retry), ((b, False) for batches in ordered for b in batches)
     )
-    total = sum(b.n_points for batch_list in pending.values() for b in batch_list)
+    total = sum(b.n_points for batches in ordered for b in batches) + sum(b.n_points for b in retry)
     threads = sum(client.nthreads().values()) or 1
     window = window or max(4, 2 * threads)
     progress = Progress(total)
@@ -131,12 +148,14 @@ def run_sweep(
     # training goes to GPU workers when the cluster has any (dask resource GPU=1 per GPU worker)
     has_gpu = any("GPU" in (w.get("resources") or {}) for w in client.scheduler_info()["workers"].values())
 
-    def submit(batch: Batch):
+    def submit(item: tuple[Batch, bool]):
+        batch, only_failed = item
         resources = {"GPU": 1} if batch.kind == "train" and has_gpu else None
-        return client.submit(compute_and_write, config, batch, path, key=f"{batch.key}-{config.science_hash()}",
-                             pure=False, retries=2, resources=resources)  # fmt: skip
+        key = f"{batch.key}-{'retry-' if only_failed else ''}{config.science_hash()}"
+        return client.submit(compute_and_write, config, batch, path, only_failed, key=key, pure=False, retries=2,
+                             resources=resources)  # fmt: skip
 
-    futures = as_completed([submit(b) for b in itertools.islice(todo, window)], with_results=False)
+    futures = as_completed([submit(item) for item in itertools.islice(todo, window)], with_results=False)
     try:
         for future in futures:
             if future.status == "error":
@@ -151,6 +170,7 @@ def run_sweep(
                 progress.update(report["points"])
                 if on_result:
                     on_result(report)
+                kill_point("sweep")
             future.release()
             nxt = next(todo, None)
             if nxt is not None:
@@ -160,6 +180,7 @@ def run_sweep(
         raise
     summary.wall_s = time.perf_counter() - start
     done_all = not any(pending_batches(config, path).values())
+    kill_point("finalize")
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     update_attrs(path, updated_at=stamp, **({"completed_at": stamp} if done_all else {}))
     return summary

@@ -37,6 +37,7 @@ VARIABLES: dict[str, Variable] = {
     "collapsed_theory": Variable(THEORY, "float64", "minority collapse from the optimality condition (1 yes, 0 no, NaN n/a)", "1", "theory"),
     "status_theory": Variable(THEORY, "int8", "theory solve status", "1", "theory"),
     "time_theory": Variable(THEORY, "float64", "solve wall time", "s", "theory"),
+    "fallback_theory": Variable(THEORY, "int8", "1 where the fallback solver produced the point (the configured one raised)", "1", "theory"),
     "R_threshold": Variable(THRESHOLD, "float64", "minority-collapse threshold R* (inf: none)", "1", "threshold"),
     "criterion_limit": Variable(THRESHOLD, "float64", "limit of g / p_minor^2 as R -> inf", "nats", "threshold"),
     "status_threshold": Variable(THRESHOLD, "int8", "threshold search status", "1", "threshold"),

@@ -12,6 +12,8 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
+import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +26,7 @@ import zarr
 
 from pipeline.config import SweepConfig, diff_science
 from pipeline.errors import InputError
+from pipeline.faults import kill_point
 from pipeline.grid import Batch, Grid, kinds
 from pipeline.results import DONE, KIND_DIMS, STATUS, VARIABLES, fill_value
 
@@ -151,11 +154,34 @@ def init_store(path: str, config: SweepConfig) -> None:
         provenance=json.dumps(provenance()),
         created_at=_now(),
     )
-    ds.to_zarr(path, mode="w-", compute=False, consolidated=False, zarr_format=3)
+    # written next to its final place and moved there in one rename: a killed run leaves either no
+    # store or a complete template, never half a template
+    for stale in Path(path).parent.glob(f"{Path(path).name}.partial-*"):  # left by killed runs
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and _alive(int(pid))) or int(pid) == os.getpid():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(f"{path}.partial-{os.getpid()}")
+    ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, zarr_format=3)
+    kill_point("template")
+    os.replace(tmp, path)
 
 
-def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray]) -> None:
-    """Write one batch's chunk of every variable of its kind, then its block of the done mask."""
+def read_batch(path: str, batch: Batch) -> dict[str, np.ndarray]:
+    """The stored values of every variable of a batch's kind over its region."""
+    group = zarr.open_group(path, mode="r")
+    region = batch.slices
+    out = {}
+    for name, var in VARIABLES.items():
+        if var.kind == batch.kind:
+            out[name] = np.asarray(group[name][tuple(region.get(d, slice(None)) for d in var.dims)])
+    return out
+
+
+def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=None) -> None:
+    """Write one batch's chunk of every variable of its kind, then its block of the done mask.
+
+    ``between`` is called after the data and before the mask (fault injection).
+    """
     region = batch.slices
     data_vars = {}
     for name, values in arrays.items():
@@ -163,16 +189,176 @@ def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray]) -> None:
         data_vars[name] = (dims, values)
     ds = xr.Dataset(data_vars)
     full_region = {d: region.get(d, slice(None)) for d in ds.dims}
-    ds.to_zarr(path, region=full_region, consolidated=False)
+    # write_empty_chunks: a chunk of fill values (an all-NaN column) must exist on disk, so that a
+    # missing chunk behind a set done mask always means damage
+    ds.to_zarr(path, region=full_region, consolidated=False, write_empty_chunks=True)
+    if between is not None:
+        between()
     dims = KIND_DIMS[batch.kind]
     done = xr.Dataset({DONE[batch.kind]: (dims, np.ones(batch.shape, dtype="int8"))})
-    done.to_zarr(path, region={d: region[d] for d in dims}, consolidated=False)
+    done.to_zarr(path, region={d: region[d] for d in dims}, consolidated=False, write_empty_chunks=True)
 
 
 def read_done(path: str, kind: str) -> np.ndarray:
-    """Completion mask of a kind as a boolean array over its dims."""
+    """Completion mask of a kind as a boolean array over its dims.
+
+    A mask chunk that cannot be read (a run killed while writing it) counts as not done.
+    """
+    array = zarr.open_group(path, mode="r")[DONE[kind]]
+    try:
+        return np.asarray(array[...]) == 1
+    except Exception:  # fall back to chunk by chunk
+        pass
+    done = np.zeros(array.shape, dtype=bool)
+    for block in np.ndindex(*array.cdata_shape):
+        bounds = zip(block, array.chunks, array.shape, strict=True)
+        region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in bounds)
+        try:
+            done[region] = np.asarray(array[region]) == 1
+        except Exception:  # damaged chunk: recompute its batch
+            continue
+    return done
+
+
+def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray) -> list[Batch]:
+    """Batches marked done whose data chunks are missing or unreadable (deleted or truncated files).
+
+    A deleted chunk would otherwise read back as fill values (NaN) behind a set done mask.
+    """
     group = zarr.open_group(path, mode="r")
-    return np.asarray(group[DONE[kind]][...]) == 1
+    names = [name for name, var in VARIABLES.items() if var.kind == kind]
+    arrays = {}
+    broken_vars = []
+    for name in names:
+        try:
+            arrays[name] = group[name]
+        except Exception:  # unreadable metadata: every batch of the variable
+            broken_vars.append(name)
+    out = []
+    for batch in Grid(config).batches(kind):
+        if not batch_done(done, batch):
+            continue
+        if broken_vars:
+            out.append(batch)
+            continue
+        for array in arrays.values():
+            if not _chunk_exists(array, _chunk_key(array, batch)):
+                out.append(batch)
+                break
+            try:
+                array[tuple(s for _, s in batch.region)]
+            except Exception:  # undecodable chunk
+                out.append(batch)
+                break
+    return out
+
+
+def _chunk_key(array: zarr.Array, batch: Batch) -> str:
+    index = [s.start // c for (_, s), c in zip(batch.region, array.chunks, strict=False)]
+    index += [0] * (len(array.chunks) - len(index))  # class dims: one chunk
+    return array.metadata.encode_chunk_key(tuple(index))
+
+
+def _chunk_exists(array: zarr.Array, key: str) -> bool:
+    root = Path(str(array.store_path.store.root)) / array.path
+    return (root / key).exists()
+
+
+def repair_metadata(path: str, config: SweepConfig) -> list[str]:
+    """Rewrite the metadata of variables whose zarr.json is unreadable, from the config's template.
+
+    Returns the repaired variable names; their batches must then be recomputed.
+    """
+    group = zarr.open_group(path, mode="r")
+    broken = []
+    for name in [*VARIABLES, *DONE.values()]:
+        if name not in _expected_names(config):
+            continue
+        try:
+            group[name]
+        except Exception:  # unreadable metadata
+            broken.append(name)
+    if not broken:
+        return []
+    tmp = f"{path}.repair-{os.getpid()}"
+    init_store(tmp, config)
+    for name in broken:
+        shutil.rmtree(Path(path) / name, ignore_errors=True)
+        shutil.copytree(Path(tmp) / name, Path(path) / name)
+    shutil.rmtree(tmp)
+    return broken
+
+
+def _expected_names(config: SweepConfig) -> set[str]:
+    kinds_ = kinds(config)
+    return {n for n, v in VARIABLES.items() if v.kind in kinds_} | {DONE[k] for k in kinds_}
+
+
+def reset_done(path: str, batch: Batch) -> None:
+    """Clear a batch's done mask so that the next run recomputes it."""
+    dims = KIND_DIMS[batch.kind]
+    array = zarr.open_group(path, mode="r+")[DONE[batch.kind]]
+    array[tuple(batch.slices[d] for d in dims)] = 0
+
+
+# --- one run at a time ---------------------------------------------------------------------------
+
+LOCK_SUFFIX = ".lock"
+
+
+class StoreLockedError(InputError):
+    """Another live run holds the store."""
+
+    def __init__(self, path: str, holder: dict[str, Any]) -> None:
+        self.field, self.value, self.allowed = "store", path, "one run at a time"
+        ValueError.__init__(
+            self,
+            f"store {path!r} is in use by another clphase run (pid {holder.get('pid')} on "
+            f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish, or stop it",
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(path: str) -> Path:
+    """Create ``<store>.lock`` (pid, host, time) atomically; take over a stale one.
+
+    A lock is stale when its host is this host and its pid is no longer alive.
+    """
+    lock = Path(f"{str(path).rstrip('/')}{LOCK_SUFFIX}")  # beside the store: zarr warns of foreign files inside
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == record["host"] and not _alive(int(holder.get("pid", 0))):
+                lock.unlink(missing_ok=True)  # stale: its run died without releasing it
+                continue
+            raise StoreLockedError(path, holder) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        return lock
+    raise StoreLockedError(path, {})
+
+
+def release_lock(lock: Path) -> None:
+    try:
+        if json.loads(lock.read_text()).get("pid") == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def batch_done(done: np.ndarray, batch: Batch) -> bool:

@@ -8,10 +8,23 @@ import numpy as np
 
 from pipeline.cluster import connect, jobqueue_settings, make_jobqueue_cluster, max_workers
 from pipeline.config import SweepConfig
+from pipeline.errors import InputError
+from pipeline.faults import kill_point
 from pipeline.graph import pending_batches, run_sweep
 from pipeline.grid import Grid, kinds
-from pipeline.results import STATUS_CODE
-from pipeline.store import init_store, open_results, prepare_store, read_done
+from pipeline.results import STATUS_CODE, VARIABLES
+from pipeline.store import (
+    acquire_lock,
+    damaged_batches,
+    init_store,
+    open_results,
+    prepare_store,
+    read_attrs,
+    read_done,
+    release_lock,
+    repair_metadata,
+    reset_done,
+)
 
 
 def n_train_runs(config: SweepConfig) -> int:
@@ -80,41 +93,126 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     return 0
 
 
-def run(config: SweepConfig, workers: int | None, scheduler_address: str | None, scheduler_file: str | None) -> int:
-    """Run or resume the sweep; exit code 0 when every batch is written, 1 when some failed."""
+def run(
+    config: SweepConfig,
+    workers: int | None,
+    scheduler_address: str | None,
+    scheduler_file: str | None,
+    retry_failed: bool = False,
+) -> int:
+    """Run or resume the sweep; exit code 0 when every batch is written, 1 when some failed.
+
+    Damaged batches (missing or unreadable chunks behind a set done mask, unreadable variable
+    metadata) are found first and recomputed. ``retry_failed`` recomputes exactly the points whose
+    status is ``error`` or ``diverged``.
+    """
     if config.cluster.kind != "local":
         jobqueue_settings(config.cluster)  # a bad profile or hostile queue name: refuse before any write
     mode = prepare_store(config.store, config)
+    kill_point("plan")
     if mode == "new":
-        init_store(config.store, config)
-    pending = pending_batches(config, config.store)
-    n_pending = sum(len(v) for v in pending.values())
-    print(f"sweep {config.name!r}: store {config.store} ({mode}); pending batches: "
-          + ", ".join(f"{k} {len(v)}" for k, v in pending.items()))  # fmt: skip
-    if n_pending == 0:
-        print("nothing to do: every batch is done")
-        return 0
-    with connect(config, workers, scheduler_address, scheduler_file) as client:
-        print(f"dask dashboard: {client.dashboard_link}")
-        window = None if config.cluster.kind == "local" else 2 * max_workers(config.cluster)
-        summary = run_sweep(config, config.store, client, window=window)
+        try:
+            init_store(config.store, config)
+        except OSError as err:  # another run moved its template into place first
+            raise InputError("store", config.store, f"a store no other run is creating ({err.strerror})") from None
+    lock = acquire_lock(config.store)
+    try:
+        repaired = repair_metadata(config.store, config)
+        if repaired:
+            print(f"repaired unreadable metadata of {', '.join(repaired)}: their batches are recomputed")
+            for kind in kinds(config):
+                if any((VARIABLES.get(n, None) and VARIABLES[n].kind == kind) or n == f"done_{kind}" for n in repaired):
+                    for batch in Grid(config).batches(kind):
+                        reset_done(config.store, batch)
+        for kind in kinds(config):
+            damaged = damaged_batches(config.store, config, kind, read_done(config.store, kind))
+            for batch in damaged:
+                print(f"damaged {kind} batch {batch.index} ({describe(config, batch)}): recomputing")
+                reset_done(config.store, batch)
+        retry = failed_batches(config) if retry_failed else []
+        pending = pending_batches(config, config.store)
+        n_pending = sum(len(v) for v in pending.values()) + len(retry)
+        print(f"sweep {config.name!r}: store {config.store} ({mode}); pending batches: "
+              + ", ".join(f"{k} {len(v)}" for k, v in pending.items())
+              + (f"; batches with failed points to retry: {len(retry)}" if retry_failed else ""))  # fmt: skip
+        if n_pending == 0:
+            print("nothing to do: every batch is done")
+            return 0
+        with connect(config, workers, scheduler_address, scheduler_file) as client:
+            print(f"dask dashboard: {client.dashboard_link}")
+            window = None if config.cluster.kind == "local" else 2 * max_workers(config.cluster)
+            summary = run_sweep(config, config.store, client, window=window, retry=retry)
+    finally:
+        release_lock(lock)
     print(f"done: {summary.batches} batches, {summary.points} points in {summary.wall_s:.1f} s; "
           f"failed points: {summary.failed_points}; failed batches: {len(summary.failed_batches)}")  # fmt: skip
     print(f"open with: import pipeline; ds = pipeline.open_results({config.store!r})")
     return 1 if summary.failed_batches else 0
 
 
-def status(path: str) -> int:
-    """Print done / failed / pending points per task kind."""
-    ds = open_results(path)
-    print(f"store {path}: {ds.attrs.get('title', '')}, created {ds.attrs.get('created_at', '?')}, "
-          f"completed {ds.attrs.get('completed_at', 'no')}")  # fmt: skip
-    for kind in ("theory", "threshold", "train"):
-        if f"status_{kind}" not in ds:
-            continue
-        done = read_done(path, kind)
+def describe(config: SweepConfig, batch) -> str:
+    """The coordinates a batch covers, for messages."""
+    values = Grid(config).values(batch)
+    return ", ".join(f"{d}={list(v) if len(v) > 1 else v[0]}" for d, v in values.items())
+
+
+def failed_batches(config: SweepConfig) -> list:
+    """Done batches holding points with status error (theory, threshold) or diverged (training)."""
+    ds = open_results(config.store)
+    bad = [STATUS_CODE["error"], STATUS_CODE["diverged"]]
+    out = []
+    for kind in kinds(config):
         codes = ds[f"status_{kind}"].values
+        done = read_done(config.store, kind)
+        for batch in Grid(config).batches(kind):
+            region = tuple(s for _, s in batch.region)
+            if done[region].all() and np.isin(codes[region], bad).any():
+                out.append(batch)
+    return out
+
+
+def status(path: str) -> int:
+    """Print done / failed / pending points per task kind, and any damaged batches with their points.
+
+    Reads the store with zarr directly, so that a damaged variable does not hide the others.
+    """
+    import zarr
+
+    attrs = read_attrs(path)
+    if attrs is None:
+        raise InputError("store", path, "an existing results store (run `clphase run CONFIG` first)")
+    config = load_config_from_store(attrs)
+    group = zarr.open_group(path, mode="r")
+    print(f"store {path}: {attrs.get('title', '')}, created {attrs.get('created_at', '?')}, "
+          f"completed {attrs.get('completed_at', 'no')}")  # fmt: skip
+    for kind in ("theory", "threshold", "train"):
+        try:
+            done = read_done(path, kind)
+        except KeyError:
+            continue  # no such task kind in this store
+        except Exception:
+            print(f"{kind:>9}: completion mask unreadable: every {kind} point will be recomputed")
+            continue
+        try:
+            codes = np.asarray(group[f"status_{kind}"][...])
+        except Exception:
+            codes = np.zeros(done.shape, dtype=np.int8)
+        for batch in damaged_batches(path, config, kind, done) if config else []:
+            print(f"{kind:>9}: damaged batch {batch.index} ({describe(config, batch)}): rerun to recompute it")
+            done[tuple(s for _, s in batch.region)] = False
         failed = int((np.isin(codes, [STATUS_CODE["error"], STATUS_CODE["diverged"]]) & done).sum())
         print(f"{kind:>9}: {int(done.sum()) - failed} done, {failed} failed, {int((~done).sum())} pending "
               f"(of {done.size})")  # fmt: skip
     return 0
+
+
+def load_config_from_store(attrs: dict) -> SweepConfig | None:
+    """The config stored in a store's attributes (None when it cannot be read back)."""
+    import yaml
+
+    from pipeline.config import validate
+
+    try:
+        return validate(yaml.safe_load(attrs["config"]))
+    except Exception:  # an old or damaged attribute: status still reports the masks
+        return None

@@ -8,7 +8,9 @@ import time
 import numpy as np
 
 from pipeline.config import SweepConfig
+from pipeline.faults import failing_solver
 from pipeline.grid import Batch, Grid
+from pipeline.objective import count_vectors
 from pipeline.problem import Problem
 from pipeline.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
 from pipeline.theory import solve
@@ -24,19 +26,44 @@ def _empty(kind: str, shape: tuple[int, ...], C_max: int) -> dict[str, np.ndarra
     return out
 
 
-def run_theory_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
-    """Solve every theory point of a batch; a failing point is recorded with status ``error``."""
+def solve_with_fallback(problem: Problem, solver: str):
+    """Solve with the configured solver; if it raises, with the other exact route (full <-> symmetric).
+
+    Returns the solution and whether the fallback produced it.
+    """
+    injected = failing_solver()
+    try:
+        if injected and injected in (solver, "all", "symmetric" if solver == "auto" else solver):
+            raise RuntimeError(f"injected failure of solver {injected!r}")
+        return solve(problem, solver), False
+    except Exception:
+        fallback = "symmetric" if solver == "full" else "full"
+        if injected in (fallback, "all"):
+            raise
+        if (
+            fallback == "full"
+            and not problem.loss.psi_linear
+            and problem.C * count_vectors(problem.k, problem.C).shape[0] > 20_000
+        ):
+            raise  # the fallback program would not fit
+        return solve(problem, fallback), True
+
+
+def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Solve every theory point of a batch (or those in ``only``); a failing point gets status ``error``."""
     grid = Grid(config)
     values = grid.values(batch)
     out = _empty("theory", batch.shape, grid.C_max)
     theory = config.theory
     for idx in np.ndindex(*batch.shape):
+        if only is not None and not only[idx]:
+            continue
         loss, R, n_major, n_minor, k = (values[d][i] for d, i in zip(grid.dims("theory"), idx, strict=True))
         start = time.perf_counter()
         try:
             problem = Problem.two_group(str(loss), int(n_major), int(n_minor), float(R), int(k),
                                         theory.negatives, theory.reduction)  # fmt: skip
-            solution = solve(problem, theory.solver)
+            solution, used_fallback = solve_with_fallback(problem, theory.solver)
         except Exception:
             out["status_theory"][idx] = STATUS_CODE["error"]
             out["time_theory"][idx] = time.perf_counter() - start
@@ -52,16 +79,19 @@ def run_theory_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]
         out["collapsed_theory"][idx] = np.nan if solution.collapsed is None else float(solution.collapsed)
         out["status_theory"][idx] = STATUS_CODE[solution.status]
         out["time_theory"][idx] = time.perf_counter() - start
+        out["fallback_theory"][idx] = int(used_fallback)
     return out
 
 
-def run_threshold_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
+def run_threshold_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """R* for every k of one (loss, n_major, n_minor); NaN and ``not_applicable`` where undefined."""
     grid = Grid(config)
     values = grid.values(batch)
     out = _empty("threshold", batch.shape, grid.C_max)
     theory = config.theory
     for idx in np.ndindex(*batch.shape):
+        if only is not None and not only[idx]:
+            continue
         loss, n_major, n_minor, k = (values[d][i] for d, i in zip(grid.dims("threshold"), idx, strict=True))
         loss = str(loss)
         if n_minor < 2 or loss.startswith("triplet"):
@@ -87,7 +117,7 @@ def _selected(config: SweepConfig, point: dict) -> bool:
     return True
 
 
-def run_train_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
+def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Train every selected run of a batch as one stacked program and measure it against theory.
 
     Runs share (loss, n_major, n_minor, k, dim) and differ in R and seed. Unselected points get
@@ -103,6 +133,8 @@ def run_train_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
     dims = grid.dims("train")
     runs, where, problems = [], [], {}
     for idx in np.ndindex(*batch.shape):
+        if only is not None and not only[idx]:
+            continue
         point = {d: values[d][i].item() for d, i in zip(dims, idx, strict=True)}
         if not _selected(config, point):
             out["status_train"][idx] = STATUS_CODE["not_applicable"]
@@ -148,5 +180,6 @@ def run_train_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
 RUNNERS = {"theory": run_theory_batch, "threshold": run_threshold_batch, "train": run_train_batch}
 
 
-def run_batch(config: SweepConfig, batch: Batch) -> dict[str, np.ndarray]:
-    return RUNNERS[batch.kind](config, batch)
+def run_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Compute a batch; with ``only`` (a boolean mask over the batch), just those points."""
+    return RUNNERS[batch.kind](config, batch, only)

@@ -169,7 +169,7 @@ def compare_stores(a: Path, b: Path) -> None:
 
 
 def keys(log: Path) -> list[str]:
-    return log.read_text().split() if log.exists() else []
+    return [line.split()[0] for line in log.read_text().splitlines() if line] if log.exists() else []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])

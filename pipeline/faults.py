@@ -1,0 +1,39 @@
+"""Fault injection for the reliability tests: named moments at which a process kills itself.
+
+``CLPHASE_KILL_AT=<moment>[:<n>]`` SIGKILLs the client at the n-th (default first) occurrence of a
+moment: ``plan`` (pending batches known, nothing written), ``template`` (template written to its
+temporary folder, not yet moved into place), ``sweep`` (after n batches completed), ``write``
+(in a worker, between a batch's data and its done mask: the worker kills its client and itself),
+``finalize`` (every batch done, attributes not yet updated). ``CLPHASE_FAIL_SOLVER=<solver>`` makes
+that theory solver raise, to exercise the fallback (``all``: every solver raises, so points fail).
+Unset, every hook is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+KILL_ENV = "CLPHASE_KILL_AT"
+FAIL_SOLVER_ENV = "CLPHASE_FAIL_SOLVER"
+_seen: dict[str, int] = {}
+
+
+def kill_point(moment: str, kill_parent: bool = False) -> None:
+    """SIGKILL this process (and, from a worker, its client first) at the configured moment."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    name, _, count = spec.partition(":")
+    if name != moment:
+        return
+    _seen[moment] = _seen.get(moment, 0) + 1
+    if _seen[moment] < int(count or 1):
+        return
+    if kill_parent:
+        os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def failing_solver() -> str | None:
+    return os.environ.get(FAIL_SOLVER_ENV) or None

@@ -1,0 +1,297 @@
+"""Fault injection: killed clients and workers, failing solvers, bad configs, damaged stores, two runs.
+
+Run alone with ``pytest -m faults``. Every scenario ends by comparing the store with an
+uninterrupted run of the same config: nothing lost, nothing corrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.store import open_results
+from tests.test_sweep import TINY, compare_stores, keys
+
+pytestmark = pytest.mark.faults
+N_BATCHES = 40  # theory and threshold batches of TINY
+
+
+def write(tmp_path: Path, store: str = "store.zarr", **sections) -> Path:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["store"] = str(tmp_path / store)
+    config.update(sections)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run(cfg: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "2", *args]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")) if path.exists() else []:
+        h.update(str(f.relative_to(path)).encode())
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = run(write(tmp))
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "store.zarr"
+
+
+# --- 1. killed client -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("moment", ["plan", "template", "sweep:3", "write:2", "finalize"])
+def test_killed_client_loses_nothing(reference, tmp_path, moment):
+    cfg = write(tmp_path)
+    log = tmp_path / "tasks.log"
+    env = {"CLPHASE_TASK_LOG": str(log), "CLPHASE_KILL_AT": moment}
+    killed = run(cfg, env=env)
+    assert killed.returncode == -signal.SIGKILL, (moment, killed.returncode, killed.stderr[-500:])
+    time.sleep(1.0)  # orphaned workers notice their parent is gone
+    before = len(keys(log))
+    proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr
+    compare_stores(tmp_path / "store.zarr", reference)
+    every = keys(log)
+    assert len(set(every)) == N_BATCHES  # every point done
+    assert len(every) - len(set(every)) <= 4  # recomputed: at most the window in flight at the kill
+    if moment in ("plan", "template"):
+        assert before == 0 and not list(tmp_path.glob("store.zarr.partial-*"))
+    if moment == "finalize":
+        assert len(every) == N_BATCHES and "nothing to do" in proc.stdout
+
+
+# --- 2. killed worker -------------------------------------------------------------------------
+
+
+def test_killed_worker_task_is_retried(reference, tmp_path):
+    cfg = write(tmp_path)
+    log = tmp_path / "tasks.log"
+    env = {**os.environ, "CLPHASE_TASK_LOG": str(log), "CLPHASE_BATCH_DELAY_S": "0.3"}
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "2"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        deadline = time.time() + 120
+        while len(keys(log)) < 5 and time.time() < deadline:
+            time.sleep(0.1)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
+        workers = children.stdout.split()
+        assert workers, "no worker process found"
+        os.kill(int(workers[0]), signal.SIGKILL)
+        assert proc.wait(timeout=300) == 0, (tmp_path / "err").read_text()[-2000:]
+    compare_stores(tmp_path / "store.zarr", reference)
+    assert len(set(keys(log))) == N_BATCHES
+
+
+# --- 3. failing computations ------------------------------------------------------------------
+
+
+def test_solver_failure_falls_back_and_is_recorded(reference, tmp_path):
+    cfg = write(tmp_path)
+    proc = run(cfg, env={"CLPHASE_FAIL_SOLVER": "symmetric"})
+    assert proc.returncode == 0, proc.stderr
+    ds, ref = open_results(tmp_path / "store.zarr"), open_results(reference)
+    assert (ds.fallback_theory == 1).all() and (ref.fallback_theory == 0).all()
+    assert (ds.status_theory == 1).all()  # the full solver, certified
+    np.testing.assert_allclose(ds.gram_theory.values, ref.gram_theory.values, atol=1e-5)
+
+
+def test_failed_points_are_data_and_retry_failed_recomputes_only_them(reference, tmp_path):
+    cfg = write(tmp_path)
+    log = tmp_path / "tasks.log"
+    proc = run(cfg, env={"CLPHASE_FAIL_SOLVER": "all"})
+    assert proc.returncode == 0, proc.stderr  # failures are data, not crashes
+    ds = open_results(tmp_path / "store.zarr")
+    n_failed = int((ds.status_theory == 4).sum())
+    assert n_failed == ds.status_theory.size and "failed points: 96" in proc.stdout
+    status = subprocess.run([sys.executable, "-m", "pipeline", "status", str(tmp_path / "store.zarr")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert "theory: 0 done, 96 failed" in status.stdout
+    proc = run(cfg, "--retry-failed", env={"CLPHASE_TASK_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert all(key.startswith("theory-") for key, _ in lines)  # thresholds did not fail: not rerun
+    assert sum(int(n) for _, n in lines) == n_failed  # exactly the failed points
+    compare_stores(tmp_path / "store.zarr", reference)
+
+
+def test_diverged_training_is_recorded_and_the_sweep_goes_on(tmp_path):
+    grid = {"loss": ["infonce(tau=1)", "infonce(tau=0.0001)"], "R": [1.0, 4.0], "n_major": [2], "n_minor": [2],
+            "k": [4], "dim": [4], "seed": [0]}  # fmt: skip
+    cfg = write(tmp_path, grid=grid, train={"steps": 30})
+    proc = run(cfg)
+    assert proc.returncode == 0, proc.stderr
+    ds = open_results(tmp_path / "store.zarr")
+    assert (ds.status_train.sel(loss="infonce(tau=0.0001)") == 7).all()  # diverged (exp overflow)
+    assert (ds.status_train.sel(loss="infonce(tau=1)") == 6).all()
+    assert ds.cos_minor_train.sel(loss="infonce(tau=0.0001)").isnull().all()
+
+
+# --- 4. bad configs ---------------------------------------------------------------------------
+
+BAD = {
+    "yaml syntax": ("grid: [unclosed", "YAML syntax error"),
+    "not a mapping": ("- 1\n- 2", "expected a mapping"),
+    "unknown top key": ({"colour": 1}, "colour: unknown key"),
+    "unknown grid key": ({"grid": {"temperature": [1]}}, "grid.temperature: unknown key"),
+    "grid not a mapping": ({"grid": [1, 2]}, "grid: [1, 2]"),
+    "loss missing": ({"grid": {"loss": None}}, "grid.loss"),
+    "empty loss": ({"grid": {"loss": []}}, "grid.loss"),
+    "unknown loss": ({"grid": {"loss": ["focal(gamma=2)"]}}, "grid.loss"),
+    "malformed loss id": ({"grid": {"loss": ["infonce(tau="]}}, "grid.loss"),
+    "zero tau": ({"grid": {"loss": ["infonce(tau=0)"]}}, "tau > 0"),
+    "negative tau": ({"grid": {"loss": ["infonce(tau=-1)"]}}, "tau > 0"),
+    "duplicate loss": ({"grid": {"loss": ["infonce(tau=1)", "infonce(tau=1.0)"]}}, "duplicate"),
+    "R below 1": ({"grid": {"R": [0.5, 2]}}, "grid.R: 0.5"),
+    "R not a number": ({"grid": {"R": ["ten"]}}, "grid.R: 'ten'"),
+    "empty R": ({"grid": {"R": []}}, "grid.R"),
+    "bad logspace": ({"grid": {"R": {"logspace": [0, 2]}}}, "logspace"),
+    "duplicate R": ({"grid": {"R": [2, 2]}}, "duplicate"),
+    "k zero": ({"grid": {"k": [0, 4]}}, "grid.k: 0"),
+    "k float": ({"grid": {"k": [1.5]}}, "grid.k: 1.5"),
+    "n_major zero": ({"grid": {"n_major": [0]}}, "grid.n_major: 0"),
+    "n_minor negative": ({"grid": {"n_minor": [-1]}}, "grid.n_minor: -1"),
+    "dim zero": ({"grid": {"dim": [0]}}, "grid.dim: 0"),
+    "seed negative": ({"grid": {"seed": [-3]}}, "grid.seed: -3"),
+    "k wrong type": ({"grid": {"k": "four"}}, "grid.k"),
+    "unknown solver": ({"theory": {"solver": "magic"}}, "theory.solver"),
+    "unknown negatives": ({"theory": {"negatives": "hard"}}, "theory.negatives"),
+    "unknown reduction": ({"theory": {"reduction": "max"}}, "theory.reduction"),
+    "batch points zero": ({"batch": {"points": 0}}, "batch.points"),
+    "grid above cap": ({"batch": {"max_points": 10}}, "batch.max_points"),
+    "unwritable store": ({"store": "/dev/null/results.zarr"}, "store"),
+    "hostile name": ({"name": "../../etc"}, "name"),
+    "unknown train key": ({"train": {"epochs": 3}}, "train.epochs"),
+    "bad train model": ({"train": {"model": "resnet"}}, "train.model"),
+    "bad train select": ({"train": {"select": {"k": [99]}}}, "train.select.k"),
+    "bad cluster kind": ({"cluster": {"kind": "k8s"}}, "cluster.kind"),
+    "bad n_workers": ({"cluster": {"n_workers": 0}}, "cluster.n_workers"),
+}
+
+
+def _merge(base: dict, change: dict) -> dict:
+    out = dict(base)
+    for key, value in change.items():
+        out[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def test_bad_configs_exit_2_and_touch_no_store(reference, tmp_path, capsys):
+    assert len(BAD) >= 25
+    store = tmp_path / "existing.zarr"
+    subprocess.run(["cp", "-r", str(reference), str(store)], check=True)
+    before = digest(store)
+    base = yaml.safe_load(yaml.safe_dump(TINY))
+    for case, (change, expected) in BAD.items():
+        cfg = tmp_path / "bad.yaml"
+        if isinstance(change, str):
+            cfg.write_text(change)
+        else:
+            config = _merge({**base, "store": str(store)}, change)
+            cfg.write_text(yaml.safe_dump(config))
+        code = main(["run", str(cfg)])  # the CLI entry point in-process: 36 interpreter starts would take a minute
+        out, err = capsys.readouterr()
+        assert code == 2, (case, out, err)
+        assert expected in err and "Traceback" not in err, (case, err)
+        assert digest(store) == before, case
+    assert not (tmp_path / "results.zarr").exists()
+
+
+# --- 5. damaged store -------------------------------------------------------------------------
+
+
+def test_damaged_store_is_detected_and_exactly_those_points_recomputed(reference, tmp_path):
+    cfg = write(tmp_path)
+    store = tmp_path / "store.zarr"
+    subprocess.run(["cp", "-r", str(reference), str(store)], check=True)
+    (store / "cos_minor_theory" / "c" / "0" / "1" / "0" / "0" / "1").unlink()  # a deleted chunk
+    meta = store / "R_threshold" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])  # a truncated metadata file
+    status = subprocess.run([sys.executable, "-m", "pipeline", "status", str(store)], capture_output=True, text=True)
+    assert "damaged batch" in status.stdout and "R=[" in status.stdout, status.stdout + status.stderr
+    log = tmp_path / "tasks.log"
+    proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr
+    assert "damaged theory batch" in proc.stdout and "repaired unreadable metadata of R_threshold" in proc.stdout
+    recomputed = sorted(keys(log))
+    thresholds = [k for k in recomputed if k.startswith("threshold-")]
+    assert [k for k in recomputed if k.startswith("theory-")] == ["theory-9"]  # the deleted chunk's batch
+    assert len(thresholds) == 8  # R_threshold's metadata held every threshold batch
+    compare_stores(store, reference)
+
+
+# --- 6. two runs at once ----------------------------------------------------------------------
+
+
+def test_second_run_on_the_same_store_is_refused(reference, tmp_path):
+    cfg = write(tmp_path)
+    env = {**os.environ, "CLPHASE_BATCH_DELAY_S": "0.3"}
+    with open(tmp_path / "err", "w") as err:
+        first = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "1"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        lock = Path(f"{tmp_path / 'store.zarr'}.lock")
+        deadline = time.time() + 60
+        while not lock.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        second = run(cfg)
+        assert second.returncode == 2
+        assert f"pid {first.pid}" in second.stderr and "in use by another clphase run" in second.stderr
+        assert first.wait(timeout=300) == 0
+    assert not lock.exists()
+    compare_stores(tmp_path / "store.zarr", reference)
+
+
+def test_stale_lock_is_taken_over(reference, tmp_path):
+    cfg = write(tmp_path)
+    subprocess.run(["cp", "-r", str(reference), str(tmp_path / "store.zarr")], check=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = Path(f"{tmp_path / 'store.zarr'}.lock")
+    lock.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "since": "earlier"}))
+    proc = run(cfg)
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stderr
+    assert not lock.exists()
+
+
+# --- 7. safety --------------------------------------------------------------------------------
+
+
+def test_store_holds_no_pickles_and_configs_are_never_evaluated(reference, tmp_path):
+    for meta in reference.rglob("zarr.json"):
+        assert "pickle" not in meta.read_text().lower(), meta
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text("!!python/object/apply:os.system ['touch %s']\n" % (tmp_path / "pwned"))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 2 and not (tmp_path / "pwned").exists()
+    for hostile in ["infonce(tau=1); rm -rf /", "infonce(tau=__import__('os'))", "$(reboot)"]:
+        bad = write(tmp_path, grid={**TINY["grid"], "loss": [hostile]})
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(bad)], capture_output=True, text=True)
+        assert proc.returncode == 2 and "grid.loss" in proc.stderr
+
+
+def test_store_path_with_spaces_and_quotes(reference, tmp_path):
+    cfg = write(tmp_path, store='it\'s my "store".zarr')
+    proc = run(cfg)
+    assert proc.returncode == 0, proc.stderr
+    compare_stores(tmp_path / 'it\'s my "store".zarr', reference)
