@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -49,19 +50,24 @@ def solve_with_fallback(problem: Problem, solver: str):
         return solve(problem, fallback), True
 
 
+def _points(grid: Grid, batch: Batch, only: np.ndarray | None) -> Iterator[tuple[tuple[int, ...], dict]]:
+    """(index in the batch, {dim: coordinate value}) for every point of a batch, or those in ``only``."""
+    values = grid.values(batch)
+    dims = grid.dims(batch.kind)
+    for idx in np.ndindex(*batch.shape):
+        if only is None or only[idx]:
+            yield idx, {d: values[d][i].item() for d, i in zip(dims, idx, strict=True)}
+
+
 def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Solve every theory point of a batch (or those in ``only``); a failing point gets status ``error``."""
     grid = Grid(config)
-    values = grid.values(batch)
     out = _empty("theory", batch.shape, grid.C_max)
     theory = config.theory
-    for idx in np.ndindex(*batch.shape):
-        if only is not None and not only[idx]:
-            continue
-        loss, R, n_major, n_minor, k = (values[d][i] for d, i in zip(grid.dims("theory"), idx, strict=True))
+    for idx, pt in _points(grid, batch, only):
         start = time.perf_counter()
         try:
-            problem = Problem.two_group(str(loss), int(n_major), int(n_minor), float(R), int(k),
+            problem = Problem.two_group(pt["loss"], pt["n_major"], pt["n_minor"], pt["R"], pt["k"],
                                         theory.negatives, theory.reduction)  # fmt: skip
             solution, used_fallback = solve_with_fallback(problem, theory.solver)
         except Exception:
@@ -86,19 +92,15 @@ def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None 
 def run_threshold_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """R* for every k of one (loss, n_major, n_minor); NaN and ``not_applicable`` where undefined."""
     grid = Grid(config)
-    values = grid.values(batch)
     out = _empty("threshold", batch.shape, grid.C_max)
     theory = config.theory
-    for idx in np.ndindex(*batch.shape):
-        if only is not None and not only[idx]:
-            continue
-        loss, n_major, n_minor, k = (values[d][i] for d, i in zip(grid.dims("threshold"), idx, strict=True))
-        loss = str(loss)
+    for idx, pt in _points(grid, batch, only):
+        loss, n_major, n_minor, k = pt["loss"], pt["n_major"], pt["n_minor"], pt["k"]
         if n_minor < 2 or loss.startswith("triplet"):
             out["status_threshold"][idx] = STATUS_CODE["not_applicable"]
             continue
         try:
-            result = minority_threshold(loss, int(n_major), int(n_minor), int(k), theory.negatives, theory.reduction)
+            result = minority_threshold(loss, n_major, n_minor, k, theory.negatives, theory.reduction)
         except Exception:
             out["status_threshold"][idx] = STATUS_CODE["error"]
             continue
@@ -127,15 +129,10 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
     from pipeline.train import Run, train_runs
 
     grid = Grid(config)
-    values = grid.values(batch)
     out = _empty("train", batch.shape, grid.C_max)
     theory = config.theory
-    dims = grid.dims("train")
     runs, where, problems = [], [], {}
-    for idx in np.ndindex(*batch.shape):
-        if only is not None and not only[idx]:
-            continue
-        point = {d: values[d][i].item() for d, i in zip(dims, idx, strict=True)}
+    for idx, point in _points(grid, batch, only):
         if not _selected(config, point):
             out["status_train"][idx] = STATUS_CODE["not_applicable"]
             continue
