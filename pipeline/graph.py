@@ -68,7 +68,16 @@ def pending_batches(config: SweepConfig, path: str) -> dict[str, list[Batch]]:
     for kind in kinds(config):
         done = read_done(path, kind)
         out[kind] = [b for b in grid.batches(kind) if not batch_done(done, b)]
+        # longest first (the expectation over negatives grows like k^2), so the last tasks are short
+        # and no worker idles through a long tail
+        out[kind].sort(key=lambda b: -_cost(grid, b))
     return out
+
+
+def _cost(grid: Grid, batch: Batch) -> float:
+    """Relative cost of a batch: points times the mean number of count vectors per point."""
+    k = grid.values(batch).get("k", np.array([1]))
+    return batch.n_points * float(np.mean((k + 1) * (k + 2) / 2))
 
 
 @dataclass
