@@ -35,11 +35,17 @@ def naive_in_subprocess(R: float, k: int) -> tuple[float, float] | None:
         f"v = naive_full(Problem.two_group('{LOSS}', {N_MAJOR}, {N_MINOR}, {R}, {k}))[0]; "
         "print(v, time.perf_counter() - t)"
     )
+    out = run_python(code, NAIVE_LIMIT_S)
+    return None if out is None else tuple(map(float, out.split()[-2:]))
+
+
+def run_python(code: str, limit_s: float) -> str | None:
+    """stdout of ``python -c code`` in a fresh process; None when it fails or runs past ``limit_s``."""
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=NAIVE_LIMIT_S)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=limit_s)
     except subprocess.TimeoutExpired:
         return None
-    return tuple(map(float, out.stdout.split()[-2:])) if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
 
 
 def compare() -> None:
@@ -84,11 +90,8 @@ def full_fits(C: int, k: int) -> float | None:
         f"p = Problem.two_group('{LOSS}', {C // 2}, {C - C // 2}, 10.0, {k}); t = time.perf_counter(); "
         "s = solve(p, 'full'); print(time.perf_counter() - t, s.status)"
     )
-    try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=FULL_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        return None
-    return float(out.stdout.split()[0]) if out.returncode == 0 else None
+    out = run_python(code, FULL_LIMIT_S)
+    return None if out is None else float(out.split()[0])
 
 
 def full_reach() -> None:

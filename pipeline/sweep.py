@@ -120,10 +120,9 @@ def run(
         repaired = repair_metadata(config.store, config)
         if repaired:
             print(f"repaired unreadable metadata of {', '.join(repaired)}: their batches are recomputed")
-            for kind in kinds(config):
-                if any((VARIABLES.get(n, None) and VARIABLES[n].kind == kind) or n == f"done_{kind}" for n in repaired):
-                    for batch in Grid(config).batches(kind):
-                        reset_done(config.store, batch)
+            for kind in {VARIABLES[n].kind if n in VARIABLES else n.removeprefix("done_") for n in repaired}:
+                for batch in Grid(config).batches(kind):
+                    reset_done(config.store, batch)
         for kind in kinds(config):
             damaged = damaged_batches(config.store, config, kind, read_done(config.store, kind))
             for batch in damaged:

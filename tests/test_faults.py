@@ -6,7 +6,6 @@ uninterrupted run of the same config: nothing lost, nothing corrupted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ import yaml
 from pipeline.cli import main
 from pipeline.store import open_results
 from tests.test_sweep import TINY, compare_stores, keys
+from tests.test_sweep import tree_digest as digest
 
 pytestmark = pytest.mark.faults
 N_BATCHES = 40  # theory and threshold batches of TINY
@@ -39,15 +39,6 @@ def write(tmp_path: Path, store: str = "store.zarr", **sections) -> Path:
 def run(cfg: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "2", *args]
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
-
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(path.rglob("*")) if path.exists() else []:
-        h.update(str(f.relative_to(path)).encode())
-        if f.is_file():
-            h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,9 @@ def clphase(*args: str, env: dict | None = None, **kwargs) -> subprocess.Complet
 
 
 def tree_digest(path: Path) -> str:
+    """Hash of every file name and byte under a folder (empty when it does not exist)."""
     h = hashlib.sha256()
-    for f in sorted(path.rglob("*")):
+    for f in sorted(path.rglob("*")) if path.exists() else []:
         h.update(str(f.relative_to(path)).encode())
         if f.is_file():
             h.update(f.read_bytes())
