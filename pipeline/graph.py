@@ -131,18 +131,23 @@ def run_sweep(
     window: int | None = None,
     on_result: Callable[[dict], None] | None = None,
     retry: list[Batch] | None = None,
+    pending: dict[str, list[Batch]] | None = None,
 ) -> Summary:
     """Run every pending batch of the store at ``path`` on ``client``.
 
     Parameters
     ----------
+    retry : list of Batch, optional
+        Done batches whose failed points are recomputed (``--retry-failed``).
+    pending : dict, optional
+        Pending batches per kind, when the caller has read them already.
     window : int, optional
         Most tasks in flight at once (default: twice the cluster's threads, at least 4).
     on_result : callable, optional
         Called with each finished task's report.
     """
     start = time.perf_counter()
-    pending = pending_batches(config, path)
+    pending = pending_batches(config, path) if pending is None else pending
     retry = retry or []
     ordered = [pending[kind] for kind in ("threshold", "theory", "train") if kind in pending]
     todo: Iterator[tuple[Batch, bool]] = itertools.chain(

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import SweepConfig
+from pipeline.results import KIND_DIMS
 
-THEORY_DIMS = ("loss", "R", "n_major", "n_minor", "k")
-THRESHOLD_DIMS = ("loss", "n_major", "n_minor", "k")
-TRAIN_DIMS = (*THEORY_DIMS, "dim", "seed")
 KINDS = ("theory", "threshold", "train")
 
 
@@ -106,7 +104,7 @@ class Grid:
         raise ValueError(f"unknown task kind {kind!r}")
 
     def dims(self, kind: str) -> tuple[str, ...]:
-        return {"theory": THEORY_DIMS, "threshold": THRESHOLD_DIMS, "train": TRAIN_DIMS}[kind]
+        return KIND_DIMS[kind]
 
     def n_batches(self, kind: str) -> int:
         chunks = self.chunks(kind)

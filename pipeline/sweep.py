@@ -140,7 +140,7 @@ def run(
         with connect(config, workers, scheduler_address, scheduler_file) as client:
             print(f"dask dashboard: {client.dashboard_link}")
             window = None if config.cluster.kind == "local" else 2 * max_workers(config.cluster)
-            summary = run_sweep(config, config.store, client, window=window, retry=retry)
+            summary = run_sweep(config, config.store, client, window=window, retry=retry, pending=pending)
     finally:
         release_lock(lock)
     print(f"done: {summary.batches} batches, {summary.points} points in {summary.wall_s:.1f} s; "

@@ -247,6 +247,16 @@ class _TwoGroup:
             u, v = u + scale * du, v + scale * dv
         return None
 
+    def criterion_at_collapse(self) -> tuple[float, float]:
+        """(g / p_minor^2, u*) at c = 1, with g = dL/dc + dL/db * db/dc and u* optimal for c = 1.
+
+        Collapse (c = 1) is optimal iff g <= 0. Needs K_B >= 2.
+        """
+        v_max = math.sqrt(self.K_B)
+        u = self.u_star(v_max)
+        d = self.derivatives(u, v_max)
+        return (d["Lc"] + d["Lb"] * d["db_dc"]) / self.model.pi[1] ** 2, u
+
     def solve(self) -> tuple[float, float, bool, float, float]:
         """(u, v, collapsed, kkt_residual, criterion) at the optimum.
 
@@ -259,9 +269,7 @@ class _TwoGroup:
             u = self.u_star(v)
         else:
             v_max = math.sqrt(self.K_B)
-            u_at_max = self.u_star(v_max)
-            d = self.derivatives(u_at_max, v_max)
-            criterion = (d["Lc"] + d["Lb"] * d["db_dc"]) / self.model.pi[1] ** 2
+            criterion, u_at_max = self.criterion_at_collapse()
             if criterion <= 0:
                 collapsed, v, u = True, v_max, u_at_max
             elif self.K_A > 1 and (uv := self._newton(u_at_max if u_at_max > 0 else 0.5, 0.9 * v_max)) is not None:

@@ -111,12 +111,8 @@ def run_threshold_batch(config: SweepConfig, batch: Batch, only: np.ndarray | No
 
 
 def _selected(config: SweepConfig, point: dict) -> bool:
-    for axis, values in config.train.select.items():
-        if point[axis] not in values and not any(
-            isinstance(v, float) and math.isclose(v, point[axis], rel_tol=1e-9) for v in values
-        ):
-            return False
-    return True
+    # load_config maps every train.select value to the grid's own coordinate value
+    return all(point[axis] in values for axis, values in config.train.select.items())
 
 
 def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:

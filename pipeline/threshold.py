@@ -80,10 +80,7 @@ def collapse_criterion(problem: Problem) -> float:
     two = problem.two_groups()
     if two is None or two[1] < 2:
         raise InputError("n_minor", None if two is None else two[1], "two groups with n_minor >= 2")
-    reduced = _reduced(problem)
-    v = math.sqrt(reduced.K_B)
-    d = reduced.derivatives(reduced.u_star(v), v)
-    return (d["Lc"] + d["Lb"] * d["db_dc"]) / reduced.model.pi[1] ** 2
+    return _reduced(problem).criterion_at_collapse()[0]
 
 
 def criterion_limit(loss: Loss, n_major: int, n_minor: int, k: int, negatives: str, reduction: str) -> float:
