@@ -1,13 +1,17 @@
-"""The straightforward approach: a fresh cvxpy build + solve of the exact class-collapsed SDP per point."""
+"""The straightforward approaches the benchmarks measure against: a fresh cvxpy build + solve of the exact
+class-collapsed SDP per point, and a one-run autograd training loop."""
 
 from __future__ import annotations
 
 import cvxpy as cp
 import numpy as np
+import torch
 from scipy.special import gammaln, xlogy
 
+from pipeline.config import TrainSpec
 from pipeline.objective import count_vectors
 from pipeline.problem import Problem
+from pipeline.train import Run
 
 
 def naive_full(problem: Problem) -> tuple[float, np.ndarray]:
@@ -33,3 +37,29 @@ def naive_full(problem: Problem) -> tuple[float, np.ndarray]:
     program = cp.Problem(cp.Minimize(cp.sum(cp.hstack(terms))), [cp.diag(G) == 1])
     program.solve(solver="CLARABEL")
     return float(program.value), np.array(G.value)
+
+
+def naive_train(run: Run, spec: TrainSpec) -> float:
+    """The straightforward one-run UFM training loop (sampled marginal negatives): autograd through the
+    gathered rows, the same sampling, loss and Adam settings as :func:`pipeline.train.train_runs`.
+    Returns the last step's loss."""
+    C, k, d, n = run.p.size, run.k, run.dim, spec.samples_per_class
+    loss, rho = run.loss, 1.0 if run.reduction == "sum" else 1.0 / k
+    torch.manual_seed(run.seed)
+    W = torch.randn(C * n, d, requires_grad=True)  # (N, d)
+    optimizer = torch.optim.Adam([W], lr=spec.lr, betas=spec.betas, fused=True)
+    p = torch.tensor(run.p, dtype=torch.float32)  # (C,)
+    M = spec.batch_size // C * C
+    y_a = torch.arange(C).repeat(M // C)  # (M,) stratified anchors, importance-weighted by C p
+    for _ in range(spec.steps):
+        F = W / W.norm(dim=1, keepdim=True)  # (N, d)
+        i_a = y_a * n + torch.randint(n, (M,))
+        i_p = y_a * n + (i_a - y_a * n + torch.randint(1, n, (M,))) % n
+        i_n = torch.multinomial(p, M * k, replacement=True).view(M, k) * n + torch.randint(n, (M, k))
+        f_a, f_p, f_n = F[i_a], F[i_p], F[i_n]  # (M, d), (M, d), (M, k, d)
+        z = torch.einsum("mkd,md->mk", f_n, f_a) - (f_a * f_p).sum(-1, keepdim=True)  # (M, k)
+        value = (C * p[y_a] * loss.psi(rho * loss.phi(z).sum(-1))).mean()
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    return float(value.detach())

@@ -31,6 +31,8 @@ Models: ``ufm`` (one free embedding per sample, normalised: the setting of the t
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -100,6 +102,155 @@ def _stack_param(runs: list[Run], device: torch.device) -> torch.Tensor:
     return torch.tensor([r.loss.param for r in runs], dtype=torch.float32, device=device).view(-1, 1, 1)
 
 
+class AliasSampler:
+    """Rows drawn class-first from categorical tables, in O(1) per draw (Walker's alias method).
+
+    ``torch.multinomial`` costs about as much as the rest of a training step at the reference shape;
+    here a draw is one uniform integer ``v`` over the ``C n`` rows (its class ``v // n`` and its
+    place in the class ``v % n``) and one float64 uniform that keeps the class or swaps it for its
+    alias, with the place kept. float64, because minority classes at large R have probabilities far
+    below float32's resolution of a uniform.
+
+    Parameters
+    ----------
+    q : (T, C) class probabilities of each table (rows summing to 1).
+    n : samples per class; row ``c n + i`` is sample i of class c.
+    """
+
+    def __init__(self, q: np.ndarray, n: int, device: torch.device) -> None:
+        T, C = q.shape
+        prob, alias = np.ones((T, C)), np.tile(np.arange(C), (T, 1))
+        for t in range(T):  # Vose: pair each underfull column with an overfull class
+            scaled = C * q[t] / q[t].sum()
+            small = [c for c in range(C) if scaled[c] < 1]
+            large = [c for c in range(C) if scaled[c] >= 1]
+            while small and large:
+                s, big = small.pop(), large[-1]
+                prob[t, s], alias[t, s] = scaled[s], big
+                scaled[big] -= 1 - scaled[s]
+                if scaled[big] < 1:
+                    small.append(large.pop())
+        self.C, self.n = C, n
+        self.prob = torch.tensor(prob.reshape(-1), dtype=torch.float64, device=device)  # (T C,)
+        self.alias = torch.tensor(alias.reshape(-1), device=device)  # (T C,)
+
+    def sample(self, table: torch.Tensor) -> torch.Tensor:
+        """One row per entry of ``table`` (any shape, table indices), from that table's distribution."""
+        v = torch.randint(self.C * self.n, table.shape, device=table.device)
+        column = table * self.C + v // self.n
+        keep = torch.rand(table.shape, dtype=torch.float64, device=table.device) < self.prob[column]
+        return torch.where(keep, v, self.alias[column] * self.n + v % self.n)
+
+
+def normalize(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of H (..., d) on the unit sphere: F = H r with r = 1 / |H| (..., 1)."""
+    r = torch.linalg.vector_norm(H, dim=-1, keepdim=True).clamp_min_(1e-30).reciprocal_()
+    return H * r, r
+
+
+def normalize_backward(F: torch.Tensor, r: torch.Tensor, grad_F: torch.Tensor) -> torch.Tensor:
+    """Gradient with respect to H of a function of F = H / |H|: (grad_F - F (grad_F·F)) / |H|.
+    Overwrites grad_F (the step's largest temporary) with the result."""
+    dot = (grad_F * F).sum(-1, keepdim=True)  # (..., 1)
+    return grad_F.addcmul_(F, dot, value=-1.0).mul_(r)
+
+
+@dataclass
+class Objective:
+    """The per-anchor loss terms of a step and their analytic derivatives in z.
+
+    Anchors are stratified (their classes ``y_a`` fixed: M / C of each class per step) and carry the
+    importance weights ``w = C p_{y_a}``; everything that depends on the anchor's class only is
+    gathered once here. ``z`` holds ``f_a·f_j - f_a·f_p`` for the K negatives of each anchor: the k
+    sampled negatives (``sampled``) or one sample of each class (``expected``, where the classes of
+    the k negatives are summed over their multinomial counts N with probabilities P).
+    """
+
+    loss: Loss  # param stacked per run, (B, 1, 1)
+    rho: float  # 1 (sum over negatives) or 1 / k (mean)
+    k: int
+    w: torch.Tensor  # (B, M) importance weights of the anchors
+    q_a: torch.Tensor | None = None  # (B, M, C) class probabilities of a negative (expected only)
+    N_t: torch.Tensor | None = None  # (Mc, C) count vectors (expected, psi not linear)
+    P_a: torch.Tensor | None = None  # (B, M, Mc) their multinomial probabilities
+
+    def terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-run loss (B,) (the weighted mean over anchors) and g = its derivative in z (B, M, K)."""
+        loss, rho, M = self.loss, self.rho, z.shape[1]
+        scale = self.w / M  # (B, M)
+        if self.q_a is None:  # sampled: psi(rho sum_j phi(z_j))
+            S = rho * loss.phi(z).sum(-1)  # (B, M)
+            L = loss.psi(S)
+            g = (scale * rho * loss.dpsi(S))[..., None] * loss.dphi(z)
+        elif self.N_t is None:  # expected, psi linear: E[sum_i phi] = k sum_j q_j phi(z_j)
+            L = rho * self.k * (self.q_a * loss.phi(z)).sum(-1)
+            g = (scale * rho * self.k)[..., None] * self.q_a * loss.dphi(z)
+        else:  # expected: sum over count vectors n of P(n) psi(rho sum_j n_j phi(z_j))
+            S = rho * loss.phi(z) @ self.N_t.T  # (B, M, Mc)
+            L = (self.P_a * loss.psi(S)).sum(-1)
+            g = (scale * rho)[..., None] * loss.dphi(z) * ((self.P_a * loss.dpsi(S)) @ self.N_t)
+        return (self.w * L).mean(1), g
+
+
+def contrastive_grad(
+    F: torch.Tensor,
+    i_a: torch.Tensor,
+    i_p: torch.Tensor,
+    i_n: torch.Tensor,
+    terms: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    negatives: str = "sparse",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-run loss and its gradient with respect to the features, autograd kept off the gathers.
+
+    With ``z_j = f_a·f_j - f_a·f_p`` and ``g_j = dL/dz_j`` (from ``terms``), the chain
+    rule is ``dL/df_a = sum_j g_j f_j - (sum_j g_j) f_p``, ``dL/df_j = g_j f_a``, ``dL/df_p =
+    -(sum_j g_j) f_a``, scatter-added into the rows. ``negatives="sparse"`` never gathers the
+    negatives' features: the anchor-by-row incidence of the negatives is a CSR matrix with K entries a
+    row, z is its sampled product ``f_a F^T`` (SDDMM) and ``sum_j g_j f_j`` an embedding bag with
+    weights g. ``"dense"`` gathers them into a (B M, K, d) tensor and uses two batched matmuls: the
+    same numbers, about twice the memory traffic; the CUDA path, where sparse kernels' handling of
+    repeated negatives is not checked here.
+
+    Parameters
+    ----------
+    F : (B, N, d) features, detached; rows of run b are indexed b * N + i.
+    i_a, i_p : (B, M) flat row indices of the anchors and positives.
+    i_n : (B, M, K) flat row indices of the negatives (repeats allowed).
+    terms : maps z (B, M, K) to the per-run loss (B,) and its derivative g (B, M, K) in z.
+
+    Returns
+    -------
+    per_run : (B,) loss; grad_F : (B, N, d) its gradient (of the sum over runs).
+    """
+    B, N, d = F.shape
+    M, K = i_n.shape[1:]
+    flat = F.reshape(B * N, d)
+    cols = i_n.reshape(-1)  # (B M K,)
+    f_a = flat.index_select(0, i_a.reshape(-1))  # (B M, d)
+    f_p = flat.index_select(0, i_p.reshape(-1))  # (B M, d)
+    if negatives == "sparse":
+        crow = torch.arange(0, B * M * K + 1, K, device=F.device)  # (B M + 1,)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(cols, dtype=F.dtype), (B * M, B * N))
+            z_n = torch.sparse.sampled_addmm(pattern, f_a, flat.t(), beta=0.0).values().view(B * M, K)
+    else:
+        f_n = flat.index_select(0, cols).view(B * M, K, d)  # (B M, K, d)
+        z_n = torch.bmm(f_n, f_a[:, :, None])[..., 0]  # (B M, K)
+    per_run, g = terms((z_n - (f_a * f_p).sum(-1, keepdim=True)).view(B, M, K))  # (B,), (B, M, K)
+    g = g.reshape(B * M, K)
+    g_sum = g.sum(-1, keepdim=True)  # (B M, 1)
+    if negatives == "sparse":
+        pulled = torch.nn.functional.embedding_bag(i_n.view(B * M, K), flat, per_sample_weights=g, mode="sum")
+    else:
+        pulled = torch.bmm(g[:, None, :], f_n)[:, 0]  # (B M, d): sum_j g_j f_j
+    grad = torch.zeros_like(flat)  # (B N, d)
+    grad.index_add_(0, i_a.reshape(-1), pulled.addcmul_(g_sum, f_p, value=-1.0))
+    grad.index_add_(0, i_p.reshape(-1), f_a * -g_sum)
+    grad.index_add_(0, cols, (g[:, :, None] * f_a[:, None, :]).view(B * M * K, d))
+    return per_run, grad.view(B, N, d)
+
+
 def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     """Train runs of one shape together; returns one result per run, in order.
 
@@ -129,23 +280,12 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
         params = [W1, b1, W2]
         X_t = torch.from_numpy(X).to(device)  # (N, D_in)
 
-    def unit(H: torch.Tensor) -> torch.Tensor:
-        return H * torch.rsqrt((H * H).sum(-1, keepdim=True) + 1e-30)  # cheaper than a division
-
-    def features() -> torch.Tensor:
+    def embeddings() -> torch.Tensor:  # (B, N, d) before normalisation, attached to the parameters
         if spec.model == "ufm":
-            return unit(W)  # (B, N, d)
-        return unit(torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2)  # (B, N, d)
+            return W
+        return torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2
 
     offsets = (torch.arange(B, device=device) * N)[:, None]  # (B, 1): rows of run b in the flat (B * N, d)
-
-    def take(F: torch.Tensor, *indices: torch.Tensor) -> list[torch.Tensor]:
-        """F[b, index[b, ...]] for each index, through one index_select on the flattened features
-        (one gather, and one scatter-add in the backward pass, instead of one per index)."""
-        flat = torch.cat([i.reshape(B, -1) for i in indices], dim=1) + offsets  # (B, total)
-        rows_out = F.reshape(B * N, -1).index_select(0, flat.reshape(-1)).reshape(B, flat.shape[1], -1)
-        sizes = [i[0].numel() for i in indices]
-        return [part.reshape(*i.shape, -1) for part, i in zip(rows_out.split(sizes, dim=1), indices, strict=True)]
 
     p = torch.tensor(np.stack([r.p for r in runs]), dtype=torch.float32, device=device)  # (B, C)
     weight = p * C  # importance weights of class-balanced anchors, (B, C)
@@ -156,57 +296,56 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     anchors_y = torch.arange(C, device=device).repeat(M // C).expand(B, M)  # (B, M)
     optimizer = torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, fused=True)  # one pass over the parameters
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.steps, eta_min=spec.lr * spec.lr_final)
-    if spec.estimator == "expected":
+    rows = torch.arange(B, device=device)[:, None]  # (B, 1)
+    objective = Objective(loss_fn, rho, k, weight[rows, anchors_y])
+    if spec.estimator == "sampled":  # one alias table per run (marginal) or per run and anchor class (other)
+        q = np.stack([r.p for r in runs])[:, None, :]  # (B, 1, C)
+        if first.negatives == "other":
+            q = np.repeat(q, C, axis=1) * (1 - np.eye(C))  # (B, C, C): the anchor's class removed
+        negatives = AliasSampler(q.reshape(-1, C), n, device)
+        table_of_anchor = anchors_y if first.negatives == "other" else torch.zeros_like(anchors_y)
+        table_of_anchor = table_of_anchor + rows * q.shape[1]  # (B, M)
+    else:
         q = p[:, None, :].expand(B, C, C).clone()  # (B, anchor class, negative class)
         if first.negatives == "other":
             q[:, torch.arange(C), torch.arange(C)] = 0.0
             q /= q.sum(-1, keepdim=True)
-        if first.loss.psi_linear:
-            N_t = None
-        else:
+        objective.q_a = q[rows, anchors_y]  # (B, M, C)
+        if not first.loss.psi_linear:
             counts = count_vectors(k, C).astype(np.float64)  # (Mc, C)
-            N_t = torch.tensor(counts, dtype=torch.float32, device=device)
+            objective.N_t = torch.tensor(counts, dtype=torch.float32, device=device)
             P_t = torch.stack([torch.tensor(multinomial_weights(counts, qb), dtype=torch.float32)
                                for qb in q.cpu().double().numpy()]).to(device)  # (B, C, Mc)  # fmt: skip
+            objective.P_a = P_t[rows, anchors_y]  # (B, M, Mc)
     tail = max(1, spec.steps // 10)
     tail_loss = torch.zeros(B, device=device)
-    rows = torch.arange(B, device=device)[:, None]  # (B, 1)
+    y_a = anchors_y  # (B, M): stratified, M / C anchors of every class
     for step in range(spec.steps):
-        F = features()  # (B, N, d)
-        y_a = anchors_y  # (B, M): stratified, M / C anchors of every class
         i_a = y_a * n + torch.randint(n, (B, M), device=device)
         shift = torch.randint(1, n, (B, M), device=device) if n > 1 else 0
         i_p = y_a * n + (i_a - y_a * n + shift) % n  # another sample of the class (itself when n = 1)
         if spec.estimator == "sampled":
-            if first.negatives == "marginal":
-                y_n = torch.multinomial(p, M * k, replacement=True).view(B, M, k)  # (B, M, k)
-            else:
-                q_a = p[:, None, :].expand(B, M, C).clone()  # (B, M, C)
-                q_a.scatter_(2, y_a[..., None], 0.0)
-                y_n = torch.multinomial(q_a.view(B * M, C), k, replacement=True).view(B, M, k)
-            i_n = y_n * n + torch.randint(n, (B, M, k), device=device)  # (B, M, k)
-            f_a, f_p, f_n = take(F, i_a, i_p, i_n)  # (B, M, d), (B, M, d), (B, M, k, d)
-            z = torch.einsum("bmkd,bmd->bmk", f_n, f_a) - (f_a * f_p).sum(-1, keepdim=True)  # (B, M, k)
-            per_anchor = loss_fn.psi(rho * loss_fn.phi(z).sum(-1))  # (B, M)
-        else:
+            i_n = negatives.sample(table_of_anchor[..., None].expand(B, M, k))  # (B, M, k)
+        else:  # one negative sample per class
             i_n = torch.arange(C, device=device) * n + torch.randint(n, (B, M, C), device=device)  # (B, M, C)
-            f_a, f_p, f_n = take(F, i_a, i_p, i_n)  # f_n (B, M, C, d): one negative sample per class
-            z = torch.einsum("bmcd,bmd->bmc", f_n, f_a) - (f_a * f_p).sum(-1, keepdim=True)  # (B, M, C)
-            q_a = q[rows, y_a]  # (B, M, C)
-            if N_t is None:  # psi linear: E[sum_i phi] = k sum_j q_j phi_j
-                per_anchor = rho * k * (q_a * loss_fn.phi(z)).sum(-1)  # (B, M)
-            else:
-                S = rho * loss_fn.phi(z) @ N_t.T  # (B, M, Mc)
-                per_anchor = (P_t[rows, y_a] * loss_fn.psi(S)).sum(-1)  # (B, M)
-        per_run = (weight.gather(1, y_a) * per_anchor).mean(1)  # (B,)
-        optimizer.zero_grad(set_to_none=True)
-        per_run.sum().backward()
+        H = embeddings()  # (B, N, d)
+        F, r = normalize(H.detach())  # (B, N, d), (B, N, 1)
+        per_run, grad_F = contrastive_grad(
+            F, i_a + offsets, i_p + offsets, i_n + offsets[..., None],
+            objective.terms, "dense" if device.type == "cuda" else "sparse",
+        )  # fmt: skip
+        grad_H = normalize_backward(F, r, grad_F)  # (B, N, d)
+        if spec.model == "ufm":
+            W.grad = grad_H
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            H.backward(grad_H)
         optimizer.step()
         schedule.step()
         if step >= spec.steps - tail:
             tail_loss += per_run.detach() / tail
     with torch.no_grad():
-        F = features().cpu().numpy().astype(np.float64)  # (B, N, d)
+        F = normalize(embeddings())[0].cpu().numpy().astype(np.float64)  # (B, N, d)
     tail_loss = tail_loss.cpu().numpy()
     results = []
     for b, run in enumerate(runs):

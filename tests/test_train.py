@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.losses import parse_loss
 from pipeline.metrics import etf_gram
+from pipeline.objective import count_vectors
 from pipeline.problem import Problem, two_group_proportions
 from pipeline.theory import solve
 from pipeline.threshold import minority_threshold
-from pipeline.train import Run, TrainSpec, train_runs
+from pipeline.train import (
+    AliasSampler,
+    Objective,
+    Run,
+    TrainSpec,
+    contrastive_grad,
+    normalize,
+    normalize_backward,
+    train_runs,
+)
 
 torch.set_num_threads(1)
 INFONCE = parse_loss("infonce(tau=1)")
@@ -76,3 +88,76 @@ def test_a_diverging_run_is_flagged_and_leaves_the_others_alone():
     assert not fine.diverged and np.isfinite(fine.cos_minor)
     (alone,) = train_runs(runs[:1], TrainSpec(steps=50))
     assert fine.cos_minor == pytest.approx(alone.cos_minor, abs=0.05)
+
+
+def _objectives(B: int, M: int, C: int, k: int) -> list[tuple[str, Objective]]:
+    """One Objective per estimator branch, float64, with random weights and class probabilities."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.rand(B, M, generator=gen, dtype=torch.float64) + 0.5
+    q_a = torch.rand(B, M, C, generator=gen, dtype=torch.float64)
+    q_a /= q_a.sum(-1, keepdim=True)
+    counts = count_vectors(k, C).astype(np.float64)  # (Mc, C)
+    P_a = torch.rand(B, M, counts.shape[0], generator=gen, dtype=torch.float64)
+    P_a /= P_a.sum(-1, keepdim=True)
+    out = []
+    for loss_id in ("infonce(tau=0.5)", "sumexp(tau=1)", "squared_hinge(margin=1.5)"):
+        loss = replace(parse_loss(loss_id), param=torch.full((B, 1, 1), parse_loss(loss_id).param, dtype=torch.float64))
+        for rho in (1.0, 1.0 / k):  # sum and mean over the negatives
+            out.append((f"{loss_id} sampled rho={rho}", Objective(loss, rho, k, w)))
+            expected = Objective(loss, rho, k, w, q_a)
+            if not loss.psi_linear:
+                expected.N_t, expected.P_a = torch.tensor(counts), P_a
+            out.append((f"{loss_id} expected rho={rho}", expected))
+    return out
+
+
+def test_analytic_loss_derivative_matches_autograd():
+    B, M, C, k = 2, 6, 3, 3
+    for label, objective in _objectives(B, M, C, k):
+        K = k if objective.q_a is None else C
+        z = (torch.rand(B, M, K, dtype=torch.float64) * 2 - 1.8).requires_grad_()
+        per_run, g = objective.terms(z)
+        (g_ref,) = torch.autograd.grad(per_run.sum(), z)
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14, msg=label)
+
+
+@pytest.mark.parametrize("negatives", ["sparse", "dense"])
+def test_feature_gradient_matches_autograd_through_the_gathers(negatives):
+    """contrastive_grad + normalize_backward against plain autograd of the same loss, float64, with
+    repeated negatives (N = 7 rows for 20 draws per run) and anchors that are their own positives."""
+    B, n_rows, d, M, k = 3, 7, 4, 5, 4
+    gen = torch.Generator().manual_seed(0)
+    H = torch.randn(B, n_rows, d, generator=gen, dtype=torch.float64)
+    offsets = (torch.arange(B) * n_rows)[:, None]
+    i_a = torch.randint(n_rows, (B, M), generator=gen) + offsets
+    i_p = torch.where(torch.arange(M) % 2 == 0, i_a, torch.randint(n_rows, (B, M), generator=gen) + offsets)
+    i_n = torch.randint(n_rows, (B, M, k), generator=gen) + offsets[..., None]
+    _, objective = _objectives(B, M, 3, k)[2]  # infonce, sampled, rho = 1 / k
+    F, r = normalize(H)
+    per_run, grad_F = contrastive_grad(F, i_a, i_p, i_n, objective.terms, negatives)
+    grad_H = normalize_backward(F, r, grad_F)
+
+    H_ref = H.clone().requires_grad_()
+    flat = (H_ref / H_ref.norm(dim=-1, keepdim=True)).reshape(B * n_rows, d)
+    f_a, f_p, f_n = flat[i_a], flat[i_p], flat[i_n]  # (B, M, d), (B, M, d), (B, M, k, d)
+    z = torch.einsum("bmkd,bmd->bmk", f_n, f_a) - (f_a * f_p).sum(-1, keepdim=True)
+    per_run_ref, _ = objective.terms(z)
+    per_run_ref.sum().backward()
+    torch.testing.assert_close(per_run, per_run_ref.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad_H, H_ref.grad, rtol=1e-10, atol=1e-13)
+
+
+def test_alias_sampler_draws_the_class_proportions():
+    q = np.array([[0.5, 0.3, 0.2, 0.0], [2e-3, 0.25, 0.25, 0.498]])  # a zero and a rare class
+    n, draws = 3, 400_000
+    sampler = AliasSampler(q, n, torch.device("cpu"))
+    torch.manual_seed(0)
+    for t in range(2):
+        rows = sampler.sample(torch.full((draws,), t)).numpy()
+        counts = np.bincount(rows, minlength=4 * n).reshape(4, n)  # (class, place in class)
+        sigma = np.sqrt(draws * q[t] * (1 - q[t]))
+        assert np.all(np.abs(counts.sum(1) - draws * q[t]) <= 5 * sigma + 1e-9), (t, counts.sum(1))
+        assert counts[q[t] == 0].sum() == 0
+        within = counts[q[t] > 0]  # places uniform within each class
+        expected = within.sum(1, keepdims=True) / n
+        assert np.all(np.abs(within - expected) <= 5 * np.sqrt(expected) + 1), within
