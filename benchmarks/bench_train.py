@@ -29,37 +29,38 @@ from pipeline.problem import two_group_proportions
 from pipeline.train import Run, pick_device, train_runs
 
 
-def rate(n_runs: int, steps: int, work: Callable[[], object], repeats: int) -> float:
-    """Config-steps per second of ``work`` (which trains ``n_runs`` runs for ``steps`` steps), best of
-    ``repeats``: the machine's noise only ever slows a run down."""
-    best = math.inf
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        work()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return n_runs * steps / best
+def seconds(work: Callable[[], object]) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    work()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def measure(label: str, runs: list[Run], spec: TrainSpec, n_alone: int, naive: bool, repeats: int) -> None:
-    short = TrainSpec(**{**spec.__dict__, "steps": 2})
-    train_runs(runs, short)  # warm-up (allocator, CUDA context)
+    """Config-steps per second of each contender, best of ``repeats`` rounds (the machine's noise only
+    ever slows a run down); the contenders take turns within a round, so drift hits them alike."""
+    train_runs(runs, TrainSpec(**{**spec.__dict__, "steps": 2}))  # warm-up (allocator, CUDA context)
     head = runs[:n_alone]
-    line = f"{label}:\n"
+    contenders = {
+        "naive one-run loop": (n_alone, lambda: [naive_train(r, spec) for r in head]),
+        "trainer, one run a time": (n_alone, lambda: [train_runs([r], spec) for r in head]),
+        f"trainer, {len(runs)} stacked": (len(runs), lambda: train_runs(runs, spec)),
+    }
+    if not naive:
+        del contenders["naive one-run loop"]
+    best = dict.fromkeys(contenders, math.inf)
+    for _ in range(repeats):
+        for name, (_, work) in contenders.items():
+            best[name] = min(best[name], seconds(work))
+    rate = {name: contenders[name][0] * spec.steps / best[name] for name in contenders}
+    lines = [f"{label}:"] + [f"  {name:<24} {value:>10,.0f} config-steps/s" for name, value in rate.items()]
     if naive:
-        naive_rate = rate(n_alone, spec.steps, lambda: [naive_train(r, spec) for r in head], repeats)
-        line += f"  naive one-run loop       {naive_rate:>10,.0f} config-steps/s\n"
-    alone = rate(n_alone, spec.steps, lambda: [train_runs([r], spec) for r in head], repeats)
-    stacked = rate(len(runs), spec.steps, lambda: train_runs(runs, spec), repeats)
-    line += f"  trainer, one run a time  {alone:>10,.0f} config-steps/s\n"
-    line += f"  trainer, {len(runs):>3} stacked     {stacked:>10,.0f} config-steps/s"
-    if naive:
-        ratios = f"{alone / naive_rate:.1f}x alone, {stacked / naive_rate:.1f}x stacked"
-        line += f"\n  speedup over the naive loop per run: {ratios}"
-    print(line, flush=True)
+        base = rate.pop("naive one-run loop")
+        lines.append("  per run over the naive loop: " + ", ".join(f"{v / base:.2f}x ({n})" for n, v in rate.items()))
+    print("\n".join(lines), flush=True)
 
 
 def main() -> None:

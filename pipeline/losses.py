@@ -128,6 +128,13 @@ class Loss:
             return _step(t + self.param)  # a subgradient at the kink
         return 2 * _relu(t + self.param)
 
+    def phi_dphi(self, t: Any) -> tuple[Any, Any]:
+        """phi(t) and phi'(t) together (one exponential for ``exp``)."""
+        if self.phi_kind == "exp":
+            e = _exp(t / self.param)
+            return e, e / self.param
+        return self.phi(t), self.dphi(t)
+
     def d2phi(self, t: Any) -> Any:
         if self.phi_kind == "exp":
             return _exp(t / self.param) / self.param**2

@@ -103,13 +103,13 @@ def _stack_param(runs: list[Run], device: torch.device) -> torch.Tensor:
 
 
 class AliasSampler:
-    """Rows drawn class-first from categorical tables, in O(1) per draw (Walker's alias method).
+    """Rows drawn from categorical class tables in O(1) per draw (Walker's alias method, per row).
 
-    ``torch.multinomial`` costs about as much as the rest of a training step at the reference shape;
-    here a draw is one uniform integer ``v`` over the ``C n`` rows (its class ``v // n`` and its
-    place in the class ``v % n``) and one float64 uniform that keeps the class or swaps it for its
-    alias, with the place kept. float64, because minority classes at large R have probabilities far
-    below float32's resolution of a uniform.
+    ``torch.multinomial`` costs about as much as the rest of a training step at the reference shape.
+    Here each class table is built once (Vose) and spread over the class's ``n`` rows, so a draw is
+    a uniform row ``v``, one float64 uniform, and ``v`` kept or swapped for its alias (the same place
+    in the alias class). float64, because minority classes at large R have probabilities far below
+    float32's resolution of a uniform.
 
     Parameters
     ----------
@@ -130,16 +130,20 @@ class AliasSampler:
                 scaled[big] -= 1 - scaled[s]
                 if scaled[big] < 1:
                     small.append(large.pop())
-        self.C, self.n = C, n
-        self.prob = torch.tensor(prob.reshape(-1), dtype=torch.float64, device=device)  # (T C,)
-        self.alias = torch.tensor(alias.reshape(-1), device=device)  # (T C,)
+        self.N = C * n
+        place = np.arange(self.N) % n  # (N,)
+        prob_row = np.repeat(prob, n, axis=1)  # (T, N)
+        alias_row = np.repeat(alias, n, axis=1) * n + place  # (T, N)
+        self.prob = torch.tensor(prob_row.reshape(-1), dtype=torch.float64, device=device)  # (T N,)
+        self.alias = torch.tensor(alias_row.reshape(-1), device=device)  # (T N,)
 
-    def sample(self, table: torch.Tensor) -> torch.Tensor:
-        """One row per entry of ``table`` (any shape, table indices), from that table's distribution."""
-        v = torch.randint(self.C * self.n, table.shape, device=table.device)
-        column = table * self.C + v // self.n
-        keep = torch.rand(table.shape, dtype=torch.float64, device=table.device) < self.prob[column]
-        return torch.where(keep, v, self.alias[column] * self.n + v % self.n)
+    def sample(self, table: torch.Tensor, k: int) -> torch.Tensor:
+        """k rows (..., k) for each entry of ``table`` (..., table indices), from that table."""
+        shape = (*table.shape, k)
+        v = torch.randint(self.N, shape, device=table.device)
+        column = v + (table * self.N)[..., None]
+        keep = torch.rand(shape, dtype=torch.float64, device=table.device) < self.prob[column]
+        return torch.where(keep, v, self.alias[column])
 
 
 def normalize(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +155,8 @@ def normalize(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def normalize_backward(F: torch.Tensor, r: torch.Tensor, grad_F: torch.Tensor) -> torch.Tensor:
     """Gradient with respect to H of a function of F = H / |H|: (grad_F - F (grad_F·F)) / |H|.
     Overwrites grad_F (the step's largest temporary) with the result."""
-    dot = (grad_F * F).sum(-1, keepdim=True)  # (..., 1)
+    d = F.shape[-1]
+    dot = torch.bmm(grad_F.reshape(-1, 1, d), F.reshape(-1, d, 1)).view(r.shape)  # (..., 1); a fused dot
     return grad_F.addcmul_(F, dot, value=-1.0).mul_(r)
 
 
@@ -178,17 +183,18 @@ class Objective:
         """Per-run loss (B,) (the weighted mean over anchors) and g = its derivative in z (B, M, K)."""
         loss, rho, M = self.loss, self.rho, z.shape[1]
         scale = self.w / M  # (B, M)
+        phi, dphi = loss.phi_dphi(z)  # (B, M, K) each
         if self.q_a is None:  # sampled: psi(rho sum_j phi(z_j))
-            S = rho * loss.phi(z).sum(-1)  # (B, M)
+            S = rho * phi.sum(-1)  # (B, M)
             L = loss.psi(S)
-            g = (scale * rho * loss.dpsi(S))[..., None] * loss.dphi(z)
+            g = dphi.mul_((scale * rho * loss.dpsi(S))[..., None])
         elif self.N_t is None:  # expected, psi linear: E[sum_i phi] = k sum_j q_j phi(z_j)
-            L = rho * self.k * (self.q_a * loss.phi(z)).sum(-1)
-            g = (scale * rho * self.k)[..., None] * self.q_a * loss.dphi(z)
+            L = rho * self.k * (self.q_a * phi).sum(-1)
+            g = dphi.mul_(self.q_a).mul_((scale * rho * self.k)[..., None])
         else:  # expected: sum over count vectors n of P(n) psi(rho sum_j n_j phi(z_j))
-            S = rho * loss.phi(z) @ self.N_t.T  # (B, M, Mc)
+            S = rho * phi @ self.N_t.T  # (B, M, Mc)
             L = (self.P_a * loss.psi(S)).sum(-1)
-            g = (scale * rho)[..., None] * loss.dphi(z) * ((self.P_a * loss.dpsi(S)) @ self.N_t)
+            g = dphi.mul_((self.P_a * loss.dpsi(S)) @ self.N_t).mul_((scale * rho)[..., None])
         return (self.w * L).mean(1), g
 
 
@@ -251,18 +257,34 @@ def contrastive_grad(
     return per_run, grad.view(B, N, d)
 
 
+# On a CPU, stacking runs pays while the stacked feature tables stay about cache-sized; past that
+# every elementwise pass streams from memory and a stack is slower per run than a few runs
+# (reference shape of benchmarks/bench_train.py, 640 kB of features a run: 4 runs a stack is
+# fastest on 1 and 2 threads, 16 are 25-40% slower). A GPU takes the whole batch.
+CPU_STACK_BYTES = 3 * 2**20
+
+
 def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     """Train runs of one shape together; returns one result per run, in order.
 
-    All runs must share the loss form (psi, phi), C, n_major, k, dim and conventions.
+    All runs must share the loss form (psi, phi), C, n_major, k, dim and conventions. On a CPU they
+    are stacked ``CPU_STACK_BYTES`` of features at a time; each stack is one tensor program.
     """
     first = runs[0]
-    C, k, d, B = first.p.size, first.k, first.dim, len(runs)
     for r in runs:
         same = (r.loss.psi_kind, r.loss.phi_kind, r.p.size, r.n_major, r.k, r.dim, r.negatives, r.reduction)
-        assert same == (first.loss.psi_kind, first.loss.phi_kind, C, first.n_major, k, d, first.negatives,
-                        first.reduction), "runs of one batch must share their shape"  # fmt: skip
+        assert same == (first.loss.psi_kind, first.loss.phi_kind, first.p.size, first.n_major, first.k, first.dim,
+                        first.negatives, first.reduction), "runs of one batch must share their shape"  # fmt: skip
     device = pick_device(spec.device)
+    width = first.dim + (spec.hidden if spec.model == "mlp" else 0)  # floats a sample keeps per step
+    run_bytes = 4 * first.p.size * spec.samples_per_class * width
+    size = len(runs) if device.type == "cuda" else max(1, CPU_STACK_BYTES // run_bytes)
+    return [result for i in range(0, len(runs), size) for result in _train_stack(runs[i : i + size], spec, device)]
+
+
+def _train_stack(runs: list[Run], spec: TrainSpec, device: torch.device) -> list[RunResult]:
+    first = runs[0]
+    C, k, d, B = first.p.size, first.k, first.dim, len(runs)
     torch.manual_seed(sum(r.seed * 1_000_003**i for i, r in enumerate(runs)) % 2**63)
     X, y = make_data(spec, C, first.seed)
     n = spec.samples_per_class
@@ -325,7 +347,7 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
         shift = torch.randint(1, n, (B, M), device=device) if n > 1 else 0
         i_p = y_a * n + (i_a - y_a * n + shift) % n  # another sample of the class (itself when n = 1)
         if spec.estimator == "sampled":
-            i_n = negatives.sample(table_of_anchor[..., None].expand(B, M, k))  # (B, M, k)
+            i_n = negatives.sample(table_of_anchor, k)  # (B, M, k)
         else:  # one negative sample per class
             i_n = torch.arange(C, device=device) * n + torch.randint(n, (B, M, C), device=device)  # (B, M, C)
         H = embeddings()  # (B, N, d)

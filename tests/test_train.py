@@ -153,7 +153,7 @@ def test_alias_sampler_draws_the_class_proportions():
     sampler = AliasSampler(q, n, torch.device("cpu"))
     torch.manual_seed(0)
     for t in range(2):
-        rows = sampler.sample(torch.full((draws,), t)).numpy()
+        rows = sampler.sample(torch.full((draws // 4,), t), 4).numpy().reshape(-1)
         counts = np.bincount(rows, minlength=4 * n).reshape(4, n)  # (class, place in class)
         sigma = np.sqrt(draws * q[t] * (1 - q[t]))
         assert np.all(np.abs(counts.sum(1) - draws * q[t]) <= 5 * sigma + 1e-9), (t, counts.sum(1))
