@@ -10,7 +10,8 @@ gathered rows), the trainer given one run at a time (what the analytic gradient 
 the trainer with the runs stacked (what stacking adds on top).
 
 Run by hand: ``python benchmarks/bench_train.py [--runs 32] [--steps 40] [--threads 1] [--repeats 3]``. On a GPU
-machine the same script measures CUDA (the trainer picks it automatically; the naive loop is CPU).
+machine the same script measures CUDA (both loops pick it automatically); ``--kernel dense|sparse``
+picks how the trainer handles negatives (``auto``: sparse on CPU, dense on CUDA).
 """
 
 from __future__ import annotations
@@ -68,16 +69,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=32)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
+    parser.add_argument("--kernel", default="auto", choices=("auto", "sparse", "dense"), help="TrainSpec.kernel")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"device {pick_device('auto')}, torch {torch.__version__}, threads {args.threads}")
     loss = parse_loss("infonce(tau=0.5)")
-    reference = TrainSpec(steps=args.steps, batch_size=512, samples_per_class=500, estimator="sampled")
+    reference = TrainSpec(
+        steps=args.steps, batch_size=512, samples_per_class=500, estimator="sampled", kernel=args.kernel
+    )
     runs = [Run(loss, two_group_proportions(5, 5, 10.0 * (1 + i % 4)), 5, 16, 32, seed=i) for i in range(args.runs)]
     n_alone = max(2, args.runs // 8)
     measure("reference shape (5+5 classes x 500, d=32, k=16, batch 512)", runs, reference, n_alone, True, args.repeats)
-    sweep = TrainSpec(steps=10 * args.steps)  # the sweep's default UFM shape
+    sweep = TrainSpec(steps=10 * args.steps, kernel=args.kernel)  # the sweep's default UFM shape
     runs = [Run(loss, two_group_proportions(2, 2, 1.0 + i), 2, 4, 4, seed=i) for i in range(args.runs)]
     measure("sweep shape (2+2 classes x 2, d=4, k=4, batch 256, expected)", runs, sweep, n_alone, False, args.repeats)
     print("targets: >= 2x the naive loop per run on CPU at the reference shape; >= 300k config-steps/s on an H200")

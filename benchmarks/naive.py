@@ -11,7 +11,7 @@ from scipy.special import gammaln, xlogy
 from pipeline.config import TrainSpec
 from pipeline.objective import count_vectors
 from pipeline.problem import Problem
-from pipeline.train import Run
+from pipeline.train import Run, pick_device
 
 
 def naive_full(problem: Problem) -> tuple[float, np.ndarray]:
@@ -42,20 +42,22 @@ def naive_full(problem: Problem) -> tuple[float, np.ndarray]:
 def naive_train(run: Run, spec: TrainSpec) -> float:
     """The straightforward one-run UFM training loop (sampled marginal negatives): autograd through the
     gathered rows, the same sampling, loss and Adam settings as :func:`pipeline.train.train_runs`.
-    Returns the last step's loss."""
+    Runs on the trainer's device. Returns the last step's loss."""
     C, k, d, n = run.p.size, run.k, run.dim, spec.samples_per_class
     loss, rho = run.loss, 1.0 if run.reduction == "sum" else 1.0 / k
+    device = pick_device(spec.device)
     torch.manual_seed(run.seed)
-    W = torch.randn(C * n, d, requires_grad=True)  # (N, d)
+    W = torch.randn(C * n, d, device=device).requires_grad_()  # (N, d)
     optimizer = torch.optim.Adam([W], lr=spec.lr, betas=spec.betas, fused=True)
-    p = torch.tensor(run.p, dtype=torch.float32)  # (C,)
+    p = torch.tensor(run.p, dtype=torch.float32, device=device)  # (C,)
     M = spec.batch_size // C * C
-    y_a = torch.arange(C).repeat(M // C)  # (M,) stratified anchors, importance-weighted by C p
+    y_a = torch.arange(C, device=device).repeat(M // C)  # (M,) stratified anchors, importance-weighted by C p
     for _ in range(spec.steps):
         F = W / W.norm(dim=1, keepdim=True)  # (N, d)
-        i_a = y_a * n + torch.randint(n, (M,))
-        i_p = y_a * n + (i_a - y_a * n + torch.randint(1, n, (M,))) % n
-        i_n = torch.multinomial(p, M * k, replacement=True).view(M, k) * n + torch.randint(n, (M, k))
+        i_a = y_a * n + torch.randint(n, (M,), device=device)
+        i_p = y_a * n + (i_a - y_a * n + torch.randint(1, n, (M,), device=device)) % n
+        y_n = torch.multinomial(p, M * k, replacement=True).view(M, k)
+        i_n = y_n * n + torch.randint(n, (M, k), device=device)
         f_a, f_p, f_n = F[i_a], F[i_p], F[i_n]  # (M, d), (M, d), (M, k, d)
         z = torch.einsum("mkd,md->mk", f_n, f_a) - (f_a * f_p).sum(-1, keepdim=True)  # (M, k)
         value = (C * p[y_a] * loss.psi(rho * loss.phi(z).sum(-1))).mean()

@@ -25,6 +25,7 @@ SOLVER_CHOICES = ("auto", "symmetric", "full", "rank")
 MODELS = ("ufm", "mlp")
 DATASETS = ("gaussian", "digits")
 ESTIMATORS = ("expected", "sampled")
+KERNELS = ("auto", "sparse", "dense")
 
 
 class ConfigError(InputError):
@@ -86,6 +87,7 @@ class TrainSpec:
     noise: float = 0.5  # gaussian within-class standard deviation
     device: str = "auto"  # auto: cuda when available, else cpu
     estimator: str = "expected"  # expected | sampled (see pipeline.train)
+    kernel: str = "auto"  # sparse | dense negatives (pipeline.train.contrastive_grad); auto: sparse on CPU
     runs_per_batch: int = 32  # runs stacked in one task
     select: dict[str, tuple] = field(default_factory=dict)  # train only these values of some axes
 
@@ -375,6 +377,7 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
         noise=_positive_number("train.noise", raw.get("noise", d.noise), problems),
         device=device,
         estimator=_choice("train.estimator", raw.get("estimator", d.estimator), ESTIMATORS, problems),
+        kernel=_choice("train.kernel", raw.get("kernel", d.kernel), KERNELS, problems),
         runs_per_batch=_int_field("train.runs_per_batch", raw.get("runs_per_batch", d.runs_per_batch), 1, problems),
         select=chosen,
     )

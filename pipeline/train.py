@@ -339,6 +339,7 @@ def _train_stack(runs: list[Run], spec: TrainSpec, device: torch.device) -> list
             P_t = torch.stack([torch.tensor(multinomial_weights(counts, qb), dtype=torch.float32)
                                for qb in q.cpu().double().numpy()]).to(device)  # (B, C, Mc)  # fmt: skip
             objective.P_a = P_t[rows, anchors_y]  # (B, M, Mc)
+    kernel = spec.kernel if spec.kernel != "auto" else "dense" if device.type == "cuda" else "sparse"
     tail = max(1, spec.steps // 10)
     tail_loss = torch.zeros(B, device=device)
     y_a = anchors_y  # (B, M): stratified, M / C anchors of every class
@@ -354,7 +355,7 @@ def _train_stack(runs: list[Run], spec: TrainSpec, device: torch.device) -> list
         F, r = normalize(H.detach())  # (B, N, d), (B, N, 1)
         per_run, grad_F = contrastive_grad(
             F, i_a + offsets, i_p + offsets, i_n + offsets[..., None],
-            objective.terms, "dense" if device.type == "cuda" else "sparse",
+            objective.terms, kernel,
         )  # fmt: skip
         grad_H = normalize_backward(F, r, grad_F)  # (B, N, d)
         if spec.model == "ufm":
