@@ -3,14 +3,15 @@
 Reference shape: UFM, 5 majority + 5 minority classes, d = 32, k = 16, batch 512 anchors, InfoNCE,
 sampled negatives (the expected estimator's binom(25, 9) count vectors do not fit this shape).
 Our trainer gives every class the same number of samples (R enters through the sampling
-proportions), so the reference's 500 / 50 samples per class become 500 for every class.
+proportions), so the reference's 5 x 500 + 5 x 50 = 2750 samples become 275 a class: the same
+feature table, negatives and batch, hence the same work a step.
 
 Three figures per shape: the naive loop (``benchmarks/naive.py``: one run, autograd through the
 gathered rows), the trainer given one run at a time (what the analytic gradient alone buys), and
 the trainer with the runs stacked (what stacking adds on top).
 
-Run by hand: ``python benchmarks/bench_train.py [--runs 32] [--steps 40] [--threads 1] [--repeats 3]``. On a GPU
-machine the same script measures CUDA (both loops pick it automatically); ``--kernel dense|sparse``
+Run by hand: ``python benchmarks/bench_train.py [--runs 32] [--steps 100] [--threads 1] [--repeats 3]``.
+On a GPU machine the same script measures CUDA (both loops pick it automatically); ``--kernel dense|sparse``
 picks how the trainer handles negatives (``auto``: sparse on CPU, dense on CUDA).
 """
 
@@ -67,7 +68,7 @@ def measure(label: str, runs: list[Run], spec: TrainSpec, n_alone: int, naive: b
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
     parser.add_argument("--kernel", default="auto", choices=("auto", "sparse", "dense"), help="TrainSpec.kernel")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -76,12 +77,19 @@ def main() -> None:
     print(f"device {pick_device('auto')}, torch {torch.__version__}, threads {args.threads}")
     loss = parse_loss("infonce(tau=0.5)")
     reference = TrainSpec(
-        steps=args.steps, batch_size=512, samples_per_class=500, estimator="sampled", kernel=args.kernel
+        steps=args.steps, batch_size=512, samples_per_class=275, estimator="sampled", kernel=args.kernel
     )
     runs = [Run(loss, two_group_proportions(5, 5, 10.0 * (1 + i % 4)), 5, 16, 32, seed=i) for i in range(args.runs)]
     n_alone = max(2, args.runs // 8)
-    measure("reference shape (5+5 classes x 500, d=32, k=16, batch 512)", runs, reference, n_alone, True, args.repeats)
-    sweep = TrainSpec(steps=10 * args.steps, kernel=args.kernel)  # the sweep's default UFM shape
+    measure(
+        "reference shape (5+5 classes, 2750 samples, d=32, k=16, batch 512)",
+        runs,
+        reference,
+        n_alone,
+        True,
+        args.repeats,
+    )
+    sweep = TrainSpec(steps=4 * args.steps, kernel=args.kernel)  # the sweep's default UFM shape
     runs = [Run(loss, two_group_proportions(2, 2, 1.0 + i), 2, 4, 4, seed=i) for i in range(args.runs)]
     measure("sweep shape (2+2 classes x 2, d=4, k=4, batch 256, expected)", runs, sweep, n_alone, False, args.repeats)
     print("targets: >= 2x the naive loop per run on CPU at the reference shape; >= 300k config-steps/s on an H200")

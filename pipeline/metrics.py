@@ -34,9 +34,7 @@ def class_mean_gram(H: np.ndarray, y: np.ndarray, C: int) -> np.ndarray:
     -------
     (C, C) array; rows and columns of classes without samples are NaN.
     """
-    np.bincount(y, minlength=C)  # (C,)
-    M = np.zeros((C, H.shape[1]))  # (C, d)
-    np.add.at(M, y, H)
+    M = np.eye(C)[y].T @ H  # (C, d) class sums; a matmul, far faster than np.add.at
     with np.errstate(invalid="ignore", divide="ignore"):
         M /= np.linalg.norm(M, axis=1, keepdims=True)
     return M @ M.T
