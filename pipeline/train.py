@@ -23,6 +23,11 @@ with far more minority anchors, whose terms weigh O(p_minor^2), and no class-cou
 are another sample of the anchor's class; negatives are drawn from q = p (``marginal``) or from p
 without the anchor's class (``other``).
 
+Gradients: autograd never runs through the gathered samples. :class:`Objective` gives the loss and
+its derivative in the similarities z analytically; :func:`contrastive_grad` turns that into the
+feature gradient (sparse kernels for the negatives on CPU) and :func:`normalize_backward` carries it
+through the normalisation; an MLP's parameters get it by one backward pass from the features.
+
 Models: ``ufm`` (one free embedding per sample, normalised: the setting of the theory) and ``mlp``
 (a two-layer encoder, output normalised) on ``gaussian`` (one isotropic component per class) or
 ``digits`` (scikit-learn's bundled 8x8 digits, classes 0..C-1 with majority first; no download).
