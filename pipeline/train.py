@@ -262,18 +262,19 @@ def contrastive_grad(
     return per_run, grad.view(B, N, d)
 
 
-# On a CPU, stacking runs pays while the stacked feature tables stay about cache-sized; past that
-# every elementwise pass streams from memory and a stack is slower per run than a few runs
-# (reference shape of benchmarks/bench_train.py, 640 kB of features a run: 4 runs a stack is
-# fastest on 1 and 2 threads, 16 are 25-40% slower). A GPU takes the whole batch.
-CPU_STACK_BYTES = 3 * 2**20
+# On a CPU, stacking runs pays while each thread's share of the stacked feature tables stays about
+# L2-sized; past that every elementwise pass streams from farther away and a stack is slower per
+# run (reference shape of benchmarks/bench_train.py, 350 kB of features a run: 4 runs a stack are
+# fastest on 1 thread, 8 on 2 threads; 16 are 20-35% slower). A GPU takes the whole batch.
+CPU_STACK_BYTES_PER_THREAD = 3 * 2**19
 
 
 def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     """Train runs of one shape together; returns one result per run, in order.
 
     All runs must share the loss form (psi, phi), C, n_major, k, dim and conventions. On a CPU they
-    are stacked ``CPU_STACK_BYTES`` of features at a time; each stack is one tensor program.
+    are stacked ``CPU_STACK_BYTES_PER_THREAD`` of features a thread at a time; each stack is one
+    tensor program.
     """
     first = runs[0]
     for r in runs:
@@ -283,7 +284,8 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     device = pick_device(spec.device)
     width = first.dim + (spec.hidden if spec.model == "mlp" else 0)  # floats a sample keeps per step
     run_bytes = 4 * first.p.size * spec.samples_per_class * width
-    size = len(runs) if device.type == "cuda" else max(1, CPU_STACK_BYTES // run_bytes)
+    budget = CPU_STACK_BYTES_PER_THREAD * torch.get_num_threads()
+    size = len(runs) if device.type == "cuda" else max(1, budget // run_bytes)
     return [result for i in range(0, len(runs), size) for result in _train_stack(runs[i : i + size], spec, device)]
 
 

@@ -205,10 +205,12 @@ def test_interrupted_run_resumes_to_the_same_store(finished, tmp_path, sig):
 def test_bad_configs_exit_2_naming_every_problem(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump({"store": str(tmp_path / "s.zarr"), "grid": {"loss": ["infonce(tau=0)"], "R": [0.5],
-                                   "k": [0, 4], "colour": 1}, "theory": {"solver": "magic"}}))  # fmt: skip
+                                   "k": [0, 4], "colour": 1}, "theory": {"solver": "magic"},
+                                   "train": {"kernel": "fast"}}))  # fmt: skip
     proc = clphase("run", str(cfg))
     assert proc.returncode == 2
-    for expected in ("grid.loss", "tau > 0", "grid.R: 0.5", "grid.k: 0", "grid.colour: unknown key", "theory.solver"):
+    for expected in ("grid.loss", "tau > 0", "grid.R: 0.5", "grid.k: 0", "grid.colour: unknown key", "theory.solver",
+                     "train.kernel: 'fast'"):  # fmt: skip
         assert expected in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "s.zarr").exists()
 

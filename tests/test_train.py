@@ -161,3 +161,17 @@ def test_alias_sampler_draws_the_class_proportions():
         within = counts[q[t] > 0]  # places uniform within each class
         expected = within.sum(1, keepdims=True) / n
         assert np.all(np.abs(within - expected) <= 5 * np.sqrt(expected) + 1), within
+
+
+def test_cpu_stacks_split_the_runs_and_keep_their_order(monkeypatch):
+    """With a budget of one run a stack, the batch trains as stacks of one: each result equals the run
+    trained alone, in order."""
+    runs = [Run(INFONCE, two_group_proportions(2, 2, R), 2, 4, 4, seed=s) for R, s in ((2.0, 0), (50.0, 1), (5.0, 2))]
+    spec = TrainSpec(steps=20)
+    alone = [train_runs([r], spec)[0] for r in runs]
+    monkeypatch.setattr("pipeline.train.CPU_STACK_BYTES_PER_THREAD", 1)
+    for result, single in zip(train_runs(runs, spec), alone, strict=True):
+        np.testing.assert_array_equal(result.features, single.features)
+    monkeypatch.undo()
+    stacked = train_runs(runs, spec)  # one stack of three: other random draws, same kind of result
+    assert not np.array_equal(stacked[1].features, alone[1].features)
