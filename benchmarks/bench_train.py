@@ -80,7 +80,7 @@ def main() -> None:
         steps=args.steps, batch_size=512, samples_per_class=275, estimator="sampled", kernel=args.kernel
     )
     runs = [Run(loss, two_group_proportions(5, 5, 10.0 * (1 + i % 4)), 5, 16, 32, seed=i) for i in range(args.runs)]
-    n_alone = max(2, args.runs // 8)
+    n_alone = max(2, min(8, args.runs // 8))  # runs timed one at a time
     measure(
         "reference shape (5+5 classes, 2750 samples, d=32, k=16, batch 512)",
         runs,

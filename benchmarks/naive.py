@@ -3,7 +3,6 @@ class-collapsed SDP per point, and a one-run autograd training loop."""
 
 from __future__ import annotations
 
-import cvxpy as cp
 import numpy as np
 import torch
 from scipy.special import gammaln, xlogy
@@ -16,6 +15,8 @@ from pipeline.train import Run, pick_device
 
 def naive_full(problem: Problem) -> tuple[float, np.ndarray]:
     """Build and solve min L(G) s.t. G PSD, diag(G) = 1 with constants; one log_sum_exp per term."""
+    import cvxpy as cp  # here, so that the training baseline runs where cvxpy is not installed
+
     C, k, loss = problem.C, problem.k, problem.loss
     q = problem.negative_distribution()
     N = count_vectors(k, C)

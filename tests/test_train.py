@@ -51,8 +51,8 @@ def test_ufm_collapses_exactly_where_theory_says(around_threshold):
 
 def test_training_is_deterministic_on_cpu(around_threshold):
     _, runs, results = around_threshold
-    again = train_runs(runs[:1], TrainSpec(steps=50))
-    once_more = train_runs(runs[:1], TrainSpec(steps=50))
+    again = train_runs(runs[:1], TrainSpec(steps=50, device="cpu"))
+    once_more = train_runs(runs[:1], TrainSpec(steps=50, device="cpu"))
     np.testing.assert_array_equal(again[0].features, once_more[0].features)
     assert results[0].features.shape == (4 * TrainSpec().samples_per_class, 4)
 
@@ -121,18 +121,22 @@ def test_analytic_loss_derivative_matches_autograd():
         torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14, msg=label)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
 @pytest.mark.parametrize("negatives", ["sparse", "dense"])
-def test_feature_gradient_matches_autograd_through_the_gathers(negatives):
+def test_feature_gradient_matches_autograd_through_the_gathers(negatives, device):
     """contrastive_grad + normalize_backward against plain autograd of the same loss, float64, with
     repeated negatives (N = 7 rows for 20 draws per run) and anchors that are their own positives."""
     B, n_rows, d, M, k = 3, 7, 4, 5, 4
     gen = torch.Generator().manual_seed(0)
-    H = torch.randn(B, n_rows, d, generator=gen, dtype=torch.float64)
+    H = torch.randn(B, n_rows, d, generator=gen, dtype=torch.float64).to(device)
     offsets = (torch.arange(B) * n_rows)[:, None]
     i_a = torch.randint(n_rows, (B, M), generator=gen) + offsets
     i_p = torch.where(torch.arange(M) % 2 == 0, i_a, torch.randint(n_rows, (B, M), generator=gen) + offsets)
     i_n = torch.randint(n_rows, (B, M, k), generator=gen) + offsets[..., None]
+    i_a, i_p, i_n = i_a.to(device), i_p.to(device), i_n.to(device)
     _, objective = _objectives(B, M, 3, k)[2]  # infonce, sampled, rho = 1 / k
+    objective = replace(objective, loss=replace(objective.loss, param=objective.loss.param.to(device)),
+                        w=objective.w.to(device))  # fmt: skip
     F, r = normalize(H)
     per_run, grad_F = contrastive_grad(F, i_a, i_p, i_n, objective.terms, negatives)
     grad_H = normalize_backward(F, r, grad_F)
@@ -167,7 +171,7 @@ def test_cpu_stacks_split_the_runs_and_keep_their_order(monkeypatch):
     """With a budget of one run a stack, the batch trains as stacks of one: each result equals the run
     trained alone, in order."""
     runs = [Run(INFONCE, two_group_proportions(2, 2, R), 2, 4, 4, seed=s) for R, s in ((2.0, 0), (50.0, 1), (5.0, 2))]
-    spec = TrainSpec(steps=20)
+    spec = TrainSpec(steps=20, device="cpu")
     alone = [train_runs([r], spec)[0] for r in runs]
     monkeypatch.setattr("pipeline.train.CPU_STACK_BYTES_PER_THREAD", 1)
     for result, single in zip(train_runs(runs, spec), alone, strict=True):
