@@ -209,18 +209,18 @@ def contrastive_grad(
     i_p: torch.Tensor,
     i_n: torch.Tensor,
     terms: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    negatives: str = "sparse",
+    kernel: str = "sparse",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-run loss and its gradient with respect to the features, autograd kept off the gathers.
 
     With ``z_j = f_a·f_j - f_a·f_p`` and ``g_j = dL/dz_j`` (from ``terms``), the chain
     rule is ``dL/df_a = sum_j g_j f_j - (sum_j g_j) f_p``, ``dL/df_j = g_j f_a``, ``dL/df_p =
-    -(sum_j g_j) f_a``, scatter-added into the rows. ``negatives="sparse"`` never gathers the
+    -(sum_j g_j) f_a``, scatter-added into the rows. ``kernel="sparse"`` never gathers the
     negatives' features: the anchor-by-row incidence of the negatives is a CSR matrix with K entries a
     row, z is its sampled product ``f_a F^T`` (SDDMM) and ``sum_j g_j f_j`` an embedding bag with
     weights g. ``"dense"`` gathers them into a (B M, K, d) tensor and uses two batched matmuls: the
-    same numbers, about twice the memory traffic; the CUDA path, where sparse kernels' handling of
-    repeated negatives is not checked here.
+    same numbers, more memory traffic (about 5% slower a step on CPU), and the CUDA default until
+    ``benchmarks/device_train.sh`` has checked cuSPARSE's SDDMM with repeated negatives on a GPU.
 
     Parameters
     ----------
@@ -239,7 +239,7 @@ def contrastive_grad(
     cols = i_n.reshape(-1)  # (B M K,)
     f_a = flat.index_select(0, i_a.reshape(-1))  # (B M, d)
     f_p = flat.index_select(0, i_p.reshape(-1))  # (B M, d)
-    if negatives == "sparse":
+    if kernel == "sparse":
         crow = torch.arange(0, B * M * K + 1, K, device=F.device)  # (B M + 1,)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
@@ -251,7 +251,7 @@ def contrastive_grad(
     per_run, g = terms((z_n - (f_a * f_p).sum(-1, keepdim=True)).view(B, M, K))  # (B,), (B, M, K)
     g = g.reshape(B * M, K)
     g_sum = g.sum(-1, keepdim=True)  # (B M, 1)
-    if negatives == "sparse":
+    if kernel == "sparse":
         pulled = torch.nn.functional.embedding_bag(i_n.view(B * M, K), flat, per_sample_weights=g, mode="sum")
     else:
         pulled = torch.bmm(g[:, None, :], f_n)[:, 0]  # (B M, d): sum_j g_j f_j
@@ -290,6 +290,7 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
 
 
 def _train_stack(runs: list[Run], spec: TrainSpec, device: torch.device) -> list[RunResult]:
+    """Train runs of one shape as one stacked tensor program (leading run axis B)."""
     first = runs[0]
     C, k, d, B = first.p.size, first.k, first.dim, len(runs)
     torch.manual_seed(sum(r.seed * 1_000_003**i for i, r in enumerate(runs)) % 2**63)
