@@ -42,7 +42,7 @@ def naive_full(problem: Problem) -> tuple[float, np.ndarray]:
 
 def naive_train(run: Run, spec: TrainSpec) -> float:
     """The straightforward one-run UFM training loop (sampled marginal negatives): autograd through the
-    gathered rows, the same sampling, loss and Adam settings as :func:`pipeline.train.train_runs`.
+    gathered rows, the same sampling, loss, Adam and schedule as :func:`pipeline.train.train_runs`.
     Runs on the trainer's device. Returns the last step's loss."""
     C, k, d, n = run.p.size, run.k, run.dim, spec.samples_per_class
     loss, rho = run.loss, 1.0 if run.reduction == "sum" else 1.0 / k
@@ -50,13 +50,15 @@ def naive_train(run: Run, spec: TrainSpec) -> float:
     torch.manual_seed(run.seed)
     W = torch.randn(C * n, d, device=device).requires_grad_()  # (N, d)
     optimizer = torch.optim.Adam([W], lr=spec.lr, betas=spec.betas, fused=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.steps, eta_min=spec.lr * spec.lr_final)
     p = torch.tensor(run.p, dtype=torch.float32, device=device)  # (C,)
-    M = spec.batch_size // C * C
+    M = max(C, spec.batch_size // C * C)
     y_a = torch.arange(C, device=device).repeat(M // C)  # (M,) stratified anchors, importance-weighted by C p
     for _ in range(spec.steps):
         F = W / W.norm(dim=1, keepdim=True)  # (N, d)
         i_a = y_a * n + torch.randint(n, (M,), device=device)
-        i_p = y_a * n + (i_a - y_a * n + torch.randint(1, n, (M,), device=device)) % n
+        shift = torch.randint(1, n, (M,), device=device) if n > 1 else 0
+        i_p = y_a * n + (i_a - y_a * n + shift) % n
         y_n = torch.multinomial(p, M * k, replacement=True).view(M, k)
         i_n = y_n * n + torch.randint(n, (M, k), device=device)
         f_a, f_p, f_n = F[i_a], F[i_p], F[i_n]  # (M, d), (M, d), (M, k, d)
@@ -65,4 +67,5 @@ def naive_train(run: Run, spec: TrainSpec) -> float:
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
+        schedule.step()
     return float(value.detach())

@@ -34,7 +34,7 @@ def class_mean_gram(H: np.ndarray, y: np.ndarray, C: int) -> np.ndarray:
     -------
     (C, C) array; rows and columns of classes without samples are NaN.
     """
-    M = np.eye(C)[y].T @ H  # (C, d) class sums; a matmul, far faster than np.add.at
+    M = np.stack([np.bincount(y, weights=h, minlength=C) for h in H.T], axis=1)  # (C, d) class sums
     with np.errstate(invalid="ignore", divide="ignore"):
         M /= np.linalg.norm(M, axis=1, keepdims=True)
     return M @ M.T

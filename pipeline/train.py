@@ -165,7 +165,7 @@ def normalize_backward(F: torch.Tensor, r: torch.Tensor, grad_F: torch.Tensor) -
     return grad_F.addcmul_(F, dot, value=-1.0).mul_(r)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Objective:
     """The per-anchor loss terms of a step and their analytic derivatives in z.
 
@@ -180,8 +180,8 @@ class Objective:
     rho: float  # 1 (sum over negatives) or 1 / k (mean)
     k: int
     w: torch.Tensor  # (B, M) importance weights of the anchors
-    q_a: torch.Tensor | None = None  # (B, M, C) class probabilities of a negative (expected only)
-    N_t: torch.Tensor | None = None  # (Mc, C) count vectors (expected, psi not linear)
+    q_a: torch.Tensor | None = None  # (B, M, C) class probabilities of a negative; None: sampled
+    counts: torch.Tensor | None = None  # (Mc, C) count vectors n; None: psi linear (or sampled)
     P_a: torch.Tensor | None = None  # (B, M, Mc) their multinomial probabilities
 
     def terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,15 +191,15 @@ class Objective:
         phi, dphi = loss.phi_dphi(z)  # (B, M, K) each
         if self.q_a is None:  # sampled: psi(rho sum_j phi(z_j))
             S = rho * phi.sum(-1)  # (B, M)
-            L = loss.psi(S)
+            L = loss.psi(S)  # (B, M)
             g = dphi.mul_((scale * rho * loss.dpsi(S))[..., None])
-        elif self.N_t is None:  # expected, psi linear: E[sum_i phi] = k sum_j q_j phi(z_j)
-            L = rho * self.k * (self.q_a * phi).sum(-1)
+        elif self.counts is None:  # expected, psi linear: E[sum_i phi] = k sum_j q_j phi(z_j)
+            L = rho * self.k * (self.q_a * phi).sum(-1)  # (B, M)
             g = dphi.mul_(self.q_a).mul_((scale * rho * self.k)[..., None])
         else:  # expected: sum over count vectors n of P(n) psi(rho sum_j n_j phi(z_j))
-            S = rho * phi @ self.N_t.T  # (B, M, Mc)
-            L = (self.P_a * loss.psi(S)).sum(-1)
-            g = dphi.mul_((self.P_a * loss.dpsi(S)) @ self.N_t).mul_((scale * rho)[..., None])
+            S = rho * phi @ self.counts.T  # (B, M, Mc)
+            L = (self.P_a * loss.psi(S)).sum(-1)  # (B, M)
+            g = dphi.mul_((self.P_a * loss.dpsi(S)) @ self.counts).mul_((scale * rho)[..., None])
         return (self.w * L).mean(1), g
 
 
@@ -262,19 +262,20 @@ def contrastive_grad(
     return per_run, grad.view(B, N, d)
 
 
-# On a CPU, stacking runs pays while each thread's share of the stacked feature tables stays about
-# L2-sized; past that every elementwise pass streams from farther away and a stack is slower per
-# run (reference shape of benchmarks/bench_train.py, 350 kB of features a run: 4 runs a stack are
-# fastest on 1 thread, 8 on 2 threads; 16 are 20-35% slower). A GPU takes the whole batch.
-CPU_STACK_BYTES_PER_THREAD = 3 * 2**19
+# On a CPU, stacking runs pays while the stacked feature tables stay about cache-sized; past that
+# every elementwise pass streams from farther away and a stack is slower per run (reference shape of
+# benchmarks/bench_train.py, 350 kB of features a run: 4 runs a stack are fastest on 1 thread, 8 on
+# 2; 16 are 20-35% slower). A fixed budget, not one scaled by threads: which runs share a stack
+# (and so a random stream) then depends on the config alone. A GPU takes the whole batch.
+CPU_STACK_BYTES = 3 * 2**19
 
 
 def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     """Train runs of one shape together; returns one result per run, in order.
 
     All runs must share the loss form (psi, phi), C, n_major, k, dim and conventions. On a CPU they
-    are stacked ``CPU_STACK_BYTES_PER_THREAD`` of features a thread at a time; each stack is one
-    tensor program.
+    are stacked ``CPU_STACK_BYTES`` of features at a time; each stack is one tensor program. The data
+    (mlp) come from the first run's seed, as do all runs of the batch.
     """
     first = runs[0]
     for r in runs:
@@ -284,17 +285,21 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     device = pick_device(spec.device)
     width = first.dim + (spec.hidden if spec.model == "mlp" else 0)  # floats a sample keeps per step
     run_bytes = 4 * first.p.size * spec.samples_per_class * width
-    budget = CPU_STACK_BYTES_PER_THREAD * torch.get_num_threads()
-    size = len(runs) if device.type == "cuda" else max(1, budget // run_bytes)
-    return [result for i in range(0, len(runs), size) for result in _train_stack(runs[i : i + size], spec, device)]
+    size = len(runs) if device.type == "cuda" else max(1, CPU_STACK_BYTES // run_bytes)
+    data = make_data(spec, first.p.size, first.seed)
+    return [
+        result for i in range(0, len(runs), size) for result in _train_stack(runs[i : i + size], spec, data, device)
+    ]
 
 
-def _train_stack(runs: list[Run], spec: TrainSpec, device: torch.device) -> list[RunResult]:
+def _train_stack(
+    runs: list[Run], spec: TrainSpec, data: tuple[np.ndarray | None, np.ndarray], device: torch.device
+) -> list[RunResult]:
     """Train runs of one shape as one stacked tensor program (leading run axis B)."""
     first = runs[0]
     C, k, d, B = first.p.size, first.k, first.dim, len(runs)
     torch.manual_seed(sum(r.seed * 1_000_003**i for i, r in enumerate(runs)) % 2**63)
-    X, y = make_data(spec, C, first.seed)
+    X, y = data
     n = spec.samples_per_class
     N = C * n
     gens = [torch.Generator().manual_seed(r.seed) for r in runs]
@@ -317,40 +322,44 @@ def _train_stack(runs: list[Run], spec: TrainSpec, device: torch.device) -> list
 
     offsets = (torch.arange(B, device=device) * N)[:, None]  # (B, 1): rows of run b in the flat (B * N, d)
 
-    p = torch.tensor(np.stack([r.p for r in runs]), dtype=torch.float32, device=device)  # (B, C)
-    weight = p * C  # importance weights of class-balanced anchors, (B, C)
+    p_runs = np.stack([r.p for r in runs])  # (B, C) float64
+    w_class = torch.tensor(p_runs * C, dtype=torch.float32, device=device)  # (B, C) weights of balanced anchors
     loss_fn = replace(first.loss, param=_stack_param(runs, device))
     rho = 1.0 if first.reduction == "sum" else 1.0 / k
     M = max(C, spec.batch_size // C * C)
     # stratified anchors: a fixed number per class, so the O(p_minor) terms carry no count noise
-    anchors_y = torch.arange(C, device=device).repeat(M // C).expand(B, M)  # (B, M)
+    y_a = torch.arange(C, device=device).repeat(M // C).expand(B, M)  # (B, M)
     optimizer = torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, fused=True)  # one pass over the parameters
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.steps, eta_min=spec.lr * spec.lr_final)
     rows = torch.arange(B, device=device)[:, None]  # (B, 1)
-    objective = Objective(loss_fn, rho, k, weight[rows, anchors_y])
-    if spec.estimator == "sampled":  # one alias table per run (marginal) or per run and anchor class (other)
-        q = np.stack([r.p for r in runs])[:, None, :]  # (B, 1, C)
-        if first.negatives == "other":
-            q = np.repeat(q, C, axis=1) * (1 - np.eye(C))  # (B, C, C): the anchor's class removed
-        negatives = AliasSampler(q.reshape(-1, C), n, device)
-        table_of_anchor = anchors_y if first.negatives == "other" else torch.zeros_like(anchors_y)
-        table_of_anchor = table_of_anchor + rows * q.shape[1]  # (B, M)
+    w = w_class[rows, y_a]  # (B, M)
+    # class distribution of one negative, by run and anchor class
+    q_neg = np.repeat(p_runs[:, None, :], C, axis=1)  # (B, C anchor, C negative)
+    if first.negatives == "other":
+        q_neg *= 1 - np.eye(C)  # the anchor's class removed
+        q_neg /= q_neg.sum(-1, keepdims=True)
+    if spec.estimator == "sampled":
+        objective = Objective(loss_fn, rho, k, w)
+        if first.negatives == "other":  # one alias table per run and anchor class
+            negatives = AliasSampler(q_neg.reshape(B * C, C), n, device)
+            table_of_anchor = rows * C + y_a  # (B, M)
+        else:  # one table per run
+            negatives = AliasSampler(p_runs, n, device)
+            table_of_anchor = rows.expand(B, M)  # (B, M)
     else:
-        q = p[:, None, :].expand(B, C, C).clone()  # (B, anchor class, negative class)
-        if first.negatives == "other":
-            q[:, torch.arange(C), torch.arange(C)] = 0.0
-            q /= q.sum(-1, keepdim=True)
-        objective.q_a = q[rows, anchors_y]  # (B, M, C)
-        if not first.loss.psi_linear:
+        q_a = torch.tensor(q_neg, dtype=torch.float32, device=device)[rows, y_a]  # (B, M, C)
+        if first.loss.psi_linear:
+            objective = Objective(loss_fn, rho, k, w, q_a)
+        else:
             counts = count_vectors(k, C).astype(np.float64)  # (Mc, C)
-            objective.N_t = torch.tensor(counts, dtype=torch.float32, device=device)
-            P_t = torch.stack([torch.tensor(multinomial_weights(counts, qb), dtype=torch.float32)
-                               for qb in q.cpu().double().numpy()]).to(device)  # (B, C, Mc)  # fmt: skip
-            objective.P_a = P_t[rows, anchors_y]  # (B, M, Mc)
+            P = np.stack([multinomial_weights(counts, q_b) for q_b in q_neg])  # (B, C anchor, Mc)
+            P_a = torch.tensor(P, dtype=torch.float32, device=device)[rows, y_a]  # (B, M, Mc)
+            objective = Objective(
+                loss_fn, rho, k, w, q_a, torch.tensor(counts, dtype=torch.float32, device=device), P_a
+            )
     kernel = spec.kernel if spec.kernel != "auto" else "dense" if device.type == "cuda" else "sparse"
     tail = max(1, spec.steps // 10)
     tail_loss = torch.zeros(B, device=device)
-    y_a = anchors_y  # (B, M): stratified, M / C anchors of every class
     for step in range(spec.steps):
         i_a = y_a * n + torch.randint(n, (B, M), device=device)
         shift = torch.randint(1, n, (B, M), device=device) if n > 1 else 0

@@ -100,13 +100,14 @@ def _objectives(B: int, M: int, C: int, k: int) -> list[tuple[str, Objective]]:
     P_a = torch.rand(B, M, counts.shape[0], generator=gen, dtype=torch.float64)
     P_a /= P_a.sum(-1, keepdim=True)
     out = []
-    for loss_id in ("infonce(tau=0.5)", "sumexp(tau=1)", "squared_hinge(margin=1.5)"):
+    for loss_id in ("infonce(tau=0.5)", "sumexp(tau=1)", "squared_hinge(margin=1.5)", "triplet(margin=0.7)"):
         loss = replace(parse_loss(loss_id), param=torch.full((B, 1, 1), parse_loss(loss_id).param, dtype=torch.float64))
         for rho in (1.0, 1.0 / k):  # sum and mean over the negatives
             out.append((f"{loss_id} sampled rho={rho}", Objective(loss, rho, k, w)))
-            expected = Objective(loss, rho, k, w, q_a)
-            if not loss.psi_linear:
-                expected.N_t, expected.P_a = torch.tensor(counts), P_a
+            if loss.psi_linear:
+                expected = Objective(loss, rho, k, w, q_a)
+            else:
+                expected = Objective(loss, rho, k, w, q_a, torch.tensor(counts), P_a)
             out.append((f"{loss_id} expected rho={rho}", expected))
     return out
 
@@ -122,8 +123,8 @@ def test_analytic_loss_derivative_matches_autograd():
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-@pytest.mark.parametrize("negatives", ["sparse", "dense"])
-def test_feature_gradient_matches_autograd_through_the_gathers(negatives, device):
+@pytest.mark.parametrize("kernel", ["sparse", "dense"])
+def test_feature_gradient_matches_autograd_through_the_gathers(kernel, device):
     """contrastive_grad + normalize_backward against plain autograd of the same loss, float64, with
     repeated negatives (N = 7 rows for 20 draws per run) and anchors that are their own positives."""
     B, n_rows, d, M, k = 3, 7, 4, 5, 4
@@ -138,7 +139,7 @@ def test_feature_gradient_matches_autograd_through_the_gathers(negatives, device
     objective = replace(objective, loss=replace(objective.loss, param=objective.loss.param.to(device)),
                         w=objective.w.to(device))  # fmt: skip
     F, r = normalize(H)
-    per_run, grad_F = contrastive_grad(F, i_a, i_p, i_n, objective.terms, negatives)
+    per_run, grad_F = contrastive_grad(F, i_a, i_p, i_n, objective.terms, kernel)
     grad_H = normalize_backward(F, r, grad_F)
 
     H_ref = H.clone().requires_grad_()
@@ -173,7 +174,7 @@ def test_cpu_stacks_split_the_runs_and_keep_their_order(monkeypatch):
     runs = [Run(INFONCE, two_group_proportions(2, 2, R), 2, 4, 4, seed=s) for R, s in ((2.0, 0), (50.0, 1), (5.0, 2))]
     spec = TrainSpec(steps=20, device="cpu")
     alone = [train_runs([r], spec)[0] for r in runs]
-    monkeypatch.setattr("pipeline.train.CPU_STACK_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr("pipeline.train.CPU_STACK_BYTES", 1)
     for result, single in zip(train_runs(runs, spec), alone, strict=True):
         np.testing.assert_array_equal(result.features, single.features)
     monkeypatch.undo()
