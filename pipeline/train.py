@@ -287,9 +287,8 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     run_bytes = 4 * first.p.size * spec.samples_per_class * width
     size = len(runs) if device.type == "cuda" else max(1, CPU_STACK_BYTES // run_bytes)
     data = make_data(spec, first.p.size, first.seed)
-    return [
-        result for i in range(0, len(runs), size) for result in _train_stack(runs[i : i + size], spec, data, device)
-    ]
+    stacks = [runs[i : i + size] for i in range(0, len(runs), size)]
+    return [result for stack in stacks for result in _train_stack(stack, spec, data, device)]
 
 
 def _train_stack(
@@ -321,7 +320,6 @@ def _train_stack(
         return torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2
 
     offsets = (torch.arange(B, device=device) * N)[:, None]  # (B, 1): rows of run b in the flat (B * N, d)
-
     p_runs = np.stack([r.p for r in runs])  # (B, C) float64
     w_class = torch.tensor(p_runs * C, dtype=torch.float32, device=device)  # (B, C) weights of balanced anchors
     loss_fn = replace(first.loss, param=_stack_param(runs, device))
@@ -329,6 +327,7 @@ def _train_stack(
     M = max(C, spec.batch_size // C * C)
     # stratified anchors: a fixed number per class, so the O(p_minor) terms carry no count noise
     y_a = torch.arange(C, device=device).repeat(M // C).expand(B, M)  # (B, M)
+    first_row_a = y_a * n + offsets  # (B, M): flat row of sample 0 of each anchor's class
     optimizer = torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, fused=True)  # one pass over the parameters
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.steps, eta_min=spec.lr * spec.lr_final)
     rows = torch.arange(B, device=device)[:, None]  # (B, 1)
@@ -347,6 +346,7 @@ def _train_stack(
             negatives = AliasSampler(p_runs, n, device)
             table_of_anchor = rows.expand(B, M)  # (B, M)
     else:
+        first_row_n = torch.arange(C, device=device) * n + offsets[..., None]  # (B, 1, C): one negative a class
         q_a = torch.tensor(q_neg, dtype=torch.float32, device=device)[rows, y_a]  # (B, M, C)
         if first.loss.psi_linear:
             objective = Objective(loss_fn, rho, k, w, q_a)
@@ -361,19 +361,17 @@ def _train_stack(
     tail = max(1, spec.steps // 10)
     tail_loss = torch.zeros(B, device=device)
     for step in range(spec.steps):
-        i_a = y_a * n + torch.randint(n, (B, M), device=device)
+        place = torch.randint(n, (B, M), device=device)  # (B, M): each anchor's sample in its class
         shift = torch.randint(1, n, (B, M), device=device) if n > 1 else 0
-        i_p = y_a * n + (i_a - y_a * n + shift) % n  # another sample of the class (itself when n = 1)
+        i_a = first_row_a + place  # (B, M) flat rows
+        i_p = first_row_a + (place + shift) % n  # another sample of the class (itself when n = 1)
         if spec.estimator == "sampled":
-            i_n = negatives.sample(table_of_anchor, k)  # (B, M, k)
-        else:  # one negative sample per class
-            i_n = torch.arange(C, device=device) * n + torch.randint(n, (B, M, C), device=device)  # (B, M, C)
+            i_n = negatives.sample(table_of_anchor, k) + offsets[..., None]  # (B, M, k)
+        else:
+            i_n = first_row_n + torch.randint(n, (B, M, C), device=device)  # (B, M, C)
         H = embeddings()  # (B, N, d)
         F, r = normalize(H.detach())  # (B, N, d), (B, N, 1)
-        per_run, grad_F = contrastive_grad(
-            F, i_a + offsets, i_p + offsets, i_n + offsets[..., None],
-            objective.terms, kernel,
-        )  # fmt: skip
+        per_run, grad_F = contrastive_grad(F, i_a, i_p, i_n, objective.terms, kernel)
         grad_H = normalize_backward(F, r, grad_F)  # (B, N, d)
         if spec.model == "ufm":
             W.grad = grad_H
@@ -383,7 +381,7 @@ def _train_stack(
         optimizer.step()
         schedule.step()
         if step >= spec.steps - tail:
-            tail_loss += per_run.detach() / tail
+            tail_loss += per_run / tail
     with torch.no_grad():
         F = normalize(embeddings())[0].cpu().numpy().astype(np.float64)  # (B, N, d)
     tail_loss = tail_loss.cpu().numpy()
