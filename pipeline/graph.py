@@ -18,15 +18,12 @@ from distributed import Client, as_completed
 from pipeline.config import SweepConfig
 from pipeline.faults import kill_point
 from pipeline.grid import Batch, Grid, kinds
-from pipeline.results import STATUS_CODE
+from pipeline.results import FAILED
 from pipeline.store import batch_done, read_batch, read_done, update_attrs, write_batch
 from pipeline.tasks import run_batch
 
 TASK_LOG_ENV = "CLPHASE_TASK_LOG"  # file to which every computed batch appends its key (tests)
 DELAY_ENV = "CLPHASE_BATCH_DELAY_S"  # extra seconds per batch, to interrupt sweeps mid-run (tests)
-
-
-FAILED = (STATUS_CODE["error"], STATUS_CODE["diverged"])
 
 
 def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed: bool = False) -> dict:
@@ -57,7 +54,7 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
         "points": batch.n_points,
         "compute_s": compute_s,
         "point_s": float(arrays["time_theory"].sum()) if "time_theory" in arrays else compute_s,
-        "failed": int(np.isin(status, [STATUS_CODE["error"], STATUS_CODE["diverged"]]).sum()),
+        "failed": int(np.isin(status, FAILED).sum()),
     }
 
 
@@ -161,11 +158,12 @@ def run_sweep(
 
     # training goes to GPU workers when the cluster has any (dask resource GPU=1 per GPU worker)
     has_gpu = any("GPU" in (w.get("resources") or {}) for w in client.scheduler_info()["workers"].values())
+    science_hash = config.science_hash()
 
     def submit(item: tuple[Batch, bool]):
         batch, only_failed = item
         resources = {"GPU": 1} if batch.kind == "train" and has_gpu else None
-        key = f"{batch.key}-{'retry-' if only_failed else ''}{config.science_hash()}"
+        key = f"{batch.key}-{'retry-' if only_failed else ''}{science_hash}"
         return client.submit(compute_and_write, config, batch, path, only_failed, key=key, pure=False, retries=2,
                              resources=resources)  # fmt: skip
 

@@ -31,7 +31,7 @@ class Batch:
 
     Attributes
     ----------
-    kind : {'theory', 'threshold'}
+    kind : {'theory', 'threshold', 'train'}
     index : int
         Position among the batches of its kind (stable for a config).
     region : dict[str, slice]
@@ -45,6 +45,14 @@ class Batch:
     @property
     def slices(self) -> dict[str, slice]:
         return dict(self.region)
+
+    def selection(self, dims: tuple[str, ...] | None = None) -> tuple[slice, ...]:
+        """Index of the batch into an array over ``dims`` (default: the kind's dims); dims the batch
+        does not span (the class dims) are taken whole."""
+        if dims is None:
+            return tuple(s for _, s in self.region)
+        region = self.slices
+        return tuple(region.get(d, slice(None)) for d in dims)
 
     @property
     def shape(self) -> tuple[int, ...]:

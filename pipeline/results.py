@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 STATUS = ("pending", "optimal", "optimal_inaccurate", "local", "error", "not_applicable", "trained", "diverged")
 STATUS_CODE = {name: code for code, name in enumerate(STATUS)}
+FAILED = (STATUS_CODE["error"], STATUS_CODE["diverged"])  # the codes --retry-failed recomputes
 
 THEORY = ("loss", "R", "n_major", "n_minor", "k")
 CLASSES = ("class_i", "class_j")
@@ -63,5 +64,5 @@ def kind_variables(kind: str) -> list[str]:
 
 
 def fill_value(dtype: str) -> float | int:
-    """Value of a point not yet computed: NaN for floats, 0 (pending) or -1 for integer codes."""
+    """Value of a point not yet computed: NaN for floats, 0 (pending) for integer codes."""
     return float("nan") if dtype.startswith("float") else 0

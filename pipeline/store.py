@@ -2,7 +2,8 @@
 
 ``init_store`` writes the metadata of every variable (``to_zarr(compute=False)``; the returned
 delayed object is never computed) with one chunk per batch. Each task then writes its own chunk
-with ``to_zarr(region=...)`` and, after its data, its block of the completion mask ``done_<kind>``.
+(with zarr directly, see :func:`write_batch`) and, after its data, its block of the completion mask
+``done_<kind>``.
 A rerun skips every batch whose mask is set. Metadata is not consolidated (not in the v3 spec).
 """
 
@@ -169,12 +170,8 @@ def init_store(path: str, config: SweepConfig) -> None:
 def read_batch(path: str, batch: Batch) -> dict[str, np.ndarray]:
     """The stored values of every variable of a batch's kind over its region."""
     group = zarr.open_group(path, mode="r")
-    region = batch.slices
-    out = {}
-    for name, var in VARIABLES.items():
-        if var.kind == batch.kind:
-            out[name] = np.asarray(group[name][tuple(region.get(d, slice(None)) for d in var.dims)])
-    return out
+    names = [name for name, var in VARIABLES.items() if var.kind == batch.kind]
+    return {name: np.asarray(group[name][batch.selection(VARIABLES[name].dims)]) for name in names}
 
 
 def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=None) -> None:
@@ -186,15 +183,13 @@ def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=
     the data and before the mask (fault injection).
     """
     group = zarr.open_group(path, mode="r+")
-    region = batch.slices
     for name, values in arrays.items():
         array = group[name].with_config({"write_empty_chunks": True})
-        array[tuple(region.get(d, slice(None)) for d in VARIABLES[name].dims)] = values
+        array[batch.selection(VARIABLES[name].dims)] = values
     if between is not None:
         between()
-    dims = KIND_DIMS[batch.kind]
     mask = group[DONE[batch.kind]].with_config({"write_empty_chunks": True})
-    mask[tuple(region[d] for d in dims)] = np.ones(batch.shape, dtype="int8")
+    mask[batch.selection()] = np.ones(batch.shape, dtype="int8")
 
 
 def read_done(path: str, kind: str) -> np.ndarray:
@@ -244,7 +239,7 @@ def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray)
                 out.append(batch)
                 break
             try:
-                array[tuple(s for _, s in batch.region)]
+                array[batch.selection()]
             except Exception:  # undecodable chunk
                 out.append(batch)
                 break
@@ -294,9 +289,8 @@ def _expected_names(config: SweepConfig) -> set[str]:
 
 def reset_done(path: str, batch: Batch) -> None:
     """Clear a batch's done mask so that the next run recomputes it."""
-    dims = KIND_DIMS[batch.kind]
     array = zarr.open_group(path, mode="r+")[DONE[batch.kind]]
-    array[tuple(batch.slices[d] for d in dims)] = 0
+    array[batch.selection()] = 0
 
 
 # --- one run at a time ---------------------------------------------------------------------------
@@ -360,7 +354,7 @@ def release_lock(lock: Path) -> None:
 
 
 def batch_done(done: np.ndarray, batch: Batch) -> bool:
-    return bool(done[tuple(s for _, s in batch.region)].all())
+    return bool(done[batch.selection()].all())
 
 
 def update_attrs(path: str, **attrs: Any) -> None:

@@ -12,7 +12,7 @@ from pipeline.errors import InputError
 from pipeline.faults import kill_point
 from pipeline.graph import pending_batches, run_sweep
 from pipeline.grid import Grid, kinds
-from pipeline.results import STATUS_CODE, VARIABLES
+from pipeline.results import FAILED, VARIABLES
 from pipeline.store import (
     acquire_lock,
     damaged_batches,
@@ -158,14 +158,13 @@ def describe(config: SweepConfig, batch) -> str:
 def failed_batches(config: SweepConfig) -> list:
     """Done batches holding points with status error (theory, threshold) or diverged (training)."""
     ds = open_results(config.store)
-    bad = [STATUS_CODE["error"], STATUS_CODE["diverged"]]
     out = []
     for kind in kinds(config):
         codes = ds[f"status_{kind}"].values
         done = read_done(config.store, kind)
         for batch in Grid(config).batches(kind):
-            region = tuple(s for _, s in batch.region)
-            if done[region].all() and np.isin(codes[region], bad).any():
+            region = batch.selection()
+            if done[region].all() and np.isin(codes[region], FAILED).any():
                 out.append(batch)
     return out
 
@@ -198,8 +197,8 @@ def status(path: str) -> int:
             codes = np.zeros(done.shape, dtype=np.int8)
         for batch in damaged_batches(path, config, kind, done) if config else []:
             print(f"{kind:>9}: damaged batch {batch.index} ({describe(config, batch)}): rerun to recompute it")
-            done[tuple(s for _, s in batch.region)] = False
-        failed = int((np.isin(codes, [STATUS_CODE["error"], STATUS_CODE["diverged"]]) & done).sum())
+            done[batch.selection()] = False
+        failed = int((np.isin(codes, FAILED) & done).sum())
         print(f"{kind:>9}: {int(done.sum()) - failed} done, {failed} failed, {int((~done).sum())} pending "
               f"(of {done.size})")  # fmt: skip
     return 0
