@@ -20,8 +20,8 @@ import yaml
 
 from pipeline.errors import InputError
 from pipeline.losses import NEGATIVES, REDUCTIONS, parse_loss
+from pipeline.solution import SOLVERS
 
-SOLVER_CHOICES = ("auto", "symmetric", "full", "rank")
 MODELS = ("ufm", "mlp")
 DATASETS = ("gaussian", "digits")
 ESTIMATORS = ("expected", "sampled")
@@ -270,7 +270,7 @@ def validate(raw: Any) -> SweepConfig:
 
     theory_raw = _section("theory", raw.get("theory"), problems)
     theory = TheorySpec(
-        solver=_choice("theory.solver", theory_raw.get("solver", "auto"), SOLVER_CHOICES, problems),
+        solver=_choice("theory.solver", theory_raw.get("solver", "auto"), SOLVERS, problems),
         negatives=_choice("theory.negatives", theory_raw.get("negatives", "marginal"), NEGATIVES, problems),
         reduction=_choice("theory.reduction", theory_raw.get("reduction", "sum"), REDUCTIONS, problems),
     )

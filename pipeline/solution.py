@@ -11,6 +11,8 @@ import numpy as np
 from pipeline.problem import Problem
 
 SolveStatus = Literal["optimal", "optimal_inaccurate", "local", "error"]
+SolverName = Literal["auto", "symmetric", "full", "rank"]
+SOLVERS: tuple[str, ...] = ("auto", "symmetric", "full", "rank")
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.config import SweepConfig
 from pipeline.faults import failing_solver
 from pipeline.grid import Batch, Grid
-from pipeline.objective import count_vectors
+from pipeline.objective import class_objective, count_vectors
 from pipeline.problem import Problem
 from pipeline.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
 from pipeline.theory import solve
@@ -121,7 +121,6 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
     Runs share (loss, n_major, n_minor, k, dim) and differ in R and seed. Unselected points get
     status ``not_applicable``; diverged runs get ``diverged`` and NaN values.
     """
-    from pipeline.objective import class_objective, count_vectors
     from pipeline.train import Run, train_runs
 
     grid = Grid(config)

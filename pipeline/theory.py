@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pipeline.errors import InputError
 from pipeline.problem import Problem, check_int
 from pipeline.rank import solve_rank
 from pipeline.sdp import solve_full
-from pipeline.solution import Solution
+from pipeline.solution import SOLVERS, Solution, SolverName
 from pipeline.symmetric import solve_symmetric
 from pipeline.threshold import collapse_criterion
 
-SolverName = Literal["auto", "symmetric", "full", "rank"]
-SOLVERS: tuple[str, ...] = ("auto", "symmetric", "full", "rank")
 COLLAPSE_CHECK_TOL = 1e-6
 
 
