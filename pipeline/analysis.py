@@ -106,9 +106,9 @@ def thresholds_table(ds: xr.Dataset) -> list[dict[str, object]]:
     return rows
 
 
-def phase_counts(ds: xr.Dataset) -> dict[str, int]:
-    """Number of theory points per phase label."""
-    code = theory_phase(ds).values
+def phase_counts(ds: xr.Dataset, phase: xr.DataArray | None = None) -> dict[str, int]:
+    """Number of points per phase label, of ``phase`` (default: the theory's phases)."""
+    code = (theory_phase(ds) if phase is None else phase).values
     return {name: int((code == PHASE_CODE[name]).sum()) for name in PHASES}
 
 

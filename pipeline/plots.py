@@ -263,11 +263,10 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
         cells = [row["loss"], row["n_major"], row["n_minor"], row["k"], R_star, row["status"]]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     if has_training(ds):
-        phase = train_phase(ds).values
-        tol = COLLAPSE_TOL
-        lines += ["", f"Training runs (collapse measured as c_train >= 1 - {tol:g}):", "",
+        runs = phase_counts(ds, train_phase(ds))
+        lines += ["", f"Training runs (collapse measured as c_train >= 1 - {COLLAPSE_TOL:g}):", "",
                   "| phase | runs |", "|---|---|"]  # fmt: skip
-        lines += [f"| {name} | {int((phase == PHASE_CODE[name]).sum())} |" for name in PHASES]
+        lines += [f"| {name} | {runs[name]} |" for name in PHASES]
     if skipped:
         lines += ["", "Skipped (not drawn as values):", *[f"- {s}" for s in skipped]]
     path.write_text("\n".join(lines) + "\n")
