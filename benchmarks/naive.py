@@ -3,14 +3,17 @@ class-collapsed SDP per point, and a one-run autograd training loop."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from scipy.special import gammaln, xlogy
 
-from pipeline.config import TrainSpec
 from pipeline.objective import count_vectors
 from pipeline.problem import Problem
-from pipeline.train import Run, pick_device
+
+if TYPE_CHECKING:  # each baseline imports its own framework: the solver one runs in fresh processes
+    from pipeline.config import TrainSpec
+    from pipeline.train import Run
 
 
 def naive_full(problem: Problem) -> tuple[float, np.ndarray]:
@@ -44,6 +47,10 @@ def naive_train(run: Run, spec: TrainSpec) -> float:
     """The straightforward one-run UFM training loop (sampled marginal negatives): autograd through the
     gathered rows, the same sampling, loss, Adam and schedule as :func:`pipeline.train.train_runs`.
     Runs on the trainer's device. Returns the last step's loss."""
+    import torch
+
+    from pipeline.train import pick_device
+
     C, k, d, n = run.p.size, run.k, run.dim, spec.samples_per_class
     loss, rho = run.loss, 1.0 if run.reduction == "sum" else 1.0 / k
     device = pick_device(spec.device)
