@@ -25,6 +25,7 @@ from pipeline.errors import InputError
 
 # one thread per worker process: BLAS and torch must not oversubscribe the cores
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+IDLE_CPU_PERCENT = 10.0  # a worker below this at its last heartbeat is waiting, not computing
 DEFAULT_PROFILES = Path(__file__).resolve().parents[1] / "cluster" / "jobqueue.yaml"
 _SAFE = re.compile(r"[A-Za-z0-9_.,:@+=/-]+")
 
@@ -46,6 +47,38 @@ class ExitWithParent(WorkerPlugin):
             os._exit(1)
 
         threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def idle_holders(client: Client, keys: set[str], window_s: float = 5.0) -> dict[str, list[str]]:
+    """Workers processing any of ``keys`` while idle: worker address -> the keys it holds.
+
+    Idle means below ``IDLE_CPU_PERCENT`` at every heartbeat during ``window_s`` seconds: a task that
+    computes (a solver, a training loop, a GPU stream it spins on) keeps its worker busy; a deadlocked
+    one does not. One heartbeat is not enough: a worker's first may predate its task.
+    """
+    cpu: dict[str, float] = {}
+    deadline = time.monotonic() + window_s
+    while True:
+        for address, worker in client.scheduler_info()["workers"].items():
+            cpu[address] = max(cpu.get(address, 0.0), worker.get("metrics", {}).get("cpu", 0.0))
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    out = {}
+    for address, held in client.processing().items():  # after the window: a batch may have finished
+        mine = sorted(str(key) for key in held if key in keys)
+        if mine and cpu.get(address, 0.0) < IDLE_CPU_PERCENT:
+            out[address] = mine
+    return out
+
+
+def call_stacks(client: Client, keys: list[str], timeout: float = 10.0) -> dict[str, list[str]]:
+    """The innermost frames of each running task in ``keys`` (empty when the workers do not answer)."""
+    try:
+        stacks = client.sync(client.scheduler.call_stack, keys=keys, callback_timeout=timeout)
+    except Exception:  # an unresponsive worker: the restart goes ahead without its stack
+        return {}
+    return {str(key): frames[-4:] for per_worker in (stacks or {}).values() for key, frames in per_worker.items()}
 
 
 def sbatch_quote(field: str, value: str) -> str:

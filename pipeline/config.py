@@ -108,6 +108,7 @@ class ClusterSpec:
     account: str | None = None  # SLURM account (None: the profile's)
     interface: str | None = None  # network interface of scheduler and workers (None: the profile's)
     profiles: str | None = None  # profiles file (None: cluster/jobqueue.yaml)
+    stall_timeout_s: float | None = 600.0  # no batch done this long: restart idle workers (None: never)
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,7 @@ def validate(raw: Any) -> SweepConfig:
     kind = cluster_raw.get("kind", "local")
     if not isinstance(kind, str) or not kind.replace("-", "").replace("_", "").isalnum():
         problems.append(f"cluster.kind: {kind!r}: expected 'local' or a profile name of cluster/jobqueue.yaml")
+    stall = cluster_raw.get("stall_timeout_s", ClusterSpec.stall_timeout_s)
     cluster = ClusterSpec(
         kind=kind if isinstance(kind, str) else "local",
         n_workers=_int_field("cluster.n_workers", cluster_raw.get("n_workers"), 1, problems, optional=True),
@@ -294,6 +296,11 @@ def validate(raw: Any) -> SweepConfig:
         account=_optional_str("cluster.account", cluster_raw.get("account"), problems),
         interface=_optional_str("cluster.interface", cluster_raw.get("interface"), problems),
         profiles=_optional_str("cluster.profiles", cluster_raw.get("profiles"), problems),
+        stall_timeout_s=None
+        if stall is None
+        else _positive_number(
+            "cluster.stall_timeout_s", stall, problems, "seconds without a finished batch (a number > 0), or null"
+        ),
     )
     train = None
     if raw.get("train") is not None:
@@ -322,9 +329,9 @@ def _optional_str(where: str, value: Any, problems: list[str]) -> str | None:
     return value
 
 
-def _positive_number(where: str, value: Any, problems: list[str]) -> float:
+def _positive_number(where: str, value: Any, problems: list[str], expected: str = "a positive number") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        problems.append(f"{where}: {value!r}: expected a positive number")
+        problems.append(f"{where}: {value!r}: expected {expected}")
         return 1.0
     return float(value)
 

@@ -6,16 +6,21 @@ temporary folder, not yet moved into place), ``sweep`` (after n batches complete
 (in a worker, between a batch's data and its done mask: the worker kills its client and itself),
 ``finalize`` (every batch done, attributes not yet updated). ``CLPHASE_FAIL_SOLVER=<solver>`` makes
 that theory solver raise, to exercise the fallback (``all``: every solver raises, so points fail).
-Unset, every hook is a no-op.
+``CLPHASE_HANG_ONCE=<file>`` makes the first batch task to create that file block forever
+without using CPU (a deadlocked task), and ``CLPHASE_HANG_BATCH=<batch key>`` every run of that
+batch, to exercise the stall watchdog. Unset, every hook is a no-op.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 
 KILL_ENV = "CLPHASE_KILL_AT"
 FAIL_SOLVER_ENV = "CLPHASE_FAIL_SOLVER"
+HANG_ENV = "CLPHASE_HANG_ONCE"
+HANG_BATCH_ENV = "CLPHASE_HANG_BATCH"
 _seen: dict[str, int] = {}
 
 
@@ -37,3 +42,17 @@ def kill_point(moment: str, kill_parent: bool = False) -> None:
 
 def failing_solver() -> str | None:
     return os.environ.get(FAIL_SOLVER_ENV) or None
+
+
+def hang_point(batch_key: str) -> None:
+    """Block forever, idle, if this batch is ``CLPHASE_HANG_BATCH`` or the first to claim ``CLPHASE_HANG_ONCE``."""
+    if os.environ.get(HANG_BATCH_ENV) == batch_key:
+        threading.Event().wait()
+    flag = os.environ.get(HANG_ENV)
+    if not flag:
+        return
+    try:
+        os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    threading.Event().wait()

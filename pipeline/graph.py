@@ -9,14 +9,16 @@ import itertools
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from distributed import Client, as_completed
+from distributed import Client, Future, wait
 
+from pipeline.cluster import call_stacks, idle_holders
 from pipeline.config import SweepConfig
-from pipeline.faults import kill_point
+from pipeline.faults import hang_point, kill_point
 from pipeline.grid import Batch, Grid, kinds
 from pipeline.results import FAILED
 from pipeline.store import batch_done, read_batch, read_done, update_attrs, write_batch
@@ -41,6 +43,7 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
         for name, values in arrays.items():
             values[~only] = existing[name][~only]
     compute_s = time.perf_counter() - start
+    hang_point(batch.key)
     time.sleep(float(os.environ.get(DELAY_ENV, "0")))
     write_batch(path, batch, arrays, between=lambda: kill_point("write", kill_parent=True))
     log = os.environ.get(TASK_LOG_ENV)
@@ -167,28 +170,44 @@ def run_sweep(
         return client.submit(compute_and_write, config, batch, path, only_failed, key=key, pure=False, retries=2,
                              resources=resources)  # fmt: skip
 
-    futures = as_completed([submit(item) for item in itertools.islice(todo, window)], with_results=False)
+    stall_s = config.cluster.stall_timeout_s
+    stalls: Counter[str] = Counter()
+    in_flight = {submit(item) for item in itertools.islice(todo, window)}
+
+    def drop(future) -> None:
+        in_flight.discard(future)
+        future.release()
+        nxt = next(todo, None)
+        if nxt is not None:
+            in_flight.add(submit(nxt))
+
     try:
-        for future in futures:
-            if future.status == "error":
-                summary.failed_batches.append(future.key)
-            else:
-                report = future.result()
-                summary.batches += 1
-                summary.points += report["points"]
-                summary.failed_points += report["failed"]
-                summary.compute_s += report["compute_s"]
-                summary.point_s += report["point_s"]
-                progress.update(report["points"])
-                if on_result:
-                    on_result(report)
-                kill_point("sweep")
-            future.release()
-            nxt = next(todo, None)
-            if nxt is not None:
-                futures.add(submit(nxt))
+        while in_flight:
+            try:
+                done = wait(in_flight, timeout=stall_s, return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                for future in unstick(client, in_flight, stall_s, stalls):
+                    summary.failed_batches.append(future.key)
+                    future.cancel()
+                    drop(future)
+                continue
+            for future in done:
+                if future.status == "error":
+                    summary.failed_batches.append(future.key)
+                else:
+                    report = future.result()
+                    summary.batches += 1
+                    summary.points += report["points"]
+                    summary.failed_points += report["failed"]
+                    summary.compute_s += report["compute_s"]
+                    summary.point_s += report["point_s"]
+                    progress.update(report["points"])
+                    if on_result:
+                        on_result(report)
+                    kill_point("sweep")
+                drop(future)
     except BaseException:
-        futures.clear()
+        in_flight.clear()
         raise
     summary.wall_s = time.perf_counter() - start
     done_all = not any(pending_batches(config, path).values())
@@ -196,3 +215,33 @@ def run_sweep(
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     update_attrs(path, updated_at=stamp, **({"completed_at": stamp} if done_all else {}))
     return summary
+
+
+MAX_STALLS = 2  # a batch whose worker stalled this often is given up (a rerun tries it again)
+
+
+def unstick(client: Client, in_flight: set[Future], stall_s: float, stalls: Counter[str]) -> list[Future]:
+    """No batch finished for ``stall_s`` seconds: restart the idle workers holding in-flight batches.
+
+    A deadlocked task (a lock that is never released, a hung file system call) keeps its batch in
+    flight forever without using its worker; dask reruns the batches of a restarted worker. Busy
+    workers are left alone: a long batch is not a stalled one. Returns the futures to give up: those
+    stalled more than ``MAX_STALLS`` times.
+    """
+    keys = {str(f.key): f for f in in_flight}
+    holders = idle_holders(client, set(keys))
+    held = [key for mine in holders.values() for key in mine]
+    if not held:
+        print(f"no batch finished in {stall_s:.0f} s; {len(keys)} in flight on busy or pending workers: waiting",
+              file=sys.stderr)  # fmt: skip
+        return []
+    stacks = call_stacks(client, held)
+    for key in held:
+        stalls[key] += 1
+        frames = "".join(stacks.get(key, ["(stack unavailable)\n"]))
+        verdict = "given up" if stalls[key] > MAX_STALLS else "rerun"
+        print(f"stalled batch {key} (stall {stalls[key]}: {verdict}), innermost frames:\n{frames}", file=sys.stderr)
+    given_up = [keys[key] for key in held if stalls[key] > MAX_STALLS]
+    print(f"no batch finished in {stall_s:.0f} s: restarting idle workers {', '.join(holders)}", file=sys.stderr)
+    client.restart_workers(list(holders), timeout=60, raise_for_error=False)
+    return given_up

@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.store import open_results
-from tests.test_sweep import TINY, compare_stores, keys
+from tests.test_sweep import TINY, clphase, compare_stores, keys
 from tests.test_sweep import tree_digest as digest
 
 pytestmark = pytest.mark.faults
@@ -37,8 +37,7 @@ def write(tmp_path: Path, store: str = "store.zarr", **sections) -> Path:
 
 
 def run(cfg: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    return clphase("run", str(cfg), "--workers", "2", *args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +92,43 @@ def test_killed_worker_task_is_retried(reference, tmp_path):
         assert proc.wait(timeout=300) == 0, (tmp_path / "err").read_text()[-2000:]
     compare_stores(tmp_path / "store.zarr", reference)
     assert len(set(keys(log))) == N_BATCHES
+
+
+def test_stalled_worker_is_restarted_and_its_batch_rerun(reference, tmp_path):
+    """A task that deadlocks (idle, never returns) must not hang the sweep: its worker is restarted."""
+    cfg = write(tmp_path, cluster={"stall_timeout_s": 4})
+    log, flag = tmp_path / "tasks.log", tmp_path / "hang.flag"
+    proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log), "CLPHASE_HANG_ONCE": str(flag)}, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert flag.exists()  # one task did hang
+    assert "restarting idle workers" in proc.stderr and "hang_point" in proc.stderr  # with the hung frame
+    compare_stores(tmp_path / "store.zarr", reference)
+    assert sorted(set(keys(log))) == sorted(keys(log)) and len(keys(log)) == N_BATCHES  # each batch written once
+
+
+def test_batch_that_always_stalls_is_given_up_and_a_rerun_retries_it(reference, tmp_path):
+    cfg = write(tmp_path, cluster={"stall_timeout_s": 2})
+    log = tmp_path / "tasks.log"
+    proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log), "CLPHASE_HANG_BATCH": "theory-5"}, timeout=240)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one failed batch, everything else written
+    assert "stall 3: given up" in proc.stderr and "failed batches: 1" in proc.stdout
+    assert "theory-5" not in keys(log) and len(set(keys(log))) == N_BATCHES - 1
+    proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pending batches: theory 1, threshold 0" in proc.stdout and keys(log)[-1] == "theory-5"
+    compare_stores(tmp_path / "store.zarr", reference)
+
+
+def test_busy_workers_are_never_restarted(tmp_path):
+    """A batch that computes for longer than the stall timeout is waited for, not restarted."""
+    grid = {"loss": ["infonce(tau=1)"], "R": [1.0, 50.0], "n_major": [2], "n_minor": [2], "k": [4], "dim": [8],
+            "seed": [0, 1]}  # fmt: skip
+    cfg = write(tmp_path, grid=grid, cluster={"stall_timeout_s": 1}, train={"steps": 2500})
+    proc = run(cfg, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no batch finished in 1 s" in proc.stderr  # the watchdog looked
+    assert "restarting" not in proc.stderr  # and left the busy worker alone
+    assert (open_results(tmp_path / "store.zarr").status_train == 6).all()
 
 
 # --- 3. failing computations ------------------------------------------------------------------
@@ -178,6 +214,7 @@ BAD = {
     "bad train select": ({"train": {"select": {"k": [99]}}}, "train.select.k"),
     "bad cluster kind": ({"cluster": {"kind": "k8s"}}, "cluster.kind"),
     "bad n_workers": ({"cluster": {"n_workers": 0}}, "cluster.n_workers"),
+    "bad stall timeout": ({"cluster": {"stall_timeout_s": "10m"}}, "cluster.stall_timeout_s"),
 }
 
 

@@ -33,6 +33,7 @@ TINY = {
         "seed": [0],
     },
     "batch": {"points": 3},
+    "cluster": {"stall_timeout_s": 30},  # batches take < 1 s: a deadlocked worker is restarted soon
 }
 THEORY_VARS = ["gram_theory", "objective_theory", "cos_major_theory", "cos_cross_theory", "cos_minor_theory",
                "gap_theory", "criterion_theory", "collapsed_theory", "status_theory"]  # fmt: skip
@@ -49,9 +50,18 @@ def write_config(tmp_path: Path, store: str = "store.zarr", **changes) -> Path:
     return path
 
 
-def clphase(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600, **kwargs)  # fmt: skip
+def clphase(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the CLI; past ``timeout`` fail with every thread's stack of the hung client (faulthandler)."""
+    command = [sys.executable, "-m", "pipeline", *args]
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints the stacks, then the process dies
+            out, err = proc.communicate()
+            pytest.fail(f"clphase {' '.join(args)} hung for {timeout} s; stdout:\n{out}\nstderr:\n{err[-20000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def tree_digest(path: Path) -> str:
@@ -219,6 +229,7 @@ def test_config_overrides(tmp_path):
     cfg = write_config(tmp_path)
     config = load_config(cfg, ["grid.k=[2,3]", "store=elsewhere.zarr", "theory.reduction=mean"])
     assert config.grid.k == (2, 3) and config.store == "elsewhere.zarr" and config.theory.reduction == "mean"
+    assert load_config(cfg, ["cluster.stall_timeout_s=null"]).cluster.stall_timeout_s is None  # never restart
     with pytest.raises(ConfigError, match="key=value"):
         load_config(cfg, ["grid.k"])
 
