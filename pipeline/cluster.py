@@ -54,31 +54,51 @@ def idle_holders(client: Client, keys: set[str], window_s: float = 5.0) -> dict[
 
     Idle means below ``IDLE_CPU_PERCENT`` at every heartbeat during ``window_s`` seconds: a task that
     computes (a solver, a training loop, a GPU stream it spins on) keeps its worker busy; a deadlocked
-    one does not. One heartbeat is not enough: a worker's first may predate its task.
+    one does not. One heartbeat is not enough: a worker's first may predate its task. A worker that
+    reports no CPU figure counts as busy.
     """
     cpu: dict[str, float] = {}
     deadline = time.monotonic() + window_s
     while True:
         for address, worker in client.scheduler_info()["workers"].items():
-            cpu[address] = max(cpu.get(address, 0.0), worker.get("metrics", {}).get("cpu", 0.0))
+            cpu[address] = max(cpu.get(address, 0.0), worker.get("metrics", {}).get("cpu", float("inf")))
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
     out = {}
     for address, held in client.processing().items():  # after the window: a batch may have finished
         mine = sorted(str(key) for key in held if key in keys)
-        if mine and cpu.get(address, 0.0) < IDLE_CPU_PERCENT:
+        if mine and cpu.get(address, float("inf")) < IDLE_CPU_PERCENT:
             out[address] = mine
     return out
 
 
-def call_stacks(client: Client, keys: list[str], timeout: float = 10.0) -> dict[str, list[str]]:
-    """The innermost frames of each running task in ``keys`` (empty when the workers do not answer)."""
+def call_stacks(client: Client, keys: list[str], timeout: float = 10.0) -> dict[str, list[str]] | None:
+    """The innermost frames of each executing task in ``keys`` (None when the workers do not answer).
+
+    Tasks queued behind an executing one have no stack.
+    """
     try:
         stacks = client.sync(client.scheduler.call_stack, keys=keys, callback_timeout=timeout)
     except Exception:  # an unresponsive worker: the restart goes ahead without its stack
-        return {}
+        return None
     return {str(key): frames[-4:] for per_worker in (stacks or {}).values() for key, frames in per_worker.items()}
+
+
+def restart_workers(client: Client, addresses: list[str], timeout: float = 120.0) -> dict[str, str]:
+    """Restart workers through their nannies: address -> 'OK', 'timed out', or why it was not restarted.
+
+    A worker without a nanny (``dask worker --no-nanny``) cannot be restarted from here and is left alone.
+    """
+    info = client.scheduler_info()["workers"]
+    out = {a: "no nanny: restart it by hand" for a in addresses if not info.get(a, {}).get("nanny")}
+    with_nanny = [a for a in addresses if a not in out]
+    if with_nanny:
+        try:
+            out.update(client.restart_workers(with_nanny, timeout=timeout, raise_for_error=False))
+        except Exception as err:  # the scheduler refused or failed: report it, the sweep goes on
+            out.update(dict.fromkeys(with_nanny, f"failed ({err})"))
+    return out
 
 
 def sbatch_quote(field: str, value: str) -> str:
@@ -183,6 +203,9 @@ def connect(
     spec = config.cluster
     if spec.kind == "local":
         workers = n_workers or spec.n_workers or os.cpu_count() or 1
+        # a worker restarted by the stall watchdog may take longer than dask's 15 s to come back; a
+        # LocalCluster closes the nanny of a worker that did not, and the sweep would lose it for good
+        dask.config.set({"distributed.deploy.lost-worker-timeout": "300s"})
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=spec.threads_per_worker,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from distributed import Client, Future, wait
 
-from pipeline.cluster import call_stacks, idle_holders
+from pipeline.cluster import call_stacks, idle_holders, restart_workers
 from pipeline.config import SweepConfig
 from pipeline.faults import hang_point, kill_point
 from pipeline.grid import Batch, Grid, kinds
@@ -186,9 +186,8 @@ def run_sweep(
             try:
                 done = wait(in_flight, timeout=stall_s, return_when="FIRST_COMPLETED").done
             except TimeoutError:
-                for future in unstick(client, in_flight, stall_s, stalls):
+                for future in unstick(client, in_flight, stall_s, stalls):  # given up, cancelled
                     summary.failed_batches.append(future.key)
-                    future.cancel()
                     drop(future)
                 continue
             for future in done:
@@ -225,8 +224,9 @@ def unstick(client: Client, in_flight: set[Future], stall_s: float, stalls: Coun
 
     A deadlocked task (a lock that is never released, a hung file system call) keeps its batch in
     flight forever without using its worker; dask reruns the batches of a restarted worker. Busy
-    workers are left alone: a long batch is not a stalled one. Returns the futures to give up: those
-    stalled more than ``MAX_STALLS`` times.
+    workers are left alone: a long batch is not a stalled one. A batch that was executing at more
+    than ``MAX_STALLS`` stalls is cancelled (before the restart, so that dask does not rerun it) and
+    returned, to be counted as failed.
     """
     keys = {str(f.key): f for f in in_flight}
     holders = idle_holders(client, set(keys))
@@ -236,12 +236,18 @@ def unstick(client: Client, in_flight: set[Future], stall_s: float, stalls: Coun
               file=sys.stderr)  # fmt: skip
         return []
     stacks = call_stacks(client, held)
-    for key in held:
+    executing = held if stacks is None else [key for key in held if key in stacks]  # not those queued behind
+    for key in executing:
         stalls[key] += 1
-        frames = "".join(stacks.get(key, ["(stack unavailable)\n"]))
+        frames = "".join((stacks or {}).get(key, ["(stack unavailable)\n"]))
         verdict = "given up" if stalls[key] > MAX_STALLS else "rerun"
         print(f"stalled batch {key} (stall {stalls[key]}: {verdict}), innermost frames:\n{frames}", file=sys.stderr)
-    given_up = [keys[key] for key in held if stalls[key] > MAX_STALLS]
+    given_up = [keys[key] for key in executing if stalls[key] > MAX_STALLS and keys[key].status != "finished"]
+    for future in given_up:
+        future.cancel()
     print(f"no batch finished in {stall_s:.0f} s: restarting idle workers {', '.join(holders)}", file=sys.stderr)
-    client.restart_workers(list(holders), timeout=60, raise_for_error=False)
+    outcome = restart_workers(client, list(holders))
+    for address, result in outcome.items():
+        if result != "OK":
+            print(f"worker {address} not restarted: {result}", file=sys.stderr)
     return given_up

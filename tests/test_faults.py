@@ -119,6 +119,17 @@ def test_batch_that_always_stalls_is_given_up_and_a_rerun_retries_it(reference, 
     compare_stores(tmp_path / "store.zarr", reference)
 
 
+def test_workers_without_a_nanny_are_reported_not_restarted():
+    from distributed import Client, LocalCluster
+
+    from pipeline.cluster import restart_workers
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        (address,) = client.scheduler_info()["workers"]
+        assert restart_workers(client, [address]) == {address: "no nanny: restart it by hand"}
+        assert list(client.scheduler_info()["workers"]) == [address]  # still there, untouched
+
+
 def test_busy_workers_are_never_restarted(tmp_path):
     """A batch that computes for longer than the stall timeout is waited for, not restarted."""
     grid = {"loss": ["infonce(tau=1)"], "R": [1.0, 50.0], "n_major": [2], "n_minor": [2], "k": [4], "dim": [8],

@@ -53,14 +53,20 @@ def write_config(tmp_path: Path, store: str = "store.zarr", **changes) -> Path:
 def clphase(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the CLI; past ``timeout`` fail with every thread's stack of the hung client (faulthandler)."""
     command = [sys.executable, "-m", "pipeline", *args]
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as proc:  # fmt: skip
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGABRT)  # faulthandler prints the stacks, then the process dies
-            out, err = proc.communicate()
-            pytest.fail(f"clphase {' '.join(args)} hung for {timeout} s; stdout:\n{out}\nstderr:\n{err[-20000:]}")
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints the stacks, then the client dies
+            try:
+                out, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:  # a worker still holds the pipes
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, err = proc.communicate()
+            pytest.fail(f"clphase {' '.join(args)} did not end in {timeout} s (exit {proc.returncode}); "
+                        f"stdout:\n{out}\nstderr:\n{err[-20000:]}")  # fmt: skip
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
