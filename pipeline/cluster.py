@@ -25,7 +25,7 @@ from pipeline.errors import InputError
 
 # one thread per worker process: BLAS and torch must not oversubscribe the cores
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-IDLE_CPU_PERCENT = 10.0  # a worker below this at its last heartbeat is waiting, not computing
+IDLE_CPU_PERCENT = 10.0  # a worker below this at every heartbeat of a window is waiting, not computing
 DEFAULT_PROFILES = Path(__file__).resolve().parents[1] / "cluster" / "jobqueue.yaml"
 _SAFE = re.compile(r"[A-Za-z0-9_.,:@+=/-]+")
 

@@ -284,7 +284,6 @@ def validate(raw: Any) -> SweepConfig:
     kind = cluster_raw.get("kind", "local")
     if not isinstance(kind, str) or not kind.replace("-", "").replace("_", "").isalnum():
         problems.append(f"cluster.kind: {kind!r}: expected 'local' or a profile name of cluster/jobqueue.yaml")
-    stall = cluster_raw.get("stall_timeout_s", ClusterSpec.stall_timeout_s)
     cluster = ClusterSpec(
         kind=kind if isinstance(kind, str) else "local",
         n_workers=_int_field("cluster.n_workers", cluster_raw.get("n_workers"), 1, problems, optional=True),
@@ -296,10 +295,11 @@ def validate(raw: Any) -> SweepConfig:
         account=_optional_str("cluster.account", cluster_raw.get("account"), problems),
         interface=_optional_str("cluster.interface", cluster_raw.get("interface"), problems),
         profiles=_optional_str("cluster.profiles", cluster_raw.get("profiles"), problems),
-        stall_timeout_s=None
-        if stall is None
-        else _positive_number(
-            "cluster.stall_timeout_s", stall, problems, "seconds without a finished batch (a number > 0), or null"
+        stall_timeout_s=_positive_number(
+            "cluster.stall_timeout_s",
+            cluster_raw.get("stall_timeout_s", ClusterSpec.stall_timeout_s),
+            problems,
+            optional=True,
         ),
     )
     train = None
@@ -329,9 +329,11 @@ def _optional_str(where: str, value: Any, problems: list[str]) -> str | None:
     return value
 
 
-def _positive_number(where: str, value: Any, problems: list[str], expected: str = "a positive number") -> float:
+def _positive_number(where: str, value: Any, problems: list[str], optional: bool = False) -> Any:
+    if optional and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        problems.append(f"{where}: {value!r}: expected {expected}")
+        problems.append(f"{where}: {value!r}: expected a positive number" + (" or null" if optional else ""))
         return 1.0
     return float(value)
 

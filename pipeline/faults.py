@@ -46,13 +46,16 @@ def failing_solver() -> str | None:
 
 def hang_point(batch_key: str) -> None:
     """Block forever, idle, if this batch is ``CLPHASE_HANG_BATCH`` or the first to claim ``CLPHASE_HANG_ONCE``."""
-    if os.environ.get(HANG_BATCH_ENV) == batch_key:
+    if os.environ.get(HANG_BATCH_ENV) == batch_key or _claim(os.environ.get(HANG_ENV)):
         threading.Event().wait()
-    flag = os.environ.get(HANG_ENV)
+
+
+def _claim(flag: str | None) -> bool:
+    """Create ``flag`` if no process has yet (atomically); False when unset or already there."""
     if not flag:
-        return
+        return False
     try:
         os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
-        return
-    threading.Event().wait()
+        return False
+    return True

@@ -174,7 +174,8 @@ def run_sweep(
     stalls: Counter[str] = Counter()
     in_flight = {submit(item) for item in itertools.islice(todo, window)}
 
-    def drop(future) -> None:
+    def drop(future: Future) -> None:
+        """Forget a finished or given-up batch and submit the next pending one."""
         in_flight.discard(future)
         future.release()
         nxt = next(todo, None)
