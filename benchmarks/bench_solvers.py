@@ -1,13 +1,22 @@
-"""Benchmark: the symmetric solver against a fresh cvxpy build + solve per point; full-solver reach.
+"""Benchmarks: the expectation at any k (transform vs enumeration), the symmetric solver against a
+fresh cvxpy build + solve per point, and the full solver's reach.
 
-Run by hand: ``python benchmarks/bench_solvers.py`` (about 10 minutes on 2 cores). Prints
-per-k and overall time per point of both routes with their relative objective difference
-(target: >= 300x faster at <= 1e-8), then the largest (C, k) that the cached ``full`` solver
-finishes within 60 s.
+Run by hand: ``python benchmarks/bench_solvers.py`` (about 15 minutes on 2 cores; ``--any-k`` for the
+first section alone, ~3 minutes). Prints, in one run:
+
+1. per k in {1, 16, 256, 1024, 4096, 65536, inf}: the symmetric solver's median time per two-group
+   point and the time per threshold R*, with the enumeration of count vectors (each call capped at
+   ``ENUM_LIMIT_S`` in a subprocess) and with the transform, their ratio and the largest relative
+   objective difference where both ran (targets: <= 1 ms a point, >= 1e4x at k = 1024, <= 0.5 s a
+   threshold);
+2. per k, time per point of the symmetric solver and of the naive full SDP with their relative
+   objective difference (target: >= 300x faster at <= 1e-8);
+3. the largest (C, k) that the cached ``full`` solver finishes within 60 s.
 """
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -83,6 +92,61 @@ def compare() -> None:
     )
 
 
+ANY_K = (1, 16, 256, 1024, 4096, 65536, math.inf)
+ANY_K_R = (3.0, 30.0, 100.0, 1e4)  # below and above R* at every k
+ENUM_LIMIT_S = 120  # per enumerated solve or threshold; beyond it the enumeration counts as not run
+
+
+def _timed(code: str, limit_s: float) -> list[float] | None:
+    """Numbers printed by ``code`` in a fresh process, None when it fails or runs past ``limit_s``."""
+    out = run_python("import math, time; from pipeline.problem import Problem; " + code, limit_s)
+    return None if out is None else [float(x) for x in out.split()]
+
+
+def _cell(x: list[float] | None, width: int) -> str:
+    return f"{'-' if x is None else f'{x[0]:.4g}':>{width}}"
+
+
+def any_k() -> None:
+    """Section 1: one two-group point and one threshold per k, enumeration against transform."""
+    print(f"# expectation over k negatives: enumeration vs transform, symmetric solver, {LOSS}, "
+          f"K_A={N_MAJOR} K_B={N_MINOR}, R in {list(ANY_K_R)}")  # fmt: skip
+    print(f"{'k':>6} {'enum ms/pt':>11} {'trans ms/pt':>12} {'ratio':>9} {'max rel dobj':>13} "
+          f"{'enum s/thr':>11} {'trans s/thr':>12} {'ratio':>8}  R*")  # fmt: skip
+    for k in ANY_K:
+        k_text = "math.inf" if math.isinf(k) else str(k)
+        point = (
+            "from pipeline.symmetric import solve_symmetric; import statistics; ts, objs = [], []\n"
+            f"for R in {list(ANY_K_R)}:\n"
+            f"    p = Problem.two_group('{LOSS}', {N_MAJOR}, {N_MINOR}, R, {k_text}, expectation='{{e}}')\n"
+            "    for _ in range({reps}):\n"
+            "        t = time.perf_counter(); s = solve_symmetric(p); ts.append(time.perf_counter() - t)\n"
+            "    objs.append(s.objective)\n"
+            "print(statistics.median(ts) * 1e3, *objs)"
+        )
+        thr = (
+            "from pipeline.threshold import minority_threshold; t = time.perf_counter(); "
+            f"r = minority_threshold('{LOSS}', {N_MAJOR}, {N_MINOR}, {k_text}, expectation='{{e}}'); "
+            "print(time.perf_counter() - t, r.R_star)"
+        )
+        route = "limit" if math.isinf(k) else "transform"
+        fast = _timed(point.format(e="transform" if route == "transform" else "auto", reps=20), ENUM_LIMIT_S)
+        fast_thr = _timed(thr.format(e="transform" if route == "transform" else "auto"), ENUM_LIMIT_S)
+        slow = slow_thr = None
+        if route == "transform":
+            slow = _timed(point.format(e="enumerate", reps=1), ENUM_LIMIT_S * len(ANY_K_R))
+            slow_thr = _timed(thr.format(e="enumerate"), ENUM_LIMIT_S)
+        diffs = [] if slow is None else [abs(a - b) / abs(b) for a, b in zip(slow[1:], fast[1:], strict=True)]
+        diff = f"{max(diffs):.1e}" if diffs else ""
+
+        ratio = "" if slow is None else f"{slow[0] / fast[0]:.3g}x"
+        ratio_thr = "" if slow_thr is None else f"{slow_thr[0] / fast_thr[0]:.3g}x"
+        print(f"{'inf' if math.isinf(k) else k:>6} {_cell(slow, 11)} {_cell(fast, 12)} {ratio:>9} {diff:>13} "
+              f"{_cell(slow_thr, 11)} {_cell(fast_thr, 12)} {ratio_thr:>8}  {fast_thr[1]:.8g}", flush=True)  # fmt: skip
+    print(f"('-': the enumeration did not finish within {ENUM_LIMIT_S} s a call; k = inf is the closed-form "
+          "limit, which has no enumeration)")  # fmt: skip
+
+
 def full_fits(C: int, k: int) -> float | None:
     """Wall time of one cached-build full solve in a subprocess, None past FULL_LIMIT_S."""
     code = (
@@ -111,5 +175,7 @@ def full_reach() -> None:
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
-    compare()
-    full_reach()
+    any_k()
+    if "--any-k" not in sys.argv[1:]:
+        compare()
+        full_reach()

@@ -83,7 +83,7 @@ def minor_cosine(ds: xr.Dataset) -> xr.DataArray:
 def threshold_curve(ds: xr.Dataset) -> xr.DataArray:
     """R*(k) per (loss, n_major, n_minor): inf where none, NaN where pending or not applicable."""
     done = ds.done_threshold == 1
-    ok = done & (ds.status_threshold == STATUS_CODE["optimal"])
+    ok = done & ds.status_threshold.isin([STATUS_CODE["optimal"], STATUS_CODE["asymptotic"]])
     return ds.R_threshold.where(ok)
 
 
@@ -101,9 +101,14 @@ def thresholds_table(ds: xr.Dataset) -> list[dict[str, object]]:
                     point = {"loss": loss, "n_major": n_major, "n_minor": n_minor, "k": k}
                     value = float(curve.sel(point))
                     state = names[int(status.sel(point))] if int(done.sel(point)) else "pending"
-                    rows.append({**{key: (str(v) if key == "loss" else int(v)) for key, v in point.items()},
-                                 "R_star": value, "status": state})  # fmt: skip
+                    rows.append({"loss": str(loss), "n_major": int(n_major), "n_minor": int(n_minor),
+                                 "k": k_label(k), "R_star": value, "status": state})  # fmt: skip
     return rows
+
+
+def k_label(k: float) -> int | str:
+    """k as written in tables: an integer, or 'inf' for the large-k limit."""
+    return "inf" if np.isinf(k) else int(k)
 
 
 def phase_counts(ds: xr.Dataset, phase: xr.DataArray | None = None) -> dict[str, int]:

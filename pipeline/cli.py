@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from pipeline.errors import InputError
 from pipeline.losses import NEGATIVES, REDUCTIONS, check_option, parse_loss
+from pipeline.problem import check_k
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +47,7 @@ def _add_problem_args(parser: argparse.ArgumentParser, with_R: bool) -> None:
     parser.add_argument("--n-minor", required=True, help="number of minority classes K_B")
     if with_R:
         parser.add_argument("--R", required=True, help="imbalance ratio p_major / p_minor (>= 1)")
-    parser.add_argument("--k", required=True, help="number of negatives per anchor (>= 1)")
+    parser.add_argument("--k", required=True, help="negatives per anchor (>= 1), or inf (the large-k limit)")
     parser.add_argument("--negatives", default="marginal", help="|".join(NEGATIVES) + " (default marginal)")
     parser.add_argument("--reduction", default="sum", help="|".join(REDUCTIONS) + " (default sum)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -94,7 +95,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     n_major = _to_int("n_major", args.n_major, 1)
     n_minor = _to_int("n_minor", args.n_minor, 1)
     R = _to_float("R", args.R, "a finite number >= 1 (R = p_major / p_minor)")
-    k = _to_int("k", args.k, 1)
+    k = check_k(args.k)
     dim = None if args.dim is None else _to_int("dim", args.dim, 1)
     check_option("negatives", args.negatives, NEGATIVES)
     check_option("reduction", args.reduction, REDUCTIONS)
@@ -123,7 +124,7 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
     loss = parse_loss(args.loss)
     n_major = _to_int("n_major", args.n_major, 1)
     n_minor = _to_int("n_minor", args.n_minor, 2)
-    k = _to_int("k", args.k, 1)
+    k = check_k(args.k)
     check_option("negatives", args.negatives, NEGATIVES)
     check_option("reduction", args.reduction, REDUCTIONS)
     result = minority_threshold(loss, n_major, n_minor, k, args.negatives, args.reduction)
@@ -131,9 +132,12 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()))
     else:
         R_star = "inf" if math.isinf(result.R_star) else f"{result.R_star:.10g}"
-        print(f"R* = {R_star}  (loss {loss.id}, K_A={n_major}, K_B={n_minor}, k={k}, "
+        name = "R*_inf" if math.isinf(k) else "R*"
+        print(f"{name} = {R_star}  (loss {loss.id}, K_A={n_major}, K_B={n_minor}, k={k}, "
               f"negatives={args.negatives}, reduction={args.reduction}; "
-              f"lim g/p_minor^2 = {_fmt(result.criterion_limit)})")  # fmt: skip
+              f"lim g/p_minor^2 = {_fmt(result.criterion_limit)} +- {result.criterion_limit_error:.1e})")  # fmt: skip
+        if result.message:
+            print(f"note: {result.message} (status {result.status})")
     return 0
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from pipeline.errors import InputError
 from pipeline.losses import NEGATIVES, REDUCTIONS, parse_loss
+from pipeline.problem import check_k
 from pipeline.solution import SOLVERS
 
 MODELS = ("ufm", "mlp")
@@ -44,7 +45,7 @@ class GridSpec:
     R: tuple[float, ...]
     n_major: tuple[int, ...] = (2,)
     n_minor: tuple[int, ...] = (2,)
-    k: tuple[int, ...] = (4,)
+    k: tuple[int | float, ...] = (4,)  # math.inf: the large-k limit
     dim: tuple[int, ...] = (16,)
     seed: tuple[int, ...] = (0,)
 
@@ -144,7 +145,9 @@ def _plain(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     if isinstance(x, np.generic):
-        return x.item()
+        x = x.item()
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"  # k = inf: plain JSON and YAML that load_config reads back
     return x
 
 
@@ -183,6 +186,12 @@ def _axis(name: str, raw: Any, problems: list[str], kind: type, minimum: float) 
     values = raw if isinstance(raw, list) else [raw]
     out = []
     for v in values:
+        if kind is check_k:  # the number of negatives: integers >= 1 or inf
+            try:
+                out.append(check_k(v))
+            except InputError as err:
+                problems.append(f"grid.{name}: {v!r}: expected {err.allowed}")
+            continue
         if kind is int:
             good = isinstance(v, int) and not isinstance(v, bool) and v >= minimum
             allowed = f"integers >= {int(minimum)}"
@@ -265,9 +274,11 @@ def validate(raw: Any) -> SweepConfig:
     axes: dict[str, tuple] = {"loss": tuple(losses)}
     if "R" in grid_raw:
         axes["R"] = _axis("R", _expand_R(grid_raw["R"], problems), problems, float, 1.0)
-    for name_, minimum in (("n_major", 1), ("n_minor", 1), ("k", 1), ("dim", 1), ("seed", 0)):
+    for name_, minimum in (("n_major", 1), ("n_minor", 1), ("dim", 1), ("seed", 0)):
         if name_ in grid_raw:
             axes[name_] = _axis(name_, grid_raw[name_], problems, int, minimum)
+    if "k" in grid_raw:
+        axes["k"] = _axis("k", grid_raw["k"], problems, check_k, 1)
 
     theory_raw = _section("theory", raw.get("theory"), problems)
     theory = TheorySpec(
@@ -357,6 +368,8 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
             problems.append(f"train.select.{axis}: unknown axis; valid axes: {', '.join(axes)}")
             continue
         values = values if isinstance(values, list) else [values]
+        if axis == "k":  # 'inf' (a string in YAML) names the grid's k = inf
+            values = [math.inf if isinstance(v, str) and v.strip().lower() in ("inf", ".inf") else v for v in values]
         grid_values = axes[axis]
         picked = []
         for v in values:
@@ -370,6 +383,13 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
     if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         problems.append(f"train.device: {device!r}: expected auto, cpu, cuda or cuda:N")
         device = d.device
+    estimator = _choice("train.estimator", raw.get("estimator", d.estimator), ESTIMATORS, problems)
+    trained_k = chosen.get("k", axes.get("k", GridSpec.k))
+    if estimator == "sampled" and any(math.isinf(k) for k in trained_k):
+        problems.append(
+            "train.estimator: 'sampled': cannot draw k = inf negatives; expected 'expected' (the k = inf limit "
+            "in closed form) or a train.select.k without inf"
+        )
     return TrainSpec(
         model=_choice("train.model", raw.get("model", d.model), MODELS, problems),
         data=_choice("train.data", raw.get("data", d.data), DATASETS, problems),
@@ -385,7 +405,7 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
         input_dim=_int_field("train.input_dim", raw.get("input_dim", d.input_dim), 1, problems),
         noise=_positive_number("train.noise", raw.get("noise", d.noise), problems),
         device=device,
-        estimator=_choice("train.estimator", raw.get("estimator", d.estimator), ESTIMATORS, problems),
+        estimator=estimator,
         kernel=_choice("train.kernel", raw.get("kernel", d.kernel), KERNELS, problems),
         runs_per_batch=_int_field("train.runs_per_batch", raw.get("runs_per_batch", d.runs_per_batch), 1, problems),
         select=chosen,

@@ -20,6 +20,7 @@ from pipeline.cluster import call_stacks, idle_holders, restart_workers
 from pipeline.config import SweepConfig
 from pipeline.faults import hang_point, kill_point
 from pipeline.grid import Batch, Grid, kinds
+from pipeline.objective import expectation_terms
 from pipeline.results import FAILED
 from pipeline.store import batch_done, read_batch, read_done, update_attrs, write_batch
 from pipeline.tasks import run_batch
@@ -68,16 +69,16 @@ def pending_batches(config: SweepConfig, path: str) -> dict[str, list[Batch]]:
     for kind in kinds(config):
         done = read_done(path, kind)
         out[kind] = [b for b in grid.batches(kind) if not batch_done(done, b)]
-        # longest first (the expectation over negatives grows like k^2), so the last tasks are short
-        # and no worker idles through a long tail
+        # longest first, so the last tasks are short and no worker idles through a long tail
         out[kind].sort(key=lambda b: -_cost(grid, b))
     return out
 
 
 def _cost(grid: Grid, batch: Batch) -> float:
-    """Relative cost of a batch: points times the mean number of count vectors per point."""
+    """Relative cost of a batch: points times the mean terms of the expectation per point (the
+    count vectors of a two-group anchor, or the transform's nodes once those are fewer)."""
     k = grid.values(batch).get("k", np.array([1]))
-    return batch.n_points * float(np.mean((k + 1) * (k + 2) / 2))
+    return batch.n_points * float(np.mean([expectation_terms(x, 3) for x in k]))
 
 
 @dataclass

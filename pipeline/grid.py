@@ -83,7 +83,7 @@ class Grid:
             "R": np.array(s.R, dtype=float),
             "n_major": np.array(s.n_major, dtype=np.int64),
             "n_minor": np.array(s.n_minor, dtype=np.int64),
-            "k": np.array(s.k, dtype=np.int64),
+            "k": np.array(s.k, dtype=float),  # float: k = inf is the large-k limit (ds.sel(k=np.inf))
             "dim": np.array(s.dim, dtype=np.int64),
             "seed": np.array(s.seed, dtype=np.int64),
             "class_i": np.arange(self.C_max),

@@ -1,4 +1,4 @@
-"""Exact expectation of the class-collapsed loss, with first and second derivatives (numpy float64).
+"""Exact expectation of the class-collapsed loss over the k negatives, with first and second derivatives.
 
 With one unit vector per class and Gram matrix G, an anchor of class c pays
 ``psi( rho * sum_j n_j phi(G[c, j] - 1) )`` where n ~ Multinomial(k, q^(c)) counts the negatives
@@ -8,21 +8,37 @@ anchors ``a`` and categories ``j``:
 
     L = sum_a w_a sum_n Mult(n; k, q_a) psi( rho sum_j n_j phi(cos_aj - 1) )
 
-When psi is the identity the expectation collapses exactly to ``rho k sum_a w_a sum_j q_aj phi``.
-Everything is vectorised over anchors and count vectors; complex ``cos`` is accepted (complex-step
-derivative checks) for the smooth losses.
+Three exact routes, picked by :func:`expected_loss` (``method='auto'``):
+
+- psi the identity: ``rho k sum_a w_a sum_j q_aj phi`` in closed form.
+- psi = log1p, the transform (:mod:`pipeline.transform`): a one-dimensional integral whose cost does
+  not depend on k, so k = 65536 costs what k = 1 does.
+- the enumeration over the binom(k + J - 1, J - 1) count vectors n: any psi; used by ``auto`` where it
+  has fewer terms than the transform's ~250 nodes per category (k <= 35 for three categories), and
+  kept as the independent check (``Problem.expectation`` selects a route).
+
+``k = inf`` is the large-k limit, renormalised so that it stays finite and has the same minimisers:
+with ``sum`` (``rho = 1``) ``E log(1 + S) - log k -> log sum_j q_j phi_j``; with ``mean`` (``rho = 0``,
+the limit of 1 / k) ``E log(1 + S / k) -> log(1 + sum_j q_j phi_j)``. For psi the identity the loss
+is ``k sum q phi`` (``sum``: it grows like k, the limit reported is L / k) or ``sum q phi`` (``mean``:
+k-independent), so its geometry is the same at every k. Everything is vectorised over anchors and
+categories; complex ``cos`` is accepted (complex-step derivative checks) for the smooth losses.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from itertools import combinations_with_replacement
+from typing import Literal
 
 import numpy as np
 from scipy.special import gammaln, xlogy
 
+from pipeline.errors import InputError
 from pipeline.losses import Loss
-from pipeline.problem import Problem
+from pipeline.problem import EXPECTATIONS, Problem
+from pipeline.transform import transform_terms
 
 
 @lru_cache(maxsize=64)
@@ -49,29 +65,70 @@ def multinomial_weights(N: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.exp(log_w)
 
 
+Method = Literal["auto", "transform", "enumerate"]
+
+# the enumeration is used by ``auto`` while it has at most this many count vectors per category of
+# an anchor: about the transform's node count (~250), so each route runs where it is cheaper
+ENUMERATION_TERMS_PER_CATEGORY = 250
+
+
+def n_count_vectors(k: float, J: int) -> float:
+    """binom(k + J - 1, J - 1), the enumeration's terms per anchor (inf for k = inf)."""
+    return math.inf if math.isinf(k) else math.comb(int(k) + J - 1, J - 1)
+
+
+def linear_scale(k: float, rho: float) -> float:
+    """The factor rho k of the closed form for psi linear; 1 at k = inf (the limit of L / k with
+    ``sum``, and the k-independent loss with ``mean``)."""
+    return 1.0 if math.isinf(k) else rho * k
+
+
+def expectation_terms(k: float, J: int) -> float:
+    """Terms per anchor of the route ``auto`` takes for log1p psi: count vectors or quadrature nodes."""
+    return min(n_count_vectors(k, J), ENUMERATION_TERMS_PER_CATEGORY * J)
+
+
+def choose_method(loss: Loss, k: float, J: int, method: Method = "auto") -> str:
+    """The route of :func:`expected_loss`: 'linear', 'limit' (k = inf), 'transform' or 'enumerate'."""
+    if method not in EXPECTATIONS:
+        raise InputError("expectation", method, f"one of {', '.join(EXPECTATIONS)}")
+    if loss.psi_linear:
+        return "linear"
+    if math.isinf(k):
+        if method == "enumerate":
+            raise InputError("k", "inf", "a finite k for method 'enumerate'")
+        return "limit"
+    if method == "auto":
+        return "enumerate" if n_count_vectors(k, J) <= ENUMERATION_TERMS_PER_CATEGORY * J else "transform"
+    return method
+
+
 def expected_loss(
     loss: Loss,
-    k: int,
+    k: float,
     rho: float,
     w: np.ndarray,
     q: np.ndarray,
     cos: np.ndarray,
     hessian: bool = False,
+    method: Method = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Exact expected loss over the k negatives and its derivatives in ``cos``.
 
     Parameters
     ----------
     loss : Loss
-    k : int
-        Number of negatives.
+    k : int or inf
+        Number of negatives; ``math.inf`` for the renormalised large-k limit (module docstring).
     rho : float
-        1 for the ``sum`` reduction, 1/k for ``mean``.
-    w : (A,) anchor weights (class or group proportions).
+        1 for the ``sum`` reduction, 1/k for ``mean`` (0 at k = inf).
+    w : (A,) anchor weights (class or group proportions, summing to 1).
     q : (A, J) negative-category distribution per anchor.
     cos : (A, J) cosine between the anchor and each category (1 for the anchor's own class).
     hessian : bool
         Also return second derivatives.
+    method : {'auto', 'transform', 'enumerate'}
+        Route for psi = log1p (see the module docstring); psi linear and k = inf are closed forms.
 
     Returns
     -------
@@ -79,10 +136,11 @@ def expected_loss(
     grad : (A, J) dL/dcos
     hess : (A, J, J) d2L/dcos_aj dcos_al, or None
     """
+    route = choose_method(loss, k, cos.shape[1], method)
     z = cos - 1.0  # (A, J), argument of phi
     phi, dphi = loss.phi(z), loss.dphi(z)  # (A, J)
-    if loss.psi_linear:
-        scale = rho * k * w[:, None] * q  # (A, J)
+    if route == "linear":
+        scale = w[:, None] * q * linear_scale(k, rho)  # (A, J)
         value = (scale * phi).sum()
         grad = scale * dphi
         hess = None
@@ -91,7 +149,32 @@ def expected_loss(
             hess = np.zeros((A, J, J), dtype=cos.dtype)
             hess[:, np.arange(J), np.arange(J)] = scale * loss.d2phi(z)
         return value, grad, hess
-    N = count_vectors(k, cos.shape[1]).astype(float)  # (M, J)
+    if route == "enumerate":
+        return _enumerated(loss, int(k), rho, w, q, z, phi, dphi, hessian)
+    if route == "limit":
+        # sum: log sum_j q_j phi_j (L - log k); mean: log(1 + sum_j q_j phi_j); both psi(rho' E X)
+        m1 = (q * phi).sum(axis=1)  # (A,) E[phi]
+        base = m1 + (1.0 if rho == 0 else 0.0)  # (A,) the argument of the log; rho = 0 marks ``mean``
+        value_a, d_x = np.log(base), q / base[:, None]  # (A,), (A, J): dV/dx with x = phi
+        d2_x = -q[:, :, None] * q[:, None, :] / (base**2)[:, None, None] if hessian else None
+        x_scale = 1.0
+    else:
+        x_scale = rho
+        value_a, d_x, d2_x = transform_terms(rho * phi, q, int(k), hessian)
+    value = (w * value_a).sum()
+    grad = w[:, None] * d_x * (x_scale * dphi)  # (A, J)
+    hess = None
+    if hessian:
+        hess = x_scale**2 * d2_x * (dphi[:, :, None] * dphi[:, None, :])  # (A, J, J)
+        idx = np.arange(cos.shape[1])
+        hess[:, idx, idx] += x_scale * d_x * loss.d2phi(z)
+        hess *= w[:, None, None]
+    return value, grad, hess
+
+
+def _enumerated(loss, k, rho, w, q, z, phi, dphi, hessian):
+    """The expectation as a sum over every count vector n (any psi; binom(k + J - 1, J - 1) terms)."""
+    N = count_vectors(k, z.shape[1]).astype(float)  # (M, J)
     P = multinomial_weights(N, q) * w[:, None]  # (A, M)
     S = rho * phi @ N.T  # (A, M), inner sum per anchor and count vector
     value = (P * loss.psi(S)).sum()
@@ -102,7 +185,7 @@ def expected_loss(
         Pdd = P * loss.d2psi(S)  # (A, M)
         NN = np.einsum("mj,ml->mjl", N, N)  # (M, J, J)
         hess = rho**2 * np.einsum("am,mjl->ajl", Pdd, NN) * dphi[:, :, None] * dphi[:, None, :]
-        idx = np.arange(cos.shape[1])
+        idx = np.arange(z.shape[1])
         hess[:, idx, idx] += rho * (Pd @ N) * loss.d2phi(z)
     return value, grad, hess
 
@@ -121,7 +204,8 @@ def class_objective(problem: Problem, G: np.ndarray) -> tuple[float, np.ndarray]
     D : (C, C) dL/dG with G[c, j] and G[j, c] treated as separate entries (row c is anchor c);
         the gradient in symmetric directions is (D + D.T) / 2.
     """
-    value, D, _ = expected_loss(problem.loss, problem.k, problem.rho, problem.p, problem.negative_distribution(), G)
+    value, D, _ = expected_loss(problem.loss, problem.k, problem.rho, problem.p, problem.negative_distribution(), G,
+                                method=problem.expectation)  # fmt: skip
     return value.item(), D
 
 
@@ -145,9 +229,9 @@ def gap_bound(G: np.ndarray, D: np.ndarray) -> float:
 
 
 def certificate(problem: Problem, G: np.ndarray) -> tuple[float, float]:
-    """L(G) and the bound of :func:`gap_bound` from the class-level enumeration (solver-independent).
+    """L(G) and the bound of :func:`gap_bound` from the class-level expectation (solver-independent).
 
-    The enumeration has binom(k + C - 1, C - 1) terms per anchor: use it for small C and k.
+    Exact at any k (the transform for log1p psi); its cost grows like C^2 per quadrature node.
     """
     value, D = class_objective(problem, G)
     return value, gap_bound(G, D)

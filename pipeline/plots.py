@@ -55,6 +55,34 @@ def _edges(values: np.ndarray) -> np.ndarray:
     return np.exp(np.concatenate([[2 * log_v[0] - mid[0]], mid, [2 * log_v[-1] - mid[-1]]]))
 
 
+def k_axis(k: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Positions and tick labels of the k axis (log scale): finite k at themselves, k = inf as its
+    own column one grid step (at least x4) beyond the largest finite k, labelled with the infinity sign."""
+    k = np.asarray(k, dtype=float)
+    finite = k[np.isfinite(k)]
+    if finite.size:
+        step = max(4.0, finite[-1] / finite[-2]) if finite.size > 1 else 4.0
+        x_inf = finite.max() * step
+    else:
+        x_inf = 1.0
+    x = np.where(np.isfinite(k), k, x_inf)
+
+    def label(v: float) -> str:
+        if not np.isfinite(v):
+            return "∞"
+        n = round(float(np.log2(v)))
+        return f"$2^{{{n}}}$" if v >= 1024 and 2**n == v else f"{v:g}"
+
+    return x, [label(v) for v in k]
+
+
+def _mark_infinite_k(ax: plt.Axes, k: np.ndarray, x: np.ndarray) -> None:
+    """A dotted line between the last finite k and the k = inf column."""
+    if np.isinf(k).any() and np.isfinite(k).any():
+        edge = np.sqrt(x[np.isfinite(k)].max() * x[np.isinf(k)][0])
+        ax.axvline(edge, color="0.3", ls=":", lw=0.8)
+
+
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=200)  # constrained layout: bbox_inches="tight" would double the time
@@ -71,39 +99,47 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
     point = {"loss": loss, "n_major": n_major, "n_minor": n_minor}
     c = minor_cosine(ds).sel(point).transpose("R", "k").load()  # (R, k)
     k, R = ds.k.values, ds.R.values
+    x_k, k_labels = k_axis(k)  # k = inf as its own column
     fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.6), layout="constrained")
     values = np.ma.masked_invalid(c.values)
     if values.mask.any():  # hatched background shows through undrawn (pending / failed) cells
         ax.set_facecolor("0.92")
         ax.patch.set_hatch("////")
         ax.patch.set_edgecolor("0.7")
-    mesh = ax.pcolormesh(_edges(k), _edges(R), values, cmap="cividis", vmin=-1, vmax=1, shading="flat")
+    mesh = ax.pcolormesh(_edges(x_k), _edges(R), values, cmap="cividis", vmin=-1, vmax=1, shading="flat")
     fig.colorbar(mesh, ax=ax, label="minority cosine c (theory)")
     curve = threshold_curve(ds).sel(point).load()
     finite = np.isfinite(curve.values)
-    ax.plot(k[finite], curve.values[finite], "o-", color="#d55e00", lw=1.2, ms=3, label="threshold R*(k)")
+    line = finite & np.isfinite(k)  # R*(k) joined over finite k; R*_inf its own marker
+    ax.plot(x_k[line], curve.values[line], "o-", color="#d55e00", lw=1.2, ms=3, label="threshold R*(k)")
+    at_inf = finite & np.isinf(k)
+    if at_inf.any():
+        ax.plot(x_k[at_inf], curve.values[at_inf], "D", color="#d55e00", ms=4, label="R* at k = inf")
     none = np.isinf(curve.values)
     if none.any():
         top = _edges(R)[-1]
-        ax.plot(k[none], np.full(none.sum(), top), "^", color="#d55e00", ms=5, clip_on=False, label="R* = inf")
+        ax.plot(x_k[none], np.full(none.sum(), top), "^", color="#d55e00", ms=5, clip_on=False, label="R* = inf")
     drawn = {"mesh": values, "threshold": (k[finite], curve.values[finite]), "no_threshold": k[none]}
     if has_training(ds):
-        drawn["training"] = _training_markers(ds, ax, point)
+        drawn["training"] = _training_markers(ds, ax, point, x_k)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("negatives per anchor k")
     ax.set_ylabel("imbalance ratio R = p_major / p_minor")
     ax.set_title(f"{loss}, K_A={n_major}, K_B={n_minor}")
-    ax.set_xticks(k, [str(v) for v in k])
+    ax.set_xticks(x_k, k_labels)
+    ax.minorticks_off()
+    _mark_infinite_k(ax, k, x_k)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", frameon=True, fontsize=6)
     return fig, drawn
 
 
-def _training_markers(ds: xr.Dataset, ax: plt.Axes, point: dict) -> dict[str, np.ndarray]:
+def _training_markers(ds: xr.Dataset, ax: plt.Axes, point: dict, x_k: np.ndarray) -> dict[str, np.ndarray]:
     """Mark trained (k, R) cells: circles where every trained run agrees with theory, crosses elsewhere.
 
-    Uses the largest trained dim; returns the marked (k, R) pairs per outcome.
+    Uses the largest trained dim; returns the marked (k, R) pairs per outcome. ``x_k`` gives the
+    axis position of each k (:func:`k_axis`).
     """
     phase = train_phase(ds).sel(point)  # (R, k, dim, seed)
     trained = phase.isin([PHASE_CODE["minority_collapse"], PHASE_CODE["no_collapse"], PHASE_CODE["disagreement"]])
@@ -123,7 +159,8 @@ def _training_markers(ds: xr.Dataset, ax: plt.Axes, point: dict) -> dict[str, np
         marks[name] = pts
         if len(pts):
             label = f"training (d={dim}) {'agrees' if name == 'agree' else 'disagrees'}"
-            ax.plot(pts[:, 0], pts[:, 1], ls="none", label=label, **style)
+            position = dict(zip(ds.k.values.tolist(), x_k, strict=True))
+            ax.plot([position[v] for v in pts[:, 0]], pts[:, 1], ls="none", label=label, **style)
     return marks
 
 
@@ -147,7 +184,7 @@ def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> pl
         for k in ds.k.values:
             series = d_mean.sel(k=k)
             if bool(series.notnull().any()):
-                right.plot(ds.R.values, series.values, "o-", ms=2.5, lw=0.8, color=color, label=f"d = {dim}, k = {k}")
+                right.plot(ds.R.values, series.values, "o-", ms=2.5, lw=0.8, color=color, label=f"d = {dim}, k = {k:g}")
     left.set_xlabel("minority cosine c, theory")
     left.set_ylabel("c, training (mean ± sd, seeds)")
     left.legend(fontsize=6)
@@ -168,6 +205,8 @@ def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> pl
 def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     """R*(k) for every loss and class-count pair on one figure."""
     curve = threshold_curve(ds).load()
+    k = curve.k.values
+    x_k, k_labels = k_axis(k)
     fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.5, 2.6), layout="constrained")
     drawn = {}
     markers = "osD^v<>p"
@@ -178,20 +217,28 @@ def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
         if not np.isfinite(values).any():
             continue
         finite = np.isfinite(values)
+        line = finite & np.isfinite(k)
         label = f"{loss}, {n_major}+{n_minor}"
-        ax.plot(curve.k.values[finite], values[finite], marker=markers[i % len(markers)], ms=3, lw=1, label=label)
-        drawn[label] = (curve.k.values[finite], values[finite])
+        marker = markers[i % len(markers)]
+        (handle,) = ax.plot(x_k[line], values[line], marker=marker, ms=3, lw=1, label=label)
+        at_inf = finite & np.isinf(k)
+        if at_inf.any():  # R*_inf: its own column, and a dotted line that the curve approaches
+            ax.plot(x_k[at_inf], values[at_inf], marker=marker, ms=4, ls="none", color=handle.get_color())
+            ax.axhline(values[at_inf][0], color=handle.get_color(), ls=":", lw=0.7)
+        drawn[label] = (k[finite], values[finite])
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("negatives per anchor k")
     ax.set_ylabel("threshold R* (minority collapse)")
-    ax.set_xticks(curve.k.values, [str(v) for v in curve.k.values])
+    ax.set_xticks(x_k, k_labels)
+    ax.minorticks_off()
+    _mark_infinite_k(ax, k, x_k)
     if drawn:
         ax.legend(fontsize=6, ncol=1, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig, drawn
 
 
-def gram_panels(ds: xr.Dataset, loss: str, n_major: int, n_minor: int, k: int) -> plt.Figure:
+def gram_panels(ds: xr.Dataset, loss: str, n_major: int, n_minor: int, k: float) -> plt.Figure:
     """Optimal Gram matrices below, at and above the threshold."""
     picks = gram_points(ds, loss, n_major, n_minor, k)
     C = n_major + n_minor
@@ -206,7 +253,7 @@ def gram_panels(ds: xr.Dataset, loss: str, n_major: int, n_minor: int, k: int) -
         ax.set_xticks(range(C), ["A"] * n_major + ["B"] * n_minor)
         ax.set_yticks(range(C), ["A"] * n_major + ["B"] * n_minor)
     fig.colorbar(image, ax=axes, label="cosine between class means", shrink=0.9)
-    fig.suptitle(f"{loss}, K_A={n_major}, K_B={n_minor}, k={k}")
+    fig.suptitle(f"{loss}, K_A={n_major}, K_B={n_minor}, k={k:g}")
     return fig
 
 
@@ -236,9 +283,10 @@ def write_figures(path: str, out: str | Path, selection: str | None = None) -> d
             n_train_pending = int((ds.done_train.sel(point) == 0).sum())
             if n_train_pending:
                 skipped.append(f"{loss} K_A={n_major} K_B={n_minor}: {n_train_pending} training runs pending")
-        k_mid = int(ds.k.values[len(ds.k) // 2])
+        k_mid = ds.k.values[len(ds.k) // 2].item()
+        k_name = "inf" if np.isinf(k_mid) else f"{k_mid:g}"
         written += _save(gram_panels(ds, loss, n_major, n_minor, k_mid), out,
-                         f"gram_{slug(loss)}_A{n_major}_B{n_minor}_k{k_mid}")  # fmt: skip
+                         f"gram_{slug(loss)}_A{n_major}_B{n_minor}_k{k_name}")  # fmt: skip
     fig, _ = thresholds_figure(ds)
     written += _save(fig, out, "thresholds")
     rows = thresholds_table(ds)

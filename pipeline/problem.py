@@ -17,6 +17,8 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.losses import NEGATIVES, REDUCTIONS, Loss, check_option, parse_loss
 
+EXPECTATIONS: tuple[str, ...] = ("auto", "transform", "enumerate")
+
 
 def check_int(field: str, value: Any, minimum: int) -> int:
     """Return ``value`` as an int >= ``minimum`` or raise :class:`InputError`."""
@@ -27,6 +29,40 @@ def check_int(field: str, value: Any, minimum: int) -> int:
             raise InputError(field, value, f"an integer >= {minimum}")
     if value < minimum:
         raise InputError(field, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+K_ALLOWED = "an integer >= 1 or inf (the large-k limit)"
+
+
+def check_k(value: Any, field: str = "k") -> int | float:
+    """Return the number of negatives: an int >= 1, or ``math.inf`` for the large-k limit.
+
+    Accepts integer-valued floats and the strings 'inf' / '.inf' (YAML and the command line).
+
+    Examples
+    --------
+    >>> check_k("inf"), check_k(4.0)
+    (inf, 4)
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("inf", ".inf", "+inf"):
+            return math.inf
+        try:
+            value = int(text)
+        except ValueError:
+            raise InputError(field, value, K_ALLOWED) from None
+    if isinstance(value, (float, np.floating)) and math.isinf(value) and value > 0:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(field, value, K_ALLOWED)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value) or not float(value).is_integer():
+            raise InputError(field, value, K_ALLOWED)
+        value = int(value)
+    if value < 1:
+        raise InputError(field, value, K_ALLOWED)
     return int(value)
 
 
@@ -62,20 +98,24 @@ class Problem:
         Member of the loss family.
     p : np.ndarray
         (C,) class proportions, positive, summing to 1; majority classes first by convention.
-    k : int
-        Number of negatives per anchor.
+    k : int or inf
+        Number of negatives per anchor; ``math.inf`` is the large-k limit (renormalised loss, see
+        :mod:`pipeline.objective`).
     negatives : {'marginal', 'other'}
         Sampling model of the negatives.
     reduction : {'sum', 'mean'}
         ``mean`` divides the inner sum by k.
+    expectation : {'auto', 'transform', 'enumerate'}
+        How the expectation over the negatives is computed (all exact; see :mod:`pipeline.objective`).
     """
 
     loss: Loss
     p: np.ndarray
-    k: int
+    k: int | float
     negatives: str = "marginal"
     reduction: str = "sum"
     n_major: int | None = None
+    expectation: str = "auto"
 
     @classmethod
     def create(
@@ -86,19 +126,21 @@ class Problem:
         negatives: str = "marginal",
         reduction: str = "sum",
         n_major: int | None = None,
+        expectation: str = "auto",
     ) -> Problem:
         """Validate the inputs and build a problem (``p`` is normalised to sum to 1).
 
         ``n_major`` marks the first ``n_major`` classes as the majority group (two-group problems).
         """
         loss = parse_loss(loss)
-        k = check_int("k", k, 1)
+        k = check_k(k)
         check_option("negatives", negatives, NEGATIVES)
         check_option("reduction", reduction, REDUCTIONS)
+        check_option("expectation", expectation, EXPECTATIONS)
         p = np.asarray(p, dtype=float)
         if p.ndim != 1 or p.size < 2 or not np.all(np.isfinite(p)) or np.any(p <= 0):
             raise InputError("p", p.tolist(), "at least two positive, finite class proportions")
-        return cls(loss, p / p.sum(), k, negatives, reduction, n_major)
+        return cls(loss, p / p.sum(), k, negatives, reduction, n_major, expectation)
 
     @classmethod
     def two_group(
@@ -110,13 +152,14 @@ class Problem:
         k: int,
         negatives: str = "marginal",
         reduction: str = "sum",
+        expectation: str = "auto",
     ) -> Problem:
         """K_A = n_major classes of proportion R p_minor and K_B = n_minor of proportion p_minor."""
         n_major = check_int("n_major", n_major, 1)
         n_minor = check_int("n_minor", n_minor, 1)
         R = check_ratio(R)
         p = two_group_proportions(n_major, n_minor, R)
-        return cls.create(loss, p, k, negatives, reduction, n_major=n_major)
+        return cls.create(loss, p, k, negatives, reduction, n_major=n_major, expectation=expectation)
 
     @property
     def C(self) -> int:
@@ -124,7 +167,7 @@ class Problem:
 
     @property
     def rho(self) -> float:
-        """Factor in front of the inner sum: 1 for ``sum``, 1/k for ``mean``."""
+        """Factor in front of the inner sum: 1 for ``sum``, 1/k for ``mean`` (0 at k = inf)."""
         return 1.0 if self.reduction == "sum" else 1.0 / self.k
 
     def negative_distribution(self) -> np.ndarray:
@@ -178,7 +221,7 @@ class Problem:
         """The conventions every result records."""
         return {
             "loss": self.loss.id,
-            "k": self.k,
+            "k": self.k if math.isfinite(self.k) else "inf",
             "negatives": self.negatives,
             "reduction": self.reduction,
             "p": self.p.tolist(),

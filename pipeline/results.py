@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATUS = ("pending", "optimal", "optimal_inaccurate", "local", "error", "not_applicable", "trained", "diverged")
+# codes are positions: new statuses go at the end so existing stores keep their meaning
+# (asymptotic: threshold R* = inf because c -> 1 only as R -> inf)
+STATUS = ("pending", "optimal", "optimal_inaccurate", "local", "error", "not_applicable", "trained", "diverged",
+          "asymptotic")  # fmt: skip
 STATUS_CODE = {name: code for code, name in enumerate(STATUS)}
 FAILED = (STATUS_CODE["error"], STATUS_CODE["diverged"])  # the codes --retry-failed recomputes
 
@@ -39,8 +42,9 @@ VARIABLES: dict[str, Variable] = {
     "status_theory": Variable(THEORY, "int8", "theory solve status", "1", "theory"),
     "time_theory": Variable(THEORY, "float64", "solve wall time", "s", "theory"),
     "fallback_theory": Variable(THEORY, "int8", "1 where the fallback solver produced the point (the configured one raised)", "1", "theory"),
-    "R_threshold": Variable(THRESHOLD, "float64", "minority-collapse threshold R* (inf: none)", "1", "threshold"),
+    "R_threshold": Variable(THRESHOLD, "float64", "minority-collapse threshold R* (inf: none; see status_threshold)", "1", "threshold"),
     "criterion_limit": Variable(THRESHOLD, "float64", "limit of g / p_minor^2 as R -> inf", "nats", "threshold"),
+    "criterion_limit_error": Variable(THRESHOLD, "float64", "error bound of criterion_limit (its sign counts only beyond it)", "nats", "threshold"),
     "status_threshold": Variable(THRESHOLD, "int8", "threshold search status", "1", "threshold"),
     "gram_train": Variable(TRAIN + CLASSES, "float64", "Gram matrix of the normalised trained class means (NaN padded)", "1", "train"),
     "cos_major_train": Variable(TRAIN, "float64", "trained majority-majority cosine a", "1", "train"),

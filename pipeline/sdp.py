@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import InputError
 from pipeline.losses import Loss
 from pipeline.metrics import group_cosines
-from pipeline.objective import certificate, count_vectors, multinomial_weights
+from pipeline.objective import certificate, count_vectors, linear_scale, multinomial_weights, n_count_vectors
 from pipeline.problem import Problem
 from pipeline.rank import refine
 from pipeline.solution import Solution, class_means
@@ -58,7 +59,9 @@ class FullProblem:
         1 (``sum``) or 1/k (``mean``).
     """
 
-    def __init__(self, loss: Loss, C: int, k: int, rho: float, weights: np.ndarray | None = None) -> None:
+    def __init__(
+        self, loss: Loss, C: int, k: float, rho: float, weights: np.ndarray | None = None, q: np.ndarray | None = None
+    ) -> None:
         import cvxpy as cp
         import scipy.sparse as sp
 
@@ -68,6 +71,17 @@ class FullProblem:
         if loss.psi_linear:
             self.W = cp.Parameter((C, C), nonneg=True)  # rho k p_c q_cj
             objective = cp.sum(cp.multiply(self.W, loss.phi_cvx(self.G - 1)))
+        elif math.isinf(k):
+            # the k = inf limit, built for one point (p in ``weights``, q given):
+            # s_c >= log(one + sum_j q_cj exp((G_cj - 1) / tau)), one = 1 for ``mean`` (rho = 0), 0 for ``sum``
+            self.w = weights
+            self.s = cp.Variable(C)
+            tau, one = loss.param, 1.0 if rho == 0 else 0.0
+            for c in range(C):
+                j = np.flatnonzero(q[c] > 0)
+                terms = cp.sum(cp.exp(np.log(q[c, j]) + (self.G[c, j] - 1) / tau - self.s[c]))
+                constraints.append(terms + one * cp.exp(-self.s[c]) <= 1 if one else terms <= 1)
+            objective = self.w @ self.s
         else:
             N = count_vectors(k, C)  # (M, C)
             M = N.shape[0]
@@ -94,7 +108,10 @@ class FullProblem:
 
     def set_weights(self, problem: Problem) -> None:
         if self.loss.psi_linear:
-            self.W.value = problem.rho * problem.k * problem.p[:, None] * problem.negative_distribution()
+            scale = linear_scale(problem.k, problem.rho)
+            self.W.value = scale * problem.p[:, None] * problem.negative_distribution()
+        elif math.isinf(problem.k):
+            assert np.array_equal(self.w, problem.p)
         elif isinstance(self.w, np.ndarray):
             assert np.array_equal(self.w, term_weights(problem))
         else:
@@ -136,10 +153,25 @@ def _cached_problem(loss: Loss, C: int, k: int, rho: float) -> FullProblem:
     return FullProblem(loss, C, k, rho)
 
 
+FULL_MAX_TERMS = 20_000  # InfoNCE terms (anchor classes x count vectors) of the largest program built
+
+
+def full_program_fits(problem: Problem) -> bool:
+    """Whether the cvxpy program is small enough to build (it enumerates count vectors: it must be DCP)."""
+    return (
+        problem.loss.psi_linear
+        or math.isinf(problem.k)
+        or problem.C * n_count_vectors(problem.k, problem.C) <= FULL_MAX_TERMS
+    )
+
+
 def build_problem(problem: Problem) -> FullProblem:
     """The program for the problem's shape: cached with Parameters, or built for this point when large."""
-    n_terms = problem.C * count_vectors(problem.k, problem.C).shape[0]
-    if problem.loss.psi_linear or n_terms <= DPP_MAX_TERMS:
+    if problem.loss.psi_linear:
+        return _cached_problem(problem.loss, problem.C, problem.k, problem.rho)
+    if math.isinf(problem.k):
+        return FullProblem(problem.loss, problem.C, problem.k, problem.rho, problem.p, problem.negative_distribution())
+    if problem.C * n_count_vectors(problem.k, problem.C) <= DPP_MAX_TERMS:
         return _cached_problem(problem.loss, problem.C, problem.k, problem.rho)
     return FullProblem(problem.loss, problem.C, problem.k, problem.rho, term_weights(problem))
 
@@ -165,6 +197,12 @@ def solve_full(problem: Problem, dim: int | None = None) -> Solution:
         Embedding dimension of the returned class means (must be >= C: the program assumes d >= C).
     """
     start = time.perf_counter()
+    if not full_program_fits(problem):
+        terms = problem.C * n_count_vectors(problem.k, problem.C)
+        raise InputError(
+            "solver", "full", f"'symmetric' or 'auto' at k = {problem.k}, C = {problem.C}: the cvxpy program would "
+            f"enumerate {terms:.3g} count-vector terms (at most {FULL_MAX_TERMS})"
+        )  # fmt: skip
     program = build_problem(problem)
     G_raw, solver_status, used = program.solve(problem)
     if G_raw is None:

@@ -41,6 +41,9 @@ class Solution:
         proportions do not form one majority and one minority group of >= 2 minority classes.
     criterion : float
         The collapse criterion g / p_minor^2 (<= 0 means collapse); NaN where not applicable.
+    criterion_error : float
+        Bound on the error of ``criterion``; ``collapsed`` is decided only where |criterion| exceeds
+        it (None inside: undecided, the merged geometry returned).
     gap_minor : float
         gap / p_minor^2: suboptimality in units of the weight of the minority-minority terms;
         above ~1e-3 the minority cosine c is not resolved by this solution.
@@ -60,6 +63,7 @@ class Solution:
     c: float = math.nan
     collapsed: bool | None = None
     criterion: float = math.nan
+    criterion_error: float = math.nan
     lower_bound: float = math.nan
     kkt_residual: float = math.nan
     time_s: float = 0.0
@@ -97,6 +101,7 @@ class Solution:
             "c": num(self.c),
             "collapsed": self.collapsed,
             "criterion": num(self.criterion),
+            "criterion_error": num(self.criterion_error),
             "kkt_residual": num(self.kkt_residual),
             "dim": int(self.V.shape[0]),
             "time_s": self.time_s,

@@ -17,10 +17,12 @@ More groups use a log-det barrier Newton method on the m(m + 1)/2 cosines.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -30,7 +32,30 @@ from pipeline.problem import Problem
 from pipeline.solution import Solution, class_means
 
 _EPS = np.finfo(float).eps
+# relative error of each term of the collapse criterion: the expectation's routes agree to 6e-15
+# (worst of the seeded transform-vs-enumeration cases, value and derivatives), u* is exact to a
+# few ulps; 1e-13 leaves a margin of ~15x
+CRITERION_RTOL = 1e-13
 _V_LO = 1e-12  # v below this fraction of sqrt(K_B) counts as Y = 0 (c = -1/(K_B - 1) to 1e-24)
+
+
+@lru_cache(maxsize=16)
+def _symmetric_maps(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear maps from the category derivatives (m anchors x m + 1 categories) to those in S.
+
+    Anchor g sees S[g, h] as its category 1 + h, and S[g, h], S[h, g] are one variable, so
+    ``dS = to_S @ grad.ravel()`` and ``d2S = to_S2 @ hess.ravel()`` (sums over the anchors that see
+    both entries).
+    """
+    J = m + 1
+    to_S = np.zeros((m, m, m, J))  # [g, h, anchor, category]
+    for g, h in itertools.product(range(m), repeat=2):
+        to_S[g, h, g, 1 + h] = 1.0
+        to_S[g, h, h, 1 + g] = 1.0
+    to_S2 = np.einsum("ghaj,xyal->ghxyajl", to_S, to_S)  # [g, h, g', h', anchor, category, category']
+    for M in (to_S, to_S2):
+        M.flags.writeable = False
+    return to_S.reshape(m * m, m * J), to_S2.reshape(m**4, m * J * J)
 
 
 @dataclass
@@ -52,14 +77,9 @@ class GroupModel:
         label = np.array([0] * K_A + [1] * K_B)
         return cls(problem, label, np.array([K_A, K_B]), problem.p[[0, K_A]])
 
-    @property
-    def m(self) -> int:
-        return int(self.K.size)
-
-    def category_distribution(self) -> np.ndarray:
-        """(m, m + 1): per anchor group, probability of [same class, class of group 1..m] negatives."""
+    def __post_init__(self) -> None:
         m, K, pi = self.m, self.K, self.pi
-        q = np.zeros((m, m + 1))
+        q = np.zeros((m, m + 1))  # per anchor group: [same class, class of group 1..m]
         for g in range(m):
             q[g, 0] = pi[g]
             q[g, 1:] = K * pi
@@ -67,7 +87,18 @@ class GroupModel:
             if self.problem.negatives == "other":
                 q[g, 0] = 0.0
                 q[g] /= q[g].sum()
-        return q
+        q.flags.writeable = False
+        self._q = q
+        self._w = K * pi  # (m,) weight of each anchor group
+        self._to_S, self._to_S2 = _symmetric_maps(m)
+
+    @property
+    def m(self) -> int:
+        return int(self.K.size)
+
+    def category_distribution(self) -> np.ndarray:
+        """(m, m + 1): per anchor group, probability of [same class, class of group 1..m] negatives."""
+        return self._q
 
     def evaluate(self, S: np.ndarray, hessian: bool = False):
         """L(S), dL/dS (m, m) and, optionally, d2L/dS_gh dS_g'h' (m, m, m, m).
@@ -76,29 +107,12 @@ class GroupModel:
         """
         m = self.m
         cos = np.concatenate([np.ones((m, 1), dtype=S.dtype), S], axis=1)  # (m, m + 1)
+        problem = self.problem
         value, grad, hess = expected_loss(
-            self.problem.loss,
-            self.problem.k,
-            self.problem.rho,
-            self.K * self.pi,
-            self.category_distribution(),
-            cos,
-            hessian,
+            problem.loss, problem.k, problem.rho, self._w, self._q, cos, hessian, problem.expectation
         )
-        dS = grad[:, 1:]  # (m, m): anchor g, category h
-        dS = dS + dS.T - np.diag(np.diag(dS))
-        d2S = None
-        if hessian:
-            # anchor g sees S[g, h] as its category h; entry (g, h) and (h, g) is one variable
-            H = np.zeros((m, m, m, m), dtype=hess.dtype)
-            for g in range(m):
-                H[g, :, g, :] += hess[g, 1:, 1:]
-            H = H + H.transpose(1, 0, 2, 3)
-            H = H + H.transpose(0, 1, 3, 2)
-            idx = np.arange(m)
-            H[idx, idx] /= 2
-            H[:, :, idx, idx] /= 2
-            d2S = H
+        dS = (self._to_S @ grad.reshape(-1)).reshape(m, m)
+        d2S = (self._to_S2 @ hess.reshape(-1)).reshape(m, m, m, m) if hessian else None
         return value, dS, d2S
 
     def class_gradient(self, S: np.ndarray) -> tuple[float, np.ndarray]:
@@ -109,8 +123,8 @@ class GroupModel:
         """
         m = self.m
         cos = np.concatenate([np.ones((m, 1)), S], axis=1)  # (m, m + 1)
-        value, grad, _ = expected_loss(self.problem.loss, self.problem.k, self.problem.rho, self.K * self.pi,
-                                       self.category_distribution(), cos)  # fmt: skip
+        value, grad, _ = expected_loss(self.problem.loss, self.problem.k, self.problem.rho, self._w, self._q, cos,
+                                       method=self.problem.expectation)  # fmt: skip
         n_cat = np.tile(self.K.astype(float), (m, 1)) - np.eye(m)  # (m, m): classes per category
         per_class = grad[:, 1:] / (self.K[:, None] * np.where(n_cat > 0, n_cat, 1))  # (m, m)
         D = per_class[self.label][:, self.label]  # (C, C)
@@ -172,7 +186,18 @@ class _TwoGroup:
         return np.array([[1.0 if math.isnan(a) else a, b], [b, 1.0 if math.isnan(c) else c]])
 
     def derivatives(self, u: float, v: float) -> dict[str, float]:
-        """Partial derivatives of F in (u, v) up to second order, and the terms of F_u and F_v."""
+        """Partial derivatives of F in (u, v) up to second order, and the terms of F_u and F_v.
+
+        The last few points are remembered: the solver revisits the iterates it ends on.
+        """
+        cache = self.__dict__.setdefault("_cache", {})
+        if (u, v) not in cache:
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[(u, v)] = self._derivatives(u, v)
+        return cache[(u, v)]
+
+    def _derivatives(self, u: float, v: float) -> dict[str, float]:
         _, dS, d2S = self.model.evaluate(self.S(u, v), hessian=True)
         La, Lb, Lc = dS[0, 0], dS[0, 1], dS[1, 1]
         H = {
@@ -247,31 +272,39 @@ class _TwoGroup:
             u, v = u + scale * du, v + scale * dv
         return None
 
-    def criterion_at_collapse(self) -> tuple[float, float]:
-        """(g / p_minor^2, u*) at c = 1, with g = dL/dc + dL/db * db/dc and u* optimal for c = 1.
+    def criterion_at_collapse(self) -> tuple[float, float, float]:
+        """(g / p_minor^2, its error bound, u*) at c = 1, with g = dL/dc + dL/db * db/dc, u* optimal for c = 1.
 
-        Collapse (c = 1) is optimal iff g <= 0. Needs K_B >= 2.
+        Collapse (c = 1) is optimal iff g <= 0. Needs K_B >= 2. g is the sum of the repulsion
+        dL/dc >= 0 and the pull dL/db * db/dc <= 0, each computed to a relative error below
+        ``CRITERION_RTOL`` (module constant), so ``CRITERION_RTOL * (|dL/dc| + |dL/db db/dc|)``
+        bounds the error of g: its sign means something only beyond that.
         """
         v_max = math.sqrt(self.K_B)
         u = self.u_star(v_max)
         d = self.derivatives(u, v_max)
-        return (d["Lc"] + d["Lb"] * d["db_dc"]) / self.model.pi[1] ** 2, u
+        repulsion, pull = d["Lc"], d["Lb"] * d["db_dc"]
+        scale = self.model.pi[1] ** 2
+        return (repulsion + pull) / scale, CRITERION_RTOL * (abs(repulsion) + abs(pull)) / scale, u
 
-    def solve(self) -> tuple[float, float, bool, float, float]:
-        """(u, v, collapsed, kkt_residual, criterion) at the optimum.
+    def solve(self) -> tuple[float, float, bool | None, float, float, float]:
+        """(u, v, collapsed, kkt_residual, criterion, criterion_error) at the optimum.
 
         ``criterion`` is g / p_minor^2 with g = dL/dc + dL/db * db/dc at (X*(c = 1), c = 1):
-        collapse (c = 1) is optimal iff g <= 0 (NaN with one minority class).
+        collapse (c = 1) is optimal iff g <= 0 (NaN with one minority class). Where |g| is within
+        its error bound the merged geometry is returned (optimal to within that bound) and
+        ``collapsed`` is None: undecided.
         """
-        collapsed, criterion = False, math.nan
+        collapsed, criterion, criterion_error = False, math.nan, math.nan
         if self.K_B == 1:
             v = 1.0
             u = self.u_star(v)
         else:
             v_max = math.sqrt(self.K_B)
-            criterion, u_at_max = self.criterion_at_collapse()
-            if criterion <= 0:
-                collapsed, v, u = True, v_max, u_at_max
+            criterion, criterion_error, u_at_max = self.criterion_at_collapse()
+            if criterion <= criterion_error:
+                collapsed = True if criterion < -criterion_error else None
+                v, u = v_max, u_at_max
             elif self.K_A > 1 and (uv := self._newton(u_at_max if u_at_max > 0 else 0.5, 0.9 * v_max)) is not None:
                 u, v = uv
             elif self.v_condition(_V_LO * v_max)[0] >= 0:
@@ -293,8 +326,8 @@ class _TwoGroup:
         if self.K_A > 1 and 0 < u < math.sqrt(self.K_A):
             residuals.append(r_u)
         if self.K_B > 1:
-            residuals.append(0.0 if collapsed else r_v)
-        return u, v, collapsed, max(residuals, default=0.0), criterion
+            residuals.append(0.0 if collapsed is not False else r_v)
+        return u, v, collapsed, max(residuals, default=0.0), criterion, criterion_error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,13 +435,13 @@ def solve_symmetric(problem: Problem, dim: int | None = None) -> Solution:
     start = time.perf_counter()
     model = GroupModel.from_problem(problem)
     two = problem.two_groups()
-    a = b = c = criterion = math.nan
+    a = b = c = criterion = criterion_error = math.nan
     collapsed: bool | None = None
     kkt = math.nan
     extra: dict[str, float] = {}
     if two is not None:
         reduced = _TwoGroup(model)
-        u, v, collapsed_opt, kkt, criterion = reduced.solve()
+        u, v, collapsed_opt, kkt, criterion, criterion_error = reduced.solve()
         # u^2 = X ~ p_minor^2 at large R is below the absolute resolution of the entries of G
         extra = {"u": u, "v": v}
         a, b, c = reduced.cosines(u, v)
@@ -439,6 +472,7 @@ def solve_symmetric(problem: Problem, dim: int | None = None) -> Solution:
         c=c,
         collapsed=collapsed,
         criterion=criterion,
+        criterion_error=criterion_error,
         lower_bound=value - gap,
         kkt_residual=kkt,
         time_s=time.perf_counter() - start,

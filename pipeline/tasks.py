@@ -11,9 +11,10 @@ import numpy as np
 from pipeline.config import SweepConfig
 from pipeline.faults import failing_solver
 from pipeline.grid import Batch, Grid
-from pipeline.objective import class_objective, count_vectors
+from pipeline.objective import class_objective
 from pipeline.problem import Problem
 from pipeline.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
+from pipeline.sdp import full_program_fits
 from pipeline.theory import solve
 from pipeline.threshold import minority_threshold
 
@@ -41,11 +42,7 @@ def solve_with_fallback(problem: Problem, solver: str):
         fallback = "symmetric" if solver == "full" else "full"
         if injected in (fallback, "all"):
             raise
-        if (
-            fallback == "full"
-            and not problem.loss.psi_linear
-            and problem.C * count_vectors(problem.k, problem.C).shape[0] > 20_000
-        ):
+        if fallback == "full" and not full_program_fits(problem):
             raise  # the fallback program would not fit
         return solve(problem, fallback), True
 
@@ -106,7 +103,8 @@ def run_threshold_batch(config: SweepConfig, batch: Batch, only: np.ndarray | No
             continue
         out["R_threshold"][idx] = result.R_star
         out["criterion_limit"][idx] = result.criterion_limit if math.isfinite(result.criterion_limit) else -np.inf
-        out["status_threshold"][idx] = STATUS_CODE["optimal"]
+        out["criterion_limit_error"][idx] = result.criterion_limit_error
+        out["status_threshold"][idx] = STATUS_CODE[result.status]
     return out
 
 
@@ -161,8 +159,7 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
         out["cos_cross_train"][idx] = result.cos_cross
         out["cos_minor_train"][idx] = result.cos_minor
         out["nc1_train"][idx] = result.nc1
-        small = problem.loss.psi_linear or C * count_vectors(problem.k, C).shape[0] <= 200_000
-        out["objective_train"][idx] = class_objective(problem, result.gram)[0] if small else math.nan
+        out["objective_train"][idx] = class_objective(problem, result.gram)[0]  # exact at any k
         out["objective_rank"][idx] = rank
         out["dist_to_theory"][idx] = np.linalg.norm(result.gram - G_theory) / C
         out["status_train"][idx] = STATUS_CODE["trained"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 from pipeline.errors import InputError
 from pipeline.problem import Problem, check_int
 from pipeline.rank import solve_rank
 from pipeline.sdp import solve_full
 from pipeline.solution import SOLVERS, Solution, SolverName
 from pipeline.symmetric import solve_symmetric
-from pipeline.threshold import collapse_criterion
+from pipeline.threshold import collapse_criterion, decide_collapse
 
 COLLAPSE_CHECK_TOL = 1e-6
 
@@ -56,9 +58,16 @@ def solve(problem: Problem, solver: SolverName = "auto", dim: int | None = None,
         bound = solve(problem, "auto", None)
         solution = solve_rank(problem, rank_dim, bound.lower_bound, seed=seed)
     two = problem.two_groups()
-    if solution.collapsed is None and two is not None and two[1] >= 2 and problem.loss.smooth:
-        solution.criterion = collapse_criterion(problem)
-        solution.collapsed = bool(solution.criterion <= 0)
+    if math.isnan(solution.criterion) and two is not None and two[1] >= 2 and problem.loss.smooth:
+        solution.criterion, solution.criterion_error = collapse_criterion(problem, with_error=True)
+        solution.collapsed = decide_collapse(solution.criterion, solution.criterion_error)
+    if solution.collapsed is None and not math.isnan(solution.criterion):
+        note = (
+            f"collapse undecided: |g/p_minor^2| = {abs(solution.criterion):.3g} is within its error bound "
+            f"{solution.criterion_error:.3g}"
+        )
+        solution.message = "; ".join(filter(None, [solution.message, note]))
+    if solution.collapsed is not None and two is not None and two[1] >= 2 and problem.loss.smooth:
         convex = solution.solver == "full" or solution.V.shape[0] >= C
         if convex and solution.collapsed and 1 - solution.c > COLLAPSE_CHECK_TOL:
             # near R* the objective is nearly flat in c: a generic solver can miss c = 1 by far more

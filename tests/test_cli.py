@@ -70,3 +70,22 @@ def test_bad_input_exits_2_with_one_line(command, changes, field):
 def test_missing_option_is_one_line():
     proc = subprocess.run([sys.executable, "-m", "pipeline", "solve", "--k", "4"], capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_threshold_at_many_negatives_and_at_k_inf(capsys):
+    assert main([*argv("threshold", k="65536"), "--json"]) == 0
+    at_65536 = json.loads(capsys.readouterr().out)
+    assert main([*argv("threshold", k="inf"), "--json"]) == 0
+    at_inf = json.loads(capsys.readouterr().out)
+    assert at_inf["k"] == "inf" and at_inf["status"] == "optimal"
+    assert at_65536["R_star"] == pytest.approx(at_inf["R_star"], rel=1e-3)
+    assert main(argv("threshold", k="inf")) == 0
+    assert capsys.readouterr().out.startswith("R*_inf = ")
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "2.5", "infinite", "nan"])
+@pytest.mark.parametrize("command", ["solve", "threshold"])
+def test_bad_k_is_one_line_and_exit_2(capsys, command, bad):
+    assert main(argv(command, k=bad)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "k" in err[0] and bad in err[0] and "an integer >= 1 or inf" in err[0]

@@ -17,6 +17,7 @@ import yaml
 
 from pipeline.config import ConfigError, load_config
 from pipeline.problem import Problem
+from pipeline.results import STATUS_CODE
 from pipeline.store import open_results
 from pipeline.theory import solve
 from pipeline.threshold import minority_threshold
@@ -105,7 +106,13 @@ def test_store_layout(finished):
     assert (ds.done_theory == 1).all() and (ds.done_threshold == 1).all()
     assert (ds.status_theory == 1).all()  # every point certified optimal
     applicable = ds.status_threshold.sel(n_minor=2)
-    assert (applicable == 1).all() and ds.R_threshold.sel(n_minor=2).notnull().all()
+    # sumexp with K_A = 2 (marginal negatives): c -> 1 only as R -> inf, its own status (issue 11)
+    degenerate = applicable.sel(loss="sumexp(tau=1)", n_major=2)
+    assert (degenerate == STATUS_CODE["asymptotic"]).all()
+    assert (ds.R_threshold.sel(loss="sumexp(tau=1)", n_major=2, n_minor=2) == np.inf).all()
+    assert (applicable.where(applicable != STATUS_CODE["asymptotic"], 1) == 1).all()
+    assert int((applicable == 1).sum()) == applicable.size - degenerate.size
+    assert ds.R_threshold.sel(n_minor=2).notnull().all()
     assert ds.R_threshold.sel(n_minor=1).isnull().all()  # one minority class: no threshold
     gram = ds.gram_theory.sel(n_major=1, n_minor=1)
     assert gram.isel(class_i=slice(0, 2), class_j=slice(0, 2)).notnull().all()
@@ -264,3 +271,31 @@ def test_training_in_the_sweep(tmp_path):
     assert (ds.objective_train.sel(dim=3) >= rank - 1e-6).all()
     status = clphase("status", str(tmp_path / "store.zarr"))
     assert "train: 8 done, 0 failed, 0 pending" in status.stdout
+
+
+def test_sweep_at_many_negatives_and_k_inf(tmp_path):
+    """grid.k up to 65536 and inf: finite values everywhere, k = inf a coordinate xarray selects."""
+    cfg = write_config(tmp_path, **{"grid.loss": ["infonce(tau=0.5)"], "grid.n_major": [2], "grid.n_minor": [2],
+                                    "grid.k": [1, 4096, 65536, "inf"], "grid.R": [3.0, 300.0]})  # fmt: skip
+    proc = clphase("run", str(cfg), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    ds = open_results(tmp_path / "store.zarr")
+    assert ds.k.dtype == np.float64 and list(ds.k.values) == [1, 4096, 65536, np.inf]
+    for name in ("objective_theory", "cos_minor_theory", "criterion_theory", "R_threshold"):
+        assert np.isfinite(ds[name].values).all(), name
+    at_inf = ds.sel(k=np.inf)
+    assert float(at_inf.R_threshold.squeeze()) == pytest.approx(
+        minority_threshold("infonce(tau=0.5)", 2, 2, np.inf).R_star, rel=1e-12
+    )
+    assert float(ds.R_threshold.sel(k=65536).squeeze()) == pytest.approx(float(at_inf.R_threshold.squeeze()), rel=1e-3)
+    assert "k:\n  - 1\n  - 4096\n  - 65536\n  - inf" in ds.attrs["config"]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "2.5", "infinite", ".nan"])
+def test_bad_grid_k_exits_2_without_a_store(tmp_path, bad):
+    cfg = write_config(tmp_path)
+    proc = clphase("run", str(cfg), f"grid.k=[4, {bad}]", "--dry-run")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "grid.k" in lines[0] and "an integer >= 1 or inf" in lines[0], proc.stderr
+    assert not (tmp_path / "store.zarr").exists()

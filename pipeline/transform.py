@@ -1,0 +1,135 @@
+"""E log(1 + S) for a sum of k i.i.d. terms by the Frullani / Laplace transform: cost flat in k.
+
+With ``S = X_1 + ... + X_k``, ``X_i`` i.i.d. taking the value ``x_j >= 0`` with probability ``q_j``,
+Frullani's integral ``log(1 + s) = int_0^inf e^{-t} (1 - e^{-t s}) / t dt`` gives
+
+    V   = E log(1 + S)      = int_0^inf e^{-t} (1 - M(t)^k) / t dt,     M(t) = sum_j q_j e^{-t x_j}
+    V_j = dV / dx_j         = k q_j int_0^inf e^{-t (1 + x_j)} M^{k-1} dt
+    V_jl = d2V / dx_j dx_l  = -k (k - 1) q_j q_l int t e^{-t (1 + x_j + x_l)} M^{k-2} dt
+                              - [j = l] k q_j int t e^{-t (1 + x_j)} M^{k-1} dt
+
+(differentiate under the integral; ``M^k`` is the Laplace transform of S). One integral per anchor
+and category whatever k is, against binom(k + J - 1, J - 1) count vectors for the enumeration.
+
+Quadrature: ``t = e^u`` and the trapezoid rule in u with step ``h`` on the nodes ``u = h i``. In u
+the integrands are analytic in a strip around the real axis and decay like e^u as u -> -inf and
+like e^{-e^u} as u -> +inf, so the rule converges geometrically: the discretisation error behaves
+like exp(-c / h) with c ~ 9 (measured against the enumeration: 3e-8 at h = 0.5, 5e-12 at 0.35,
+round-off from 0.25 on), hence halving h squares it: ``err(h) ~ |I_h - I_2h|^2 / |I|``, which
+:func:`quadrature_error` reports and the tests check. The default h = 0.2 puts it near 1e-20.
+The range is truncated where the tails are provably small, with ``Lk = log(1 + (k + 1) x_max)``:
+
+- below ``u_lo = -(Lk + 40)``: the integrands are at most ``k t E X``, ``t`` and ``t^2`` while the
+  integrals are at least ``~ E X / x_max``, ``1 / (1 + k x_max)`` and its square (Jensen:
+  ``M >= e^{-t E X}``), so the cut-off tail is below ``~e^-40 = 4e-18`` of each integral;
+- above ``t_hi = 50 + 2 Lk``: the integrands are at most ``t^2 e^{-t}``, a tail below ``e^-44`` of
+  the same lower bounds.
+
+Stability: ``1 - M^k = -expm1(k log M)`` with ``log M = log1p(sum_j q_j expm1(-t x_j))`` while M is
+near 1 (small t, where ``1 - M`` is tiny) and ``log M`` directly once ``M < 1/2``; ``M^{k-1} = 1`` for
+k = 1 and ``M^{k-2}`` is not formed for k < 2; ``q_j = 0`` (the ``other`` model's own class) is a
+category that never occurs. Written against the namespace of ``x``: numpy float64 or complex (for
+complex-step checks) in the theory, torch tensors in training.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+H_STEP = 0.2  # trapezoid step in u = log t
+_TAIL_LO = 40.0  # e^-40: relative size of the truncated small-t tail
+_T_HI = 50.0  # e^-t beyond t = 50 + 2 Lk: the truncated large-t tail
+
+
+def nodes(k: float, x_max: float, h: float = H_STEP) -> np.ndarray:
+    """Quadrature nodes t = e^{h i} covering the integrands for k terms of size at most x_max.
+
+    The nodes of step 2h are every other node of step h, so the two rules can be compared.
+    """
+    Lk = math.log1p((k + 1) * max(x_max, 0.0))
+    lo = math.floor(-(Lk + _TAIL_LO) / (2 * h)) * 2
+    hi = math.ceil(math.log(_T_HI + 2 * Lk) / (2 * h)) * 2
+    return _nodes(lo, hi, h)
+
+
+@lru_cache(maxsize=256)
+def _nodes(lo: int, hi: int, h: float) -> np.ndarray:
+    t = np.exp(h * np.arange(lo, hi + 1))  # (n,)
+    t.flags.writeable = False
+    return t
+
+
+def _xp(x: Any) -> Any:
+    """numpy or torch, whichever ``x`` belongs to (torch is never imported here)."""
+    return np if isinstance(x, np.ndarray) else __import__("torch")
+
+
+def transform_terms(
+    x: Any, q: Any, k: int, hessian: bool = False, h: float = H_STEP, t: Any = None
+) -> tuple[Any, Any, Any]:
+    """E log(1 + S) per anchor and its derivatives in x, for S a sum of k i.i.d. draws of x.
+
+    Parameters
+    ----------
+    x : (..., J) values of one term per category (>= 0), numpy (float or complex) or torch.
+    q : (..., J) category probabilities (rows sum to 1; zeros allowed).
+    k : int
+        Number of terms (>= 1).
+    hessian : bool
+        Also return the second derivatives.
+    h : float
+        Trapezoid step in u = log t.
+    t : array, optional
+        Nodes to use (default :func:`nodes` for ``x.max()``); training passes fixed nodes.
+
+    Returns
+    -------
+    V : (...,) E log(1 + S); dV : (..., J) dV/dx_j; d2V : (..., J, J) or None.
+    """
+    xp = _xp(x)
+    if t is None:
+        t = nodes(k, float(np.real(x).max()), h)
+    e_t = np.exp(-t) * h  # (n,): e^{-t} times the trapezoid weight
+    te_t = t * e_t  # (n,): the measure dt = t du included
+    if xp is not np:
+        t, e_t, te_t = (xp.as_tensor(a, dtype=x.dtype, device=x.device) for a in (t, e_t, te_t))
+    tx = x[..., None] * -t  # (..., J, n)
+    E = xp.exp(tx)  # (..., J, n): e^{-t x_j}
+    M = (q[..., None, :] @ E)[..., 0, :]  # (..., n)
+    near_one = (q[..., None, :] @ xp.expm1(tx))[..., 0, :]  # (..., n): M - 1 without cancellation
+    big = (M.real if xp is np else M) > 0.5
+    # log1p of M - 1 while M is near 1, log M once it is small (both branches kept finite)
+    logM = xp.where(big, xp.log1p(xp.where(big, near_one, 0.0)), xp.log(xp.where(big, 1.0, M) + 1e-300))  # (..., n)
+    V = -(xp.expm1(k * logM) @ e_t)  # (...,)
+    w1 = te_t * xp.exp((k - 1) * logM) if k > 1 else te_t  # (..., n): t e^{-t} M^{k-1}
+    inner = (E @ w1[..., None])[..., 0]  # (..., J): int e^{-t (1 + x_j)} M^{k-1} dt
+    dV = k * q * inner
+    d2V = None
+    if hessian:
+        tE = E * t  # (..., J, n)
+        diag = -k * q * (tE @ w1[..., None])[..., 0]  # (..., J)
+        if k > 1:
+            w2 = te_t * xp.exp((k - 2) * logM) if k > 2 else te_t  # (..., n): t e^{-t} M^{k-2}
+            cross = (tE * w2[..., None, :]) @ xp.swapaxes(E, -1, -2)  # (..., J, J)
+            d2V = (-k * (k - 1)) * (q[..., :, None] * q[..., None, :]) * cross
+        else:
+            d2V = xp.zeros((*x.shape, x.shape[-1]), dtype=x.dtype)
+        idx = np.arange(x.shape[-1])
+        d2V[..., idx, idx] += diag
+    return V, dV, d2V
+
+
+def quadrature_error(x: np.ndarray, q: np.ndarray, k: int, h: float = H_STEP) -> float:
+    """Estimated relative discretisation error of the rule of step h, from the rule of step 2h.
+
+    The error behaves like exp(-c / h), so ``err(h) ~ err(2h)^2 ~ (|I_h - I_2h| / |I_h|)^2``; the
+    largest over the value and every first derivative is returned.
+    """
+    fine = transform_terms(x, q, k, h=h)[:2]
+    coarse = transform_terms(x, q, k, h=2 * h, t=nodes(k, float(np.real(x).max()), h)[::2])[:2]
+    rel = max(float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-300))) for a, b in zip(fine, coarse, strict=True))
+    return rel**2
