@@ -46,7 +46,9 @@ import torch
 from pipeline.config import TrainSpec
 from pipeline.losses import Loss
 from pipeline.metrics import class_mean_gram, group_cosines, nc1
-from pipeline.objective import count_vectors, multinomial_weights
+from pipeline.objective import choose_method, count_vectors, linear_scale, multinomial_weights
+from pipeline.transform import nodes as transform_nodes
+from pipeline.transform import transform_terms
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Run:
     loss: Loss
     p: np.ndarray  # (C,) class proportions, majority first
     n_major: int
-    k: int
+    k: int | float  # math.inf: the large-k limit (estimator expected)
     dim: int
     seed: int
     negatives: str = "marginal"
@@ -177,12 +179,13 @@ class Objective:
     """
 
     loss: Loss  # param stacked per run, (B, 1, 1)
-    rho: float  # 1 (sum over negatives) or 1 / k (mean)
-    k: int
+    rho: float  # 1 (sum over negatives) or 1 / k (mean; 0 at k = inf)
+    k: int | float  # math.inf: the large-k limit (expected only)
     w: torch.Tensor  # (B, M) importance weights of the anchors
     q_a: torch.Tensor | None = None  # (B, M, C) class probabilities of a negative; None: sampled
-    counts: torch.Tensor | None = None  # (Mc, C) count vectors n; None: psi linear (or sampled)
+    counts: torch.Tensor | None = None  # (Mc, C) count vectors n; None: psi linear, transform or limit
     P_a: torch.Tensor | None = None  # (B, M, Mc) their multinomial probabilities
+    nodes: torch.Tensor | None = None  # (n,) quadrature nodes of the transform (pipeline.transform), large k
 
     def terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-run loss (B,) (the weighted mean over anchors) and g = its derivative in z (B, M, K)."""
@@ -193,9 +196,17 @@ class Objective:
             S = rho * phi.sum(-1)  # (B, M)
             L = loss.psi(S)  # (B, M)
             g = dphi.mul_((scale * rho * loss.dpsi(S))[..., None])
-        elif self.counts is None:  # expected, psi linear: E[sum_i phi] = k sum_j q_j phi(z_j)
-            L = rho * self.k * (self.q_a * phi).sum(-1)  # (B, M)
-            g = dphi.mul_(self.q_a).mul_((scale * rho * self.k)[..., None])
+        elif loss.psi_linear:  # expected, psi linear: E[sum_i phi] = k sum_j q_j phi(z_j)
+            factor = linear_scale(self.k, rho)  # rho k (1 at k = inf: L / k)
+            L = factor * (self.q_a * phi).sum(-1)  # (B, M)
+            g = dphi.mul_(self.q_a).mul_((scale * factor)[..., None])
+        elif math.isinf(self.k):  # expected, k = inf: log(one + sum_j q_j phi_j), one = 1 for mean
+            base = (self.q_a * phi).sum(-1) + (1.0 if rho == 0 else 0.0)  # (B, M)
+            L = base.log()
+            g = dphi.mul_(self.q_a).mul_((scale / base)[..., None])
+        elif self.nodes is not None:  # expected by the transform: cost flat in k
+            L, dV, _ = transform_terms(rho * phi, self.q_a, int(self.k), t=self.nodes)  # (B, M), (B, M, K)
+            g = dphi.mul_(dV).mul_((scale * rho)[..., None])
         else:  # expected: sum over count vectors n of P(n) psi(rho sum_j n_j phi(z_j))
             S = rho * phi @ self.counts.T  # (B, M, Mc)
             L = (self.P_a * loss.psi(S)).sum(-1)  # (B, M)
@@ -348,8 +359,13 @@ def _train_stack(
     else:
         first_row_n = torch.arange(C, device=device) * n + offsets[..., None]  # (B, 1, C): one negative a class
         q_a = torch.tensor(q_neg, dtype=torch.float32, device=device)[rows, y_a]  # (B, M, C)
-        if first.loss.psi_linear:
+        route = choose_method(first.loss, k, C)
+        if route in ("linear", "limit"):
             objective = Objective(loss_fn, rho, k, w, q_a)
+        elif route == "transform":  # nodes for every z in [-2, 2]: x = rho phi(z) <= rho phi(2)
+            x_max = rho * max(float(r.loss.phi(2.0)) for r in runs)
+            t = torch.tensor(np.array(transform_nodes(k, x_max)), dtype=torch.float32, device=device)
+            objective = Objective(loss_fn, rho, k, w, q_a, nodes=t)
         else:
             counts = count_vectors(k, C).astype(np.float64)  # (Mc, C)
             P = np.stack([multinomial_weights(counts, q_b) for q_b in q_neg])  # (B, C anchor, Mc)

@@ -84,7 +84,7 @@ def transform_terms(
     h : float
         Trapezoid step in u = log t.
     t : array, optional
-        Nodes to use (default :func:`nodes` for ``x.max()``); training passes fixed nodes.
+        Nodes to use (default :func:`nodes` for ``x.max()``); training passes fixed nodes (a tensor).
 
     Returns
     -------
@@ -93,10 +93,10 @@ def transform_terms(
     xp = _xp(x)
     if t is None:
         t = nodes(k, float(np.real(x).max()), h)
-    e_t = np.exp(-t) * h  # (n,): e^{-t} times the trapezoid weight
+    if xp is not np and not isinstance(t, xp.Tensor):
+        t = xp.tensor(np.array(t), dtype=x.dtype, device=x.device)
+    e_t = xp.exp(-t) * h  # (n,): e^{-t} times the trapezoid weight
     te_t = t * e_t  # (n,): the measure dt = t du included
-    if xp is not np:
-        t, e_t, te_t = (xp.as_tensor(a, dtype=x.dtype, device=x.device) for a in (t, e_t, te_t))
     tx = x[..., None] * -t  # (..., J, n)
     E = xp.exp(tx)  # (..., J, n): e^{-t x_j}
     M = (q[..., None, :] @ E)[..., 0, :]  # (..., n)

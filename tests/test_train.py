@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -180,3 +181,47 @@ def test_cpu_stacks_split_the_runs_and_keep_their_order(monkeypatch):
     monkeypatch.undo()
     stacked = train_runs(runs, spec)  # one stack of three: other random draws, same kind of result
     assert not np.array_equal(stacked[1].features, alone[1].features)
+
+
+def test_expected_estimator_at_any_k_matches_the_enumeration_and_autograd():
+    """The transform branch (large k) and the k = inf branch of Objective, float64: values against the
+    count-vector branch (k = 5) and the limit, derivatives against autograd."""
+    from pipeline.objective import multinomial_weights
+    from pipeline.transform import nodes
+
+    B, M, C, k = 2, 6, 3, 5
+    gen = torch.Generator().manual_seed(4)
+    w = torch.rand(B, M, generator=gen, dtype=torch.float64) + 0.5
+    q = torch.rand(B, M, C, generator=gen, dtype=torch.float64)
+    q /= q.sum(-1, keepdim=True)
+    z = torch.rand(B, M, C, generator=gen, dtype=torch.float64) * 2 - 1.8
+    counts = count_vectors(k, C).astype(np.float64)
+    P_a = torch.tensor(multinomial_weights(counts, q.reshape(-1, C).numpy()).reshape(B, M, -1))
+    base = parse_loss("infonce(tau=0.5)")
+    loss = replace(base, param=torch.full((B, 1, 1), 0.5, dtype=torch.float64))
+    for rho in (1.0, 1.0 / k):
+        enumerated = Objective(loss, rho, k, w, q, torch.tensor(counts), P_a)
+        transformed = Objective(loss, rho, k, w, q, nodes=nodes(k, rho * float(base.phi(2.0))))
+        for objective in (enumerated, transformed):
+            zz = z.clone().requires_grad_()
+            per_run, g = objective.terms(zz)
+            (g_ref,) = torch.autograd.grad(per_run.sum(), zz)
+            torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(transformed.terms(z.clone())[0], enumerated.terms(z.clone())[0], rtol=1e-12, atol=0)
+    for rho, shift in ((1.0, math.log(10**6)), (0.0, 0.0)):  # k = inf: sum (L - log k) and mean
+        at_inf = Objective(loss, rho, math.inf, w, q)
+        zz = z.clone().requires_grad_()
+        per_run, g = at_inf.terms(zz)
+        (g_ref,) = torch.autograd.grad(per_run.sum(), zz)
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-15)
+        large = Objective(loss, rho or 1e-6, 10**6, w, q, nodes=nodes(10**6, (rho or 1e-6) * float(base.phi(2.0))))
+        mean_w = w.mean(1)  # per_run is the mean of w L; the shift is per anchor
+        torch.testing.assert_close(large.terms(z.clone())[0] - shift * mean_w, per_run.detach(), rtol=1e-5, atol=0)
+
+
+def test_training_at_many_negatives_and_k_inf_runs():
+    spec = TrainSpec(steps=30)
+    p = np.array([10.0, 10.0, 1.0, 1.0]) / 22
+    for k in (4096, math.inf):
+        (result,) = train_runs([Run(parse_loss("infonce(tau=0.5)"), p, 2, k, 4, 0, "marginal", "sum")], spec)
+        assert not result.diverged and np.isfinite(result.cos_minor) and np.isfinite(result.loss)
