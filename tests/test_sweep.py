@@ -299,3 +299,10 @@ def test_bad_grid_k_exits_2_without_a_store(tmp_path, bad):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "grid.k" in lines[0] and "an integer >= 1 or inf" in lines[0], proc.stderr
     assert not (tmp_path / "store.zarr").exists()
+
+
+def test_sampled_training_at_k_inf_is_refused(tmp_path):
+    cfg = write_config(tmp_path, **{"grid.k": [4, "inf"], "train.estimator": "sampled"})
+    proc = clphase("run", str(cfg), "--dry-run")
+    assert proc.returncode == 2 and "train.estimator" in proc.stderr and "k = inf" in proc.stderr, proc.stderr
+    assert not (tmp_path / "store.zarr").exists()
