@@ -10,7 +10,7 @@ from pipeline.rank import solve_rank
 from pipeline.sdp import solve_full
 from pipeline.solution import SOLVERS, Solution, SolverName
 from pipeline.symmetric import solve_symmetric
-from pipeline.threshold import collapse_criterion, decide_collapse
+from pipeline.threshold import criterion_with_error, decide_collapse
 
 COLLAPSE_CHECK_TOL = 1e-6
 
@@ -59,7 +59,7 @@ def solve(problem: Problem, solver: SolverName = "auto", dim: int | None = None,
         solution = solve_rank(problem, rank_dim, bound.lower_bound, seed=seed)
     two = problem.two_groups()
     if math.isnan(solution.criterion) and two is not None and two[1] >= 2 and problem.loss.smooth:
-        solution.criterion, solution.criterion_error = collapse_criterion(problem, with_error=True)
+        solution.criterion, solution.criterion_error = criterion_with_error(problem)
         solution.collapsed = decide_collapse(solution.criterion, solution.criterion_error)
     if solution.collapsed is None and not math.isnan(solution.criterion):
         note = (

@@ -117,11 +117,9 @@ def criterion_with_error(problem: Problem) -> tuple[float, float]:
     return g, error
 
 
-def collapse_criterion(problem: Problem, with_error: bool = False) -> Any:
-    """g / p_minor^2 at c = 1 for a two-group problem (<= 0: minority collapse is optimal);
-    with ``with_error``, the pair of :func:`criterion_with_error`."""
-    g, error = criterion_with_error(problem)
-    return (g, error) if with_error else g
+def collapse_criterion(problem: Problem) -> float:
+    """g / p_minor^2 at c = 1 for a two-group problem (<= 0: minority collapse is optimal)."""
+    return criterion_with_error(problem)[0]
 
 
 def decide_collapse(g: float, error: float) -> bool | None:
