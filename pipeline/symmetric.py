@@ -173,6 +173,7 @@ class _TwoGroup:
     model: GroupModel
 
     def __post_init__(self) -> None:
+        self._cache: dict[tuple[float, float], dict[str, float]] = {}  # (u, v) -> derivatives
         self.K_A, self.K_B = (int(x) for x in self.model.K)
         self.kappa = math.sqrt(self.K_A * self.K_B)
 
@@ -190,7 +191,7 @@ class _TwoGroup:
 
         The last few points are remembered: the solver revisits the iterates it ends on.
         """
-        cache = self.__dict__.setdefault("_cache", {})
+        cache = self._cache
         if (u, v) not in cache:
             if len(cache) >= 8:
                 cache.pop(next(iter(cache)))

@@ -44,7 +44,6 @@ from pipeline.symmetric import CRITERION_RTOL, GroupModel, _TwoGroup
 
 R_MAX = 1e12
 _R_LIMIT = 1e15  # where the limit's coefficients are read (their O(p_minor) corrections ~1e-15)
-THRESHOLD_STATUS = ("optimal", "asymptotic", "error")
 
 
 @dataclass(frozen=True)
@@ -147,25 +146,23 @@ def criterion_limit(
     k: float,
     negatives: str,
     reduction: str,
-    with_error: bool = False,
     expectation: str = "auto",
-) -> Any:
-    """lim_{R -> inf} g / p_minor^2 from the derivatives at the limiting geometry (module docstring).
+) -> tuple[float, float]:
+    """lim_{R -> inf} g / p_minor^2 from the derivatives at the limiting geometry (module docstring),
+    and its error bound.
 
-    With ``with_error``, also its error bound: ``CRITERION_RTOL`` times the sum of the magnitudes of
-    its two terms (their rounding), plus the change of the limit between R = 1e14 and R = 1e15 (the
-    O(p_minor) corrections of coefficients read at finite R).
+    The bound is ``CRITERION_RTOL`` times the sum of the magnitudes of the limit's two terms (their
+    rounding), plus the change of the limit between R = 1e14 and R = 1e15 (the O(p_minor) corrections
+    of coefficients read at finite R).
     """
     if n_major == 1:
-        return (-math.inf, 0.0) if with_error else -math.inf
+        return -math.inf, 0.0
     args = (loss, n_major, n_minor, k, negatives, reduction)
     D_a, D_b, D_c = _limit_terms(*args, _R_LIMIT, expectation)
     if D_a <= 0:  # X costs nothing at first order: the pull wins
-        return (-math.inf, 0.0) if with_error else -math.inf
+        return -math.inf, 0.0
     pull_factor = (n_major - 1) * (n_minor - 1) / (4 * n_major * n_minor)
     limit = D_c - D_b**2 * pull_factor / D_a
-    if not with_error:
-        return limit
     D_a_lo, D_b_lo, D_c_lo = _limit_terms(*args, _R_LIMIT / 10, expectation)
     change = abs(limit - (D_c_lo - D_b_lo**2 * pull_factor / D_a_lo)) if D_a_lo > 0 else math.inf
     return limit, CRITERION_RTOL * (abs(D_c) + D_b**2 * pull_factor / D_a) + change
@@ -225,7 +222,7 @@ def minority_threshold(
     def g(log10_R: float) -> float:
         return g_err(log10_R)[0]
 
-    limit, limit_error = criterion_limit(loss, n_major, n_minor, k, negatives, reduction, True, expectation)
+    limit, limit_error = criterion_limit(loss, n_major, n_minor, k, negatives, reduction, expectation)
 
     def result(R_star: float, bracket: tuple[float, float], status: str = "optimal") -> Threshold:
         return Threshold(loss, n_major, n_minor, k, negatives, reduction, R_star, limit, bracket, status, limit_error)
