@@ -19,9 +19,12 @@ round-off from 0.25 on), hence halving h squares it: ``err(h) ~ |I_h - I_2h|^2 /
 :func:`quadrature_error` reports and the tests check. The default h = 0.2 puts it near 1e-20.
 The range is truncated where the tails are provably small, with ``Lk = log(1 + (k + 1) x_max)``:
 
-- below ``u_lo = -(Lk + 40)``: the integrands are at most ``k t E X``, ``t`` and ``t^2`` while the
-  integrals are at least ``~ E X / x_max``, ``1 / (1 + k x_max)`` and its square (Jensen:
-  ``M >= e^{-t E X}``), so the cut-off tail is below ``~e^-40 = 4e-18`` of each integral;
+- below ``u_lo = -(Lk + 20)`` the integrands are ``c t^p (1 + O(t (1 + k x_max)))``, p = 1 for the
+  value and the gradient, p = 2 for the Hessian, so the rule's nodes below u_lo sum to the first
+  node's term times ``r / (1 - r)``, ``r = e^{-p h}``, up to a relative e^-20; that sum is itself at
+  most ``~e^-20`` of the integral (the integrands are at most ``k t E X``, ``t``, ``t^2`` while the
+  integrals are at least ``~ E X / x_max``, ``1 / (1 + k x_max)`` and its square; Jensen:
+  ``M >= e^{-t E X}``). The first node's weight carries that geometric tail: the error is ~e^-40;
 - above ``t_hi = 50 + 2 Lk``: the integrands are at most ``t^2 e^{-t}``, a tail below ``e^-44`` of
   the same lower bounds.
 
@@ -41,7 +44,7 @@ from typing import Any
 import numpy as np
 
 H_STEP = 0.2  # trapezoid step in u = log t
-_TAIL_LO = 40.0  # e^-40: relative size of the truncated small-t tail
+_TAIL_LO = 20.0  # below u = -(Lk + 20) the integrands are c t^p to a relative e^-20: summed in closed form
 _T_HI = 50.0  # e^-t beyond t = 50 + 2 Lk: the truncated large-t tail
 
 
@@ -96,6 +99,10 @@ def transform_terms(
     if xp is not np and not isinstance(t, xp.Tensor):
         t = xp.tensor(np.array(t), dtype=x.dtype, device=x.device)
     e_t = xp.exp(-t) * h  # (n,): e^{-t} times the trapezoid weight
+    e_t2 = e_t * 1.0  # the same for the t^2 integrands (Hessian)
+    r = math.exp(-h)
+    e_t[0] /= 1.0 - r  # the first node stands for itself and the geometric tail below it
+    e_t2[0] /= 1.0 - r * r
     te_t = t * e_t  # (n,): the measure dt = t du included
     tx = x[..., None] * -t  # (..., J, n)
     E = xp.exp(tx)  # (..., J, n): e^{-t x_j}
@@ -110,10 +117,13 @@ def transform_terms(
     dV = k * q * inner
     d2V = None
     if hessian:
+        te_t2 = t * e_t2
         tE = E * t  # (..., J, n)
-        diag = -k * q * (tE @ w1[..., None])[..., 0]  # (..., J)
+        w1_2 = w1 * 1.0  # (..., n): w1 with the tail weight of the t^2 integrands
+        w1_2[..., 0] *= (1.0 - r) / (1.0 - r * r)
+        diag = -k * q * (tE @ w1_2[..., None])[..., 0]  # (..., J)
         if k > 1:
-            w2 = te_t * xp.exp((k - 2) * logM) if k > 2 else te_t  # (..., n): t e^{-t} M^{k-2}
+            w2 = te_t2 * xp.exp((k - 2) * logM) if k > 2 else te_t2  # (..., n): t e^{-t} M^{k-2}
             cross = (tE * w2[..., None, :]) @ xp.swapaxes(E, -1, -2)  # (..., J, J)
             d2V = (-k * (k - 1)) * (q[..., :, None] * q[..., None, :]) * cross
         else:
