@@ -1,4 +1,4 @@
-"""Command line: ``clphase solve | threshold | run | status``.
+"""The ``clphase`` command line: solve, threshold, run, status, plot.
 
 Bad input exits with code 2 and one line naming the field, the value and what is allowed.
 """
@@ -53,9 +53,24 @@ def _add_problem_args(parser: argparse.ArgumentParser, with_R: bool) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("clphase")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clphase", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(
+        prog="clphase",
+        description="Optimal class geometry of contrastive learning on imbalanced data: exact theory, "
+        "sweeps on dask clusters, phase diagrams.",
+        epilog="Run 'clphase COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"clphase {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     p_solve = sub.add_parser("solve", help="optimal class geometry at one point")
     _add_problem_args(p_solve, with_R=True)
     p_solve.add_argument("--dim", default=None, help="embedding dimension d (rank solver when d < C)")
@@ -104,7 +119,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     problem = Problem.two_group(loss, n_major, n_minor, R, k, args.negatives, args.reduction)
     solution = solve(problem, args.solver, dim, seed)
     if args.json:
-        print(json.dumps(solution.to_dict()))
+        record = solution.to_dict()
+        record.update(dim=dim, seed=seed)  # the options as given (dim: null when not given)
+        print(json.dumps(record))
         return 0 if solution.status != "error" else 1
     collapse = {None: "n/a", True: "yes", False: "no"}[solution.collapsed]
     print(f"loss {loss.id}  K_A={n_major} K_B={n_minor} R={R:g} k={k}  "

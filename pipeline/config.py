@@ -7,6 +7,7 @@ parsed as YAML. Configs are read with ``yaml.safe_load`` and never evaluated.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -214,9 +215,11 @@ def _section(name: str, raw: Any, problems: list[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         problems.append(f"{name}: {raw!r}: expected a mapping with keys {', '.join(_keys(name))}")
         return {}
-    unknown = sorted(set(raw) - set(_keys(name)))
+    unknown = sorted(set(raw) - set(_keys(name)), key=str)
     for key in unknown:
-        problems.append(f"{name}.{key}: unknown key; valid keys: {', '.join(_keys(name))}")
+        guess = difflib.get_close_matches(str(key), _keys(name), n=1)
+        hint = f"did you mean {guess[0]}? " if guess else ""
+        problems.append(f"{name}.{key}: unknown key; {hint}valid keys: {', '.join(_keys(name))}")
     return {k: v for k, v in raw.items() if k not in unknown}
 
 
@@ -245,8 +248,14 @@ def validate(raw: Any) -> SweepConfig:
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError([f"config: {type(raw).__name__} document: expected a mapping with keys {', '.join(_TOP)}"])
-    for key in sorted(set(raw) - set(_TOP)):
-        problems.append(f"{key}: unknown key; valid keys: {', '.join(_TOP)}")
+    misspelt = False  # an unknown key standing for a missing section: the rest would only cascade
+    for key in sorted(set(raw) - set(_TOP), key=str):
+        guess = difflib.get_close_matches(str(key), _TOP, n=1)
+        hint = f"did you mean {guess[0]}? " if guess else ""
+        problems.append(f"{key}: unknown key; {hint}valid keys: {', '.join(_TOP)}")
+        misspelt |= bool(guess) and guess[0] not in raw
+    if misspelt:
+        raise ConfigError(problems)
     name = raw.get("name", "sweep")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         problems.append(f"name: {name!r}: expected letters, digits, '-' and '_'")

@@ -21,8 +21,9 @@ from pipeline.config import SweepConfig
 from pipeline.faults import hang_point, kill_point
 from pipeline.grid import Batch, Grid, kinds
 from pipeline.objective import expectation_terms
+from pipeline.progress import Progress
 from pipeline.results import FAILED
-from pipeline.store import batch_done, read_batch, read_done, update_attrs, write_batch
+from pipeline.store import batch_done, now_utc, read_batch, read_done, update_attrs, write_batch
 from pipeline.tasks import run_batch
 
 TASK_LOG_ENV = "CLPHASE_TASK_LOG"  # file to which every computed batch appends its key (tests)
@@ -54,6 +55,7 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
     status = arrays[f"status_{batch.kind}"]
     return {
         "key": batch.key,
+        "batch": batch,
         "kind": batch.kind,
         "points": batch.n_points,
         "compute_s": compute_s,
@@ -82,42 +84,10 @@ def _cost(grid: Grid, batch: Batch) -> float:
 
 
 @dataclass
-class Progress:
-    """Points done / total, rate and ETA on stderr (one line, redrawn)."""
-
-    total: int
-    done: int = 0
-    start: float = field(default_factory=time.perf_counter)
-    last_draw: float = 0.0
-    draws: int = 0
-    stream: object = sys.stderr
-
-    def update(self, points: int) -> None:
-        self.done += points
-        now = time.perf_counter()
-        if now - self.last_draw < 0.5 and self.done < self.total:
-            return
-        self.last_draw = now
-        rate = self.done / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        tty = getattr(self.stream, "isatty", lambda: False)()
-        if not tty and now - self.start < 2.0 * self.draws and self.done < self.total:
-            return  # logs get a line every ~2 s, not a redraw every 0.5 s
-        self.draws += 1
-        start, end = ("\r", "\n" if self.done >= self.total else "") if tty else ("", "\n")
-        self.stream.write(
-            f"{start}[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} points  "
-            f"{rate:.1f} pt/s  ETA {eta:.0f} s   {end}"
-        )
-        self.stream.flush()
-
-
-@dataclass
 class Summary:
     batches: int = 0
     points: int = 0
+    work: Counter[str] = field(default_factory=Counter)  # per kind: points computed (selected runs for train)
     failed_points: int = 0
     failed_batches: list[str] = field(default_factory=list)
     compute_s: float = 0.0
@@ -154,10 +124,12 @@ def run_sweep(
     todo: Iterator[tuple[Batch, bool]] = itertools.chain(
         ((b, True) for b in retry), ((b, False) for batches in ordered for b in batches)
     )
-    total = sum(b.n_points for batches in ordered for b in batches) + sum(b.n_points for b in retry)
+    grid = Grid(config)
+    totals = {kind: sum(grid.work(b) for b in pending.get(kind, []) + [r for r in retry if r.kind == kind])
+              for kind in ("theory", "threshold", "train")}  # fmt: skip
     threads = sum(client.nthreads().values()) or 1
     window = window or max(4, 2 * threads)
-    progress = Progress(total)
+    progress = Progress(totals)
     summary = Summary()
 
     # training goes to GPU workers when the cluster has any (dask resource GPU=1 per GPU worker)
@@ -202,7 +174,9 @@ def run_sweep(
                     summary.failed_points += report["failed"]
                     summary.compute_s += report["compute_s"]
                     summary.point_s += report["point_s"]
-                    progress.update(report["points"])
+                    work = grid.work(report["batch"])
+                    summary.work[report["kind"]] += work
+                    progress.update(report["kind"], work)
                     if on_result:
                         on_result(report)
                     kill_point("sweep")
@@ -210,10 +184,12 @@ def run_sweep(
     except BaseException:
         in_flight.clear()
         raise
+    finally:
+        progress.close()
     summary.wall_s = time.perf_counter() - start
     done_all = not any(pending_batches(config, path).values())
     kill_point("finalize")
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    stamp = now_utc()  # the format of created_at
     update_attrs(path, updated_at=stamp, **({"completed_at": stamp} if done_all else {}))
     return summary
 

@@ -131,6 +131,15 @@ class Grid:
             )
             yield Batch(kind, index, region)
 
+    def work(self, batch: Batch) -> int:
+        """Points of a batch that will be computed: all of them, but for training only the runs that
+        ``train.select`` picks (the others are marked not selected at once)."""
+        if batch.kind != "train" or not self.config.train.select:
+            return batch.n_points
+        select = self.config.train.select
+        values = self.values(batch)
+        return math.prod(int(np.isin(v, select[d]).sum()) if d in select else len(v) for d, v in values.items())
+
     def values(self, batch: Batch) -> dict[str, np.ndarray]:
         """Coordinate values covered by a batch, per dim."""
         return {d: np.asarray(getattr(self.spec, d))[s] for d, s in batch.region}

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -76,6 +77,17 @@ def k_axis(k: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return x, [label(v) for v in k]
 
 
+def _plain_log_ticks(axis) -> None:
+    """Log-axis tick labels as plain numbers (20, 50, 100, 200), not 6x10^1: decades and the minor
+    ticks at 2 and 5 times a decade are labelled."""
+
+    def minor(v: float, _: int) -> str:
+        return f"{v:g}" if v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else ""
+
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
+
+
 def _mark_infinite_k(ax: plt.Axes, k: np.ndarray, x: np.ndarray) -> None:
     """A dotted line between the last finite k and the k = inf column."""
     if np.isinf(k).any() and np.isfinite(k).any():
@@ -100,7 +112,7 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
     c = minor_cosine(ds).sel(point).transpose("R", "k").load()  # (R, k)
     k, R = ds.k.values, ds.R.values
     x_k, k_labels = k_axis(k)  # k = inf as its own column
-    fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(COLUMN_IN, 3.0), layout="constrained")
     values = np.ma.masked_invalid(c.values)
     if values.mask.any():  # hatched background shows through undrawn (pending / failed) cells
         ax.set_facecolor("0.92")
@@ -128,10 +140,11 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
     ax.set_ylabel("imbalance ratio R = p_major / p_minor")
     ax.set_title(f"{loss}, K_A={n_major}, K_B={n_minor}")
     ax.set_xticks(x_k, k_labels)
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     _mark_infinite_k(ax, k, x_k)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", frameon=True, fontsize=6)
+    if ax.get_legend_handles_labels()[0]:  # below the axes: it never covers cells
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=6,
+                   facecolor="0.7", edgecolor="none")  # grey: the white training circles show
     return fig, drawn
 
 
@@ -218,7 +231,7 @@ def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
             continue
         finite = np.isfinite(values)
         line = finite & np.isfinite(k)
-        label = f"{loss}, {n_major}+{n_minor}"
+        label = f"{loss}, K_A={n_major}, K_B={n_minor}"
         marker = markers[i % len(markers)]
         (handle,) = ax.plot(x_k[line], values[line], marker=marker, ms=3, lw=1, label=label)
         at_inf = finite & np.isinf(k)
@@ -230,8 +243,10 @@ def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     ax.set_yscale("log")
     ax.set_xlabel("negatives per anchor k")
     ax.set_ylabel("threshold R* (minority collapse)")
+    ax.set_title("minority-collapse threshold R*(k): minorities merge above the curve")
     ax.set_xticks(x_k, k_labels)
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    _plain_log_ticks(ax.yaxis)
     _mark_infinite_k(ax, k, x_k)
     if drawn:
         ax.legend(fontsize=6, ncol=1, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -304,7 +319,7 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
     lines = [f"# {ds.attrs.get('title', 'clphase results')}", "",
              f"Conventions: {ds.attrs.get('conventions', '')}", "",
              "| phase | theory points |", "|---|---|"]  # fmt: skip
-    lines += [f"| {name} | {counts[name]} |" for name in PHASES]
+    lines += [f"| {name} | {counts[name]} |" for name in PHASES if name != "disagreement"]  # training only
     lines += ["", "| loss | K_A | K_B | k | R* | status |", "|---|---|---|---|---|---|"]
     for row in rows:
         R_star = "inf" if np.isinf(row["R_star"]) else ("" if np.isnan(row["R_star"]) else f"{row['R_star']:.4g}")

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 STATUS = ("pending", "optimal", "optimal_inaccurate", "local", "error", "not_applicable", "trained", "diverged",
           "asymptotic")  # fmt: skip
 STATUS_CODE = {name: code for code, name in enumerate(STATUS)}
+# the statuses each task kind writes (its status variable's flag_values / flag_meanings)
+KIND_STATUS = {
+    "theory": ("pending", "optimal", "optimal_inaccurate", "local", "error"),
+    "threshold": ("pending", "optimal", "error", "not_applicable", "asymptotic"),
+    "train": ("pending", "error", "not_applicable", "trained", "diverged"),
+}
 FAILED = (STATUS_CODE["error"], STATUS_CODE["diverged"])  # the codes --retry-failed recomputes
 
 THEORY = ("loss", "R", "n_major", "n_minor", "k")

@@ -87,8 +87,16 @@ class Solution:
             x = float(x)
             return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
 
+        def cosine(x: float) -> float | str | None:
+            return num(x if math.isnan(x) else min(1.0, max(-1.0, float(x))))
+
+        two = self.problem.two_groups()
+        lam = np.linalg.eigvalsh(self.G) if np.isfinite(self.G).all() else np.full(1, np.nan)
         return {
             **self.problem.describe(),
+            "n_major": None if two is None else two[0],
+            "n_minor": None if two is None else two[1],
+            "R": None if two is None else num(two[2]),
             "solver": self.solver,
             "status": self.status,
             "objective": num(self.objective),
@@ -96,17 +104,18 @@ class Solution:
             "gap_rel": num(self.gap_rel),
             "gap_minor": num(self.gap_minor),
             "lower_bound": num(self.lower_bound),
-            "a": num(self.a),
-            "b": num(self.b),
-            "c": num(self.c),
+            "a": cosine(self.a),
+            "b": cosine(self.b),
+            "c": cosine(self.c),
             "collapsed": self.collapsed,
             "criterion": num(self.criterion),
             "criterion_error": num(self.criterion_error),
             "kkt_residual": num(self.kkt_residual),
-            "dim": int(self.V.shape[0]),
+            "G_rank": int((lam > 1e-9 * max(lam[-1], 1e-300)).sum()),  # numerical rank of G
+            "embedding_dim": int(self.V.shape[0]),  # rows of the class means V (>= G_rank)
             "time_s": self.time_s,
             "message": self.message,
-            "gram": [[num(x) for x in row] for row in self.G],
+            "gram": [[cosine(x) for x in row] for row in self.G],
         }
 
 

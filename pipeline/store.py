@@ -4,7 +4,9 @@
 delayed object is never computed) with one chunk per batch. Each task then writes its own chunk
 (with zarr directly, see :func:`write_batch`) and, after its data, its block of the completion mask
 ``done_<kind>``.
-A rerun skips every batch whose mask is set. Metadata is not consolidated (not in the v3 spec).
+A rerun skips every batch whose mask is set. The metadata is also consolidated (whenever it
+changes: template, repair, attributes), so a plain ``xr.open_zarr(path)`` opens the store silently
+in one read; clphase itself reads the per-variable metadata, so that damage shows.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import platform
 import shutil
 import socket
 import subprocess
+import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ from pipeline.config import SweepConfig, diff_science
 from pipeline.errors import InputError
 from pipeline.faults import kill_point
 from pipeline.grid import Batch, Grid, kinds
-from pipeline.results import DONE, KIND_DIMS, STATUS, VARIABLES, fill_value
+from pipeline.results import DONE, KIND_DIMS, KIND_STATUS, STATUS_CODE, VARIABLES, fill_value
 
 FORMAT = "clphase-store-1"
 PACKAGES = ("clphase", "numpy", "scipy", "cvxpy", "clarabel", "scs", "xarray", "zarr", "dask", "distributed", "torch")
@@ -45,6 +49,18 @@ class StoreMismatchError(InputError):
             self,
             f"store {path!r} was created by a different config: fields differ: {', '.join(fields)}; "
             "rerun with the original config, or set store=<new path> to start a new store",
+        )
+
+
+class NotAStoreError(InputError):
+    """A path that exists but holds no clphase results store."""
+
+    def __init__(self, path: str) -> None:
+        self.field, self.value = "store", path
+        self.allowed = "the path of a store written by `clphase run` (e.g. results/quick.zarr)"
+        what = "a folder" if Path(path).is_dir() else "a file"
+        ValueError.__init__(
+            self, f"not a clphase store: {path!r} is {what} without clphase's metadata; expected {self.allowed}"
         )
 
 
@@ -73,28 +89,63 @@ def provenance() -> dict[str, Any]:
     return {"python": platform.python_version(), "packages": versions, "git_revision": git_revision()}
 
 
-def _now() -> str:
+def now_utc() -> str:
+    """The time stamps of a store: ISO 8601, UTC, seconds (2026-12-01T19:35:07+00:00)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def _group(path: str, mode: str) -> zarr.Group:
+    """The store's root group read from its own metadata files, never the consolidated copy: a
+    damaged variable must show as damaged (the consolidated copy serves plain ``xr.open_zarr``)."""
+    return zarr.open_group(path, mode=mode, use_consolidated=False)
+
+
+def consolidate(path: str) -> None:
+    """Write the consolidated metadata that lets ``xr.open_zarr(path)`` open the store silently in
+    one read. Called whenever the metadata changes: the template, a repair, the attributes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=zarr.errors.ZarrUserWarning)  # "not in the v3 spec"
+        zarr.consolidate_metadata(path, zarr_format=3)
+
+
 def check_writable(path: str) -> None:
-    """Refuse a store path that cannot be created, before anything is written."""
+    """Refuse a store path that cannot be created, before anything is written.
+
+    The nearest existing ancestor must be a folder in which a folder can be made; a probe folder is
+    made there and removed at once (``os.access`` says yes to root on read-only file systems).
+    """
     target = Path(path).resolve()
     ancestor = target
     while not ancestor.exists():
         ancestor = ancestor.parent
-    if (ancestor != target and not ancestor.is_dir()) or not os.access(ancestor, os.W_OK):
-        raise InputError("store", path, f"a path in a writable folder ({str(ancestor)!r} is not writable)")
+    if ancestor != target and not ancestor.is_dir():
+        raise InputError("store", path, f"a path under a folder ({str(ancestor)!r} is a file, not a folder)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".clphase-probe-", dir=ancestor))
+    except OSError as err:
+        raise InputError(
+            "store", path, f"a path in a writable folder ({str(ancestor)!r} is not writable: {err.strerror})"
+        ) from None
 
 
 def read_attrs(path: str) -> dict[str, Any] | None:
-    """Store attributes, or None when ``path`` holds no store."""
+    """Store attributes, or None when ``path`` holds no store ({} when it holds no zarr group)."""
     if not Path(path).exists():
         return None
     try:
-        return dict(zarr.open_group(path, mode="r").attrs)
+        return dict(_group(path, "r").attrs)
     except Exception:
         return {}
+
+
+def require_store(path: str) -> dict[str, Any]:
+    """The attributes of the clphase store at ``path``; one clear InputError otherwise."""
+    attrs = read_attrs(path)
+    if attrs is None:
+        raise InputError("store", path, "an existing results store (run `clphase run CONFIG` first)")
+    if attrs.get("clphase_format") != FORMAT:
+        raise NotAStoreError(path)
+    return attrs
 
 
 def prepare_store(path: str, config: SweepConfig) -> str:
@@ -107,7 +158,7 @@ def prepare_store(path: str, config: SweepConfig) -> str:
         check_writable(path)
         return "new"
     if attrs.get("clphase_format") != FORMAT:
-        raise InputError("store", path, "a clphase results store or a path that does not exist yet")
+        raise NotAStoreError(path)
     stored = json.loads(attrs["clphase_science"])
     fields = diff_science(stored, config.science())
     if fields:
@@ -129,7 +180,8 @@ def init_store(path: str, config: SweepConfig) -> None:
         array = da.full(shape, fill_value(var.dtype), dtype=var.dtype, chunks=chunk_shape)
         attrs = {"long_name": var.long_name, "units": var.units}
         if name.startswith("status_"):
-            attrs.update(flag_values=list(range(len(STATUS))), flag_meanings=" ".join(STATUS))
+            names = KIND_STATUS[var.kind]
+            attrs.update(flag_values=[STATUS_CODE[n] for n in names], flag_meanings=" ".join(names))
         data_vars[name] = (var.dims, array, attrs)
     for kind in kinds(config):
         name = DONE[kind]
@@ -153,7 +205,7 @@ def init_store(path: str, config: SweepConfig) -> None:
         conventions=f"negatives={config.theory.negatives} reduction={config.theory.reduction} "
         "classes majority first; R = p_major / p_minor",
         provenance=json.dumps(provenance()),
-        created_at=_now(),
+        created_at=now_utc(),
     )
     # written next to its final place and moved there in one rename: a killed run leaves either no
     # store or a complete template, never half a template
@@ -163,13 +215,14 @@ def init_store(path: str, config: SweepConfig) -> None:
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(f"{path}.partial-{os.getpid()}")
     ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, zarr_format=3)
+    consolidate(str(tmp))
     kill_point("template")
     os.replace(tmp, path)
 
 
 def read_batch(path: str, batch: Batch) -> dict[str, np.ndarray]:
     """The stored values of every variable of a batch's kind over its region."""
-    group = zarr.open_group(path, mode="r")
+    group = _group(path, "r")
     names = [name for name, var in VARIABLES.items() if var.kind == batch.kind]
     return {name: np.asarray(group[name][batch.selection(VARIABLES[name].dims)]) for name in names}
 
@@ -182,7 +235,7 @@ def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=
     so that a missing chunk behind a set done mask always means damage. ``between`` is called after
     the data and before the mask (fault injection).
     """
-    group = zarr.open_group(path, mode="r+")
+    group = _group(path, "r+")
     for name, values in arrays.items():
         array = group[name].with_config({"write_empty_chunks": True})
         array[batch.selection(VARIABLES[name].dims)] = values
@@ -197,7 +250,7 @@ def read_done(path: str, kind: str) -> np.ndarray:
 
     A mask chunk that cannot be read (a run killed while writing it) counts as not done.
     """
-    array = zarr.open_group(path, mode="r")[DONE[kind]]
+    array = _group(path, "r")[DONE[kind]]
     try:
         return np.asarray(array[...]) == 1
     except Exception:  # fall back to chunk by chunk
@@ -218,7 +271,7 @@ def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray)
 
     A deleted chunk would otherwise read back as fill values (NaN) behind a set done mask.
     """
-    group = zarr.open_group(path, mode="r")
+    group = _group(path, "r")
     names = [name for name, var in VARIABLES.items() if var.kind == kind]
     arrays = {}
     broken_vars = []
@@ -262,7 +315,7 @@ def repair_metadata(path: str, config: SweepConfig) -> list[str]:
 
     Returns the repaired variable names; their batches must then be recomputed.
     """
-    group = zarr.open_group(path, mode="r")
+    group = _group(path, "r")
     broken = []
     for name in [*VARIABLES, *DONE.values()]:
         if name not in _expected_names(config):
@@ -279,6 +332,7 @@ def repair_metadata(path: str, config: SweepConfig) -> list[str]:
         shutil.rmtree(Path(path) / name, ignore_errors=True)
         shutil.copytree(Path(tmp) / name, Path(path) / name)
     shutil.rmtree(tmp)
+    consolidate(path)
     return broken
 
 
@@ -289,7 +343,7 @@ def _expected_names(config: SweepConfig) -> set[str]:
 
 def reset_done(path: str, batch: Batch) -> None:
     """Clear a batch's done mask so that the next run recomputes it."""
-    array = zarr.open_group(path, mode="r+")[DONE[batch.kind]]
+    array = _group(path, "r+")[DONE[batch.kind]]
     array[batch.selection()] = 0
 
 
@@ -326,7 +380,7 @@ def acquire_lock(path: str) -> Path:
     A lock is stale when its host is this host and its pid is no longer alive.
     """
     lock = Path(f"{str(path).rstrip('/')}{LOCK_SUFFIX}")  # beside the store: zarr warns of foreign files inside
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_utc()}
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -358,7 +412,8 @@ def batch_done(done: np.ndarray, batch: Batch) -> bool:
 
 
 def update_attrs(path: str, **attrs: Any) -> None:
-    zarr.open_group(path, mode="r+").attrs.update(attrs)
+    _group(path, "r+").attrs.update(attrs)
+    consolidate(path)
 
 
 def open_results(path: str | os.PathLike) -> xr.Dataset:
@@ -369,6 +424,5 @@ def open_results(path: str | os.PathLike) -> xr.Dataset:
     >>> ds = open_results("results/quick.zarr")  # doctest: +SKIP
     >>> ds.cos_minor_theory.sel(loss="infonce(tau=1)", n_major=2, n_minor=2, k=4)  # doctest: +SKIP
     """
-    if read_attrs(str(path)) is None:
-        raise InputError("store", str(path), "an existing results store (run `clphase run CONFIG` first)")
+    require_store(str(path))
     return xr.open_zarr(path, consolidated=False)

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 
 import numpy as np
 
-from pipeline.cluster import connect, jobqueue_settings, make_jobqueue_cluster, max_workers
+from pipeline.cluster import attach, connect, jobqueue_settings, make_jobqueue_cluster, max_workers
 from pipeline.config import SweepConfig
 from pipeline.errors import InputError
+from pipeline.estimate import STARTUP_S, estimate, wall_s
 from pipeline.faults import kill_point
 from pipeline.graph import pending_batches, run_sweep
 from pipeline.grid import Grid, kinds
-from pipeline.results import FAILED, VARIABLES
+from pipeline.results import FAILED, STATUS_CODE, VARIABLES
 from pipeline.store import (
     acquire_lock,
     damaged_batches,
     init_store,
     open_results,
     prepare_store,
-    read_attrs,
     read_done,
     release_lock,
     repair_metadata,
+    require_store,
     reset_done,
 )
 
@@ -35,23 +38,6 @@ def n_train_runs(config: SweepConfig) -> int:
         for d in ("loss", "R", "n_major", "n_minor", "k", "dim", "seed")
     ]
     return int(np.prod(sizes))
-
-
-def _estimate_point_s(config: SweepConfig) -> float:
-    """Mean wall time of a few theory points of the grid, solved here."""
-    from pipeline.problem import Problem
-    from pipeline.theory import solve
-
-    s = config.grid
-    picks = [
-        (s.loss[0], s.R[0], s.n_major[0], s.n_minor[-1], s.k[-1]),
-        (s.loss[-1], s.R[-1], s.n_major[-1], s.n_minor[0], s.k[0]),
-    ]
-    start = time.perf_counter()
-    for loss, R, n_major, n_minor, k in picks:
-        problem = Problem.two_group(loss, n_major, n_minor, R, k, config.theory.negatives, config.theory.reduction)
-        solve(problem, config.theory.solver)
-    return (time.perf_counter() - start) / len(picks)
 
 
 def dry_run(config: SweepConfig, workers: int | None) -> int:
@@ -78,11 +64,22 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
         )
     if pending is not None:
         print("pending batches: " + ", ".join(f"{k} {len(v)}" for k, v in pending.items()))
-    n_workers = workers or config.cluster.n_workers or __import__("os").cpu_count()
-    point_s = _estimate_point_s(config)
-    estimate = point_s * grid.spec.n_theory_points / n_workers
-    print(f"estimate: {point_s * 1e3:.1f} ms per theory point -> about {estimate:.0f} s on {n_workers} workers")
     print(f"planned in {plan_s:.3f} s")
+    if config.cluster.kind == "local":
+        n_workers = workers or config.cluster.n_workers or os.cpu_count() or 1
+        where = f"a LocalCluster of {n_workers} workers ({config.cluster.threads_per_worker} thread each)"
+    else:
+        n_workers = max_workers(config.cluster)
+        where = (f"cluster profile {config.cluster.kind!r} at its full {n_workers} workers "
+                 f"({config.cluster.max_jobs} jobs; queue waits not included)")  # fmt: skip
+    estimates = estimate(config)
+    units = {"theory": "points", "threshold": "thresholds", "train": "batches of stacked runs"}
+    print(f"estimate, timed on samples here, for {where}:")
+    for e in estimates:
+        unit = f"{e.unit_s * 1e3:.1f} ms" if e.unit_s < 1 else f"{e.unit_s:.1f} s"
+        print(f"  {e.kind:>9}: {e.count} {units[e.kind]} x {unit} = {e.work_s:.0f} s of work")
+    print(f"  -> about {wall_s(estimates, n_workers):.0f} s wall (work over {n_workers} workers, "
+          f"at least the longest batch, plus ~{STARTUP_S:.0f} s start-up)")  # fmt: skip
     if config.cluster.kind != "local":
         cluster = make_jobqueue_cluster(config.cluster)
         try:
@@ -109,12 +106,16 @@ def run(
     if config.cluster.kind != "local":
         jobqueue_settings(config.cluster)  # a bad profile or hostile queue name: refuse before any write
     mode = prepare_store(config.store, config)
+    if scheduler_address or scheduler_file:  # an unreachable scheduler is refused before any write
+        attach(scheduler_address, scheduler_file).close()
     kill_point("plan")
     if mode == "new":
         try:
             init_store(config.store, config)
-        except OSError as err:  # another run moved its template into place first
-            raise InputError("store", config.store, f"a store no other run is creating ({err.strerror})") from None
+        except OSError as err:
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY):  # another run moved its template into place first
+                raise InputError("store", config.store, "a store no other run is creating") from None
+            raise InputError("store", config.store, f"a writable path ({err.strerror})") from None
     lock = acquire_lock(config.store)
     try:
         repaired = repair_metadata(config.store, config)
@@ -143,7 +144,8 @@ def run(
             summary = run_sweep(config, config.store, client, window=window, retry=retry, pending=pending)
     finally:
         release_lock(lock)
-    print(f"done: {summary.batches} batches, {summary.points} points in {summary.wall_s:.1f} s; "
+    work = ", ".join(f"{kind} {n}" for kind, n in summary.work.items())
+    print(f"done: {summary.batches} batches ({work}) in {summary.wall_s:.1f} s; "
           f"failed points: {summary.failed_points}; failed batches: {len(summary.failed_batches)}")  # fmt: skip
     print(f"open with: import pipeline; ds = pipeline.open_results({config.store!r})")
     return 1 if summary.failed_batches else 0
@@ -176,11 +178,9 @@ def status(path: str) -> int:
     """
     import zarr
 
-    attrs = read_attrs(path)
-    if attrs is None:
-        raise InputError("store", path, "an existing results store (run `clphase run CONFIG` first)")
+    attrs = require_store(path)
     config = load_config_from_store(attrs)
-    group = zarr.open_group(path, mode="r")
+    group = zarr.open_group(path, mode="r", use_consolidated=False)
     print(f"store {path}: {attrs.get('title', '')}, created {attrs.get('created_at', '?')}, "
           f"completed {attrs.get('completed_at', 'no')}")  # fmt: skip
     for kind in ("theory", "threshold", "train"):
@@ -199,9 +199,21 @@ def status(path: str) -> int:
             print(f"{kind:>9}: damaged batch {batch.index} ({describe(config, batch)}): rerun to recompute it")
             done[batch.selection()] = False
         failed = int((np.isin(codes, FAILED) & done).sum())
-        print(f"{kind:>9}: {int(done.sum()) - failed} done, {failed} failed, {int((~done).sum())} pending "
-              f"(of {done.size})")  # fmt: skip
+        skipped = int(((codes == STATUS_CODE["not_applicable"]) & done).sum())
+        done_word, skipped_word = STATUS_WORDS[kind]
+        parts = [f"{int(done.sum()) - failed - skipped} {done_word}", f"{failed} failed"]
+        if skipped or kind != "theory":
+            parts.append(f"{skipped} {skipped_word}")
+        print(f"{kind:>9}: {', '.join(parts)}, {int((~done).sum())} pending (of {done.size})")
     return 0
+
+
+# per task kind: what a done point is called, and what a point that is not computed is called
+STATUS_WORDS = {
+    "theory": ("solved", "not applicable"),
+    "threshold": ("found", "not applicable (n_minor < 2 or a non-smooth loss)"),
+    "train": ("trained", "not selected (train.select)"),
+}
 
 
 def load_config_from_store(attrs: dict) -> SweepConfig | None:

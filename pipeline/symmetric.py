@@ -178,9 +178,12 @@ class _TwoGroup:
         self.kappa = math.sqrt(self.K_A * self.K_B)
 
     def cosines(self, u: float, v: float) -> tuple[float, float, float]:
+        """(a, b, c) in [-1, 1]; exactly 1 at u = sqrt(K_A), v = sqrt(K_B) (their squares are K (1 +- eps))."""
         a = (u * u - 1) / (self.K_A - 1) if self.K_A > 1 else math.nan
         c = (v * v - 1) / (self.K_B - 1) if self.K_B > 1 else math.nan
-        return a, -u * v / self.kappa, c
+        a = 1.0 if self.K_A > 1 and u >= math.sqrt(self.K_A) else a
+        c = 1.0 if self.K_B > 1 and v >= math.sqrt(self.K_B) else c
+        return tuple(min(1.0, max(-1.0, x)) if not math.isnan(x) else x for x in (a, -u * v / self.kappa, c))
 
     def S(self, u: float, v: float) -> np.ndarray:
         a, b, c = self.cosines(u, v)

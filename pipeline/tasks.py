@@ -113,21 +113,14 @@ def _selected(config: SweepConfig, point: dict) -> bool:
     return all(point[axis] in values for axis, values in config.train.select.items())
 
 
-def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Train every selected run of a batch as one stacked program and measure it against theory.
+def batch_runs(config: SweepConfig, batch: Batch, only: np.ndarray | None = None):
+    """The selected training runs of a batch: (runs, [(index, point)], {R: problem})."""
+    from pipeline.train import Run
 
-    Runs share (loss, n_major, n_minor, k, dim) and differ in R and seed. Unselected points get
-    status ``not_applicable``; diverged runs get ``diverged`` and NaN values.
-    """
-    from pipeline.train import Run, train_runs
-
-    grid = Grid(config)
-    out = _empty("train", batch.shape, grid.C_max)
     theory = config.theory
     runs, where, problems = [], [], {}
-    for idx, point in _points(grid, batch, only):
+    for idx, point in _points(Grid(config), batch, only):
         if not _selected(config, point):
-            out["status_train"][idx] = STATUS_CODE["not_applicable"]
             continue
         problem = Problem.two_group(point["loss"], point["n_major"], point["n_minor"], point["R"], point["k"],
                                     theory.negatives, theory.reduction)  # fmt: skip
@@ -135,6 +128,24 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
         runs.append(Run(problem.loss, problem.p, point["n_major"], point["k"], point["dim"], point["seed"],
                         theory.negatives, theory.reduction))  # fmt: skip
         where.append((idx, point))
+    return runs, where, problems
+
+
+def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Train every selected run of a batch as one stacked program and measure it against theory.
+
+    Runs share (loss, n_major, n_minor, k, dim) and differ in R and seed. Unselected points get
+    status ``not_applicable``; diverged runs get ``diverged`` and NaN values.
+    """
+    from pipeline.train import train_runs
+
+    grid = Grid(config)
+    out = _empty("train", batch.shape, grid.C_max)
+    theory = config.theory
+    runs, where, problems = batch_runs(config, batch, only)
+    for idx, point in _points(grid, batch, only):
+        if not _selected(config, point):
+            out["status_train"][idx] = STATUS_CODE["not_applicable"]
     if not runs:
         return out
     start = time.perf_counter()

@@ -165,7 +165,7 @@ def test_failed_points_are_data_and_retry_failed_recomputes_only_them(reference,
     assert n_failed == ds.status_theory.size and "failed points: 96" in proc.stdout
     status = subprocess.run([sys.executable, "-m", "pipeline", "status", str(tmp_path / "store.zarr")],
                             capture_output=True, text=True)  # fmt: skip
-    assert "theory: 0 done, 96 failed" in status.stdout
+    assert "theory: 0 solved, 96 failed" in status.stdout
     proc = run(cfg, "--retry-failed", env={"CLPHASE_TASK_LOG": str(log)})
     assert proc.returncode == 0, proc.stderr
     lines = [line.split() for line in log.read_text().splitlines()]

@@ -154,7 +154,7 @@ def test_rerun_recomputes_nothing(finished, tmp_path):
 def test_status_command(finished):
     proc = clphase("status", str(finished[1]))
     assert proc.returncode == 0
-    assert "theory: 96 done, 0 failed, 0 pending" in proc.stdout
+    assert "theory: 96 solved, 0 failed, 0 pending" in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -270,7 +270,7 @@ def test_training_in_the_sweep(tmp_path):
     assert rank.notnull().all() and ds.objective_rank.sel(dim=8).isnull().all()
     assert (ds.objective_train.sel(dim=3) >= rank - 1e-6).all()
     status = clphase("status", str(tmp_path / "store.zarr"))
-    assert "train: 8 done, 0 failed, 0 pending" in status.stdout
+    assert "train: 8 trained, 0 failed, 0 not selected (train.select), 0 pending" in status.stdout
 
 
 def test_sweep_at_many_negatives_and_k_inf(tmp_path):

@@ -1,0 +1,133 @@
+"""How long a sweep will take: each task kind timed on a sample here, then scaled (``--dry-run``).
+
+- theory: a few grid points solved (after one untimed warm-up), the mean times every point;
+- thresholds: one R* at the largest k, times every applicable (loss, K_A, K_B, k);
+- training: the first batch's runs trained twice with few steps (``CALIBRATION_STEPS``): the fixed
+  and the per-step cost, scaled to ``train.steps``; plus each batch's theory references (an optimum per
+  R, and the rank-d optimum when d < C), timed once per embedding dimension.
+
+Workers run single-threaded (``cluster.threads_per_worker``), so the sample does too. The wall time is
+the work divided over the workers, but never less than the longest batch, plus the start-up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+from pipeline.config import SweepConfig
+from pipeline.grid import Grid, kinds
+
+CALIBRATION_STEPS = (20, 80)
+STARTUP_S = 5.0  # a LocalCluster's workers and the store's template (measured: 3-6 s on 2 cores)
+
+
+@dataclass(frozen=True)
+class KindEstimate:
+    kind: str
+    count: int  # units that will run (points, thresholds, batches of runs)
+    unit_s: float  # seconds each
+    longest_s: float  # the longest single batch
+
+    @property
+    def work_s(self) -> float:
+        return self.count * self.unit_s
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def theory_estimate(config: SweepConfig) -> KindEstimate:
+    from pipeline.problem import Problem
+    from pipeline.theory import solve
+
+    s, th = config.grid, config.theory
+    picks = [(s.loss[0], s.R[0], s.n_major[0], s.n_minor[-1], s.k[-1]),
+             (s.loss[-1], s.R[-1], s.n_major[-1], s.n_minor[0], s.k[0]),
+             (s.loss[0], s.R[len(s.R) // 2], s.n_major[-1], s.n_minor[-1], s.k[len(s.k) // 2])]  # fmt: skip
+
+    def one(pick) -> None:
+        loss, R, n_major, n_minor, k = pick
+        solve(Problem.two_group(loss, n_major, n_minor, R, k, th.negatives, th.reduction), th.solver)
+
+    one(picks[0])  # imports and caches
+    point_s = sum(_timed(lambda p=p: one(p)) for p in picks) / len(picks)
+    batch = Grid(config).chunks("theory")
+    return KindEstimate("theory", s.n_theory_points, point_s, point_s * math.prod(batch.values()))
+
+
+def threshold_estimate(config: SweepConfig) -> KindEstimate:
+    from pipeline.threshold import minority_threshold
+
+    s, th = config.grid, config.theory
+    smooth = [loss for loss in s.loss if not loss.startswith("triplet")]
+    minors = [n for n in s.n_minor if n >= 2]
+    count = len(smooth) * len(s.n_major) * len(minors) * len(s.k)
+    if not count:
+        return KindEstimate("threshold", 0, 0.0, 0.0)
+    one_s = _timed(lambda: minority_threshold(smooth[0], s.n_major[0], minors[-1], s.k[-1], th.negatives, th.reduction))
+    return KindEstimate("threshold", count, one_s, one_s * len(s.k))
+
+
+def train_estimate(config: SweepConfig) -> KindEstimate:
+    """Per batch: the stacked training (two short runs give the fixed and the per-step cost) plus its
+    theory references (one optimum per R, and the rank-d optimum when d < C: seeded restarts, costly),
+    each timed once per distinct embedding dimension."""
+    import torch
+
+    from pipeline.tasks import batch_runs
+    from pipeline.theory import solve
+    from pipeline.train import train_runs
+
+    grid = Grid(config)
+    batches = [b for b in grid.batches("train") if grid.work(b)]
+    if not batches:
+        return KindEstimate("train", 0, 0.0, 0.0)
+    def references(problem, dim: int) -> None:  # what run_train_batch solves for each R of a batch
+        solve(problem, config.theory.solver)
+        if dim < problem.C:
+            solve(problem, "rank", dim=dim)
+
+    def train(runs, steps: int) -> None:
+        train_runs(runs, replace(config.train, steps=steps))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.cluster.threads_per_worker)
+    try:
+        runs, _, _ = batch_runs(config, batches[0])
+        train(runs, 1)  # torch's first-call set-up, paid once per worker
+        short, long = (_timed(lambda n=n: train(runs, n)) for n in CALIBRATION_STEPS)
+        reference_s: dict[int, float] = {}
+        for batch in batches:
+            _, where, problems = batch_runs(config, batch)
+            dim = where[0][1]["dim"]
+            if dim not in reference_s:
+                problem = next(iter(problems.values()))
+                reference_s[dim] = _timed(lambda p=problem, d=dim: references(p, d))
+    finally:
+        torch.set_num_threads(threads)
+    per_step = max(long - short, 0.0) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
+    train_s = short + per_step * (config.train.steps - CALIBRATION_STEPS[0])
+    costs = []
+    for batch in batches:
+        _, where, problems = batch_runs(config, batch)
+        costs.append(train_s + len(problems) * reference_s[where[0][1]["dim"]])
+    return KindEstimate("train", len(batches), sum(costs) / len(costs), max(costs))
+
+
+def estimate(config: SweepConfig) -> list[KindEstimate]:
+    """Per task kind of the sweep: what will run and how long each unit takes here."""
+    out = [theory_estimate(config), threshold_estimate(config)]
+    if "train" in kinds(config):
+        out.append(train_estimate(config))
+    return out
+
+
+def wall_s(estimates: list[KindEstimate], workers: int) -> float:
+    """Work over the workers, at least the longest batch, plus the start-up."""
+    work = sum(e.work_s for e in estimates)
+    return max(work / max(workers, 1), max((e.longest_s for e in estimates), default=0.0)) + STARTUP_S
