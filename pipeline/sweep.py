@@ -32,12 +32,8 @@ from pipeline.store import (
 
 def n_train_runs(config: SweepConfig) -> int:
     """Training runs selected by ``train.select`` (all grid points when empty)."""
-    spec = config.grid
-    sizes = [
-        len(config.train.select.get(d, getattr(spec, d)))
-        for d in ("loss", "R", "n_major", "n_minor", "k", "dim", "seed")
-    ]
-    return int(np.prod(sizes))
+    grid = Grid(config)
+    return sum(grid.work(batch) for batch in grid.batches("train"))
 
 
 def dry_run(config: SweepConfig, workers: int | None) -> int:
@@ -71,7 +67,8 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     else:
         n_workers = max_workers(config.cluster)
         where = (f"cluster profile {config.cluster.kind!r} at its full {n_workers} workers "
-                 f"({config.cluster.max_jobs} jobs; queue waits not included)")  # fmt: skip
+                 f"({config.cluster.max_jobs} jobs; queue waits not included; every kind timed on this "
+                 "machine's CPU, so GPU training will be faster)")  # fmt: skip
     estimates = estimate(config)
     units = {"theory": "points", "threshold": "thresholds", "train": "batches of stacked runs"}
     print(f"estimate, timed on samples here, for {where}:")
