@@ -157,6 +157,10 @@ def _rtsafe(f: Callable[[float], tuple[float, float]], lo: float, hi: float, x0:
         else:
             hi = x
         step = -fx / dfx if dfx > 0 else math.inf
+        if abs(step) <= 2 * _EPS * abs(x):
+            # converged: x itself (evaluated, and cached by the caller), not x + step, which may round
+            # to x and then fail the open-bracket test below, sending 30 bisections through the bracket
+            return x
         x_new = x + step
         if not (lo < x_new < hi):
             x_new = 0.5 * (lo + hi)
@@ -234,10 +238,14 @@ class _TwoGroup:
             d = self.derivatives(u, v)
             return sum(d["u_terms"]), d["Fuu"]
 
-        if f(0.0)[0] >= 0:
+        # F_u changes sign once, from - to +: the sign at u0 (rtsafe's first iterate, then cached)
+        # settles one end of the bracket, so only the other end needs its own evaluation
+        u0 = min(max(u0, 0.0), u_max)
+        if f(u0)[0] < 0:
+            if f(u_max)[0] <= 0:
+                return u_max
+        elif f(0.0)[0] >= 0:
             return 0.0
-        if f(u_max)[0] <= 0:
-            return u_max
         return _rtsafe(f, 0.0, u_max, u0)
 
     def v_condition(self, v: float, u0: float = 0.5) -> tuple[float, float, float]:
