@@ -88,9 +88,10 @@ def train_estimate(config: SweepConfig) -> KindEstimate:
     if not batches:
         return KindEstimate("train", 0, 0.0, 0.0)
     def references(problem, dim: int) -> None:  # what run_train_batch solves for each R of a batch
-        solve(problem, config.theory.solver)
         if dim < problem.C:
             solve(problem, "rank", dim=dim)
+        else:
+            solve(problem, config.theory.solver)
 
     def train(runs, steps: int) -> None:
         train_runs(runs, replace(config.train, steps=steps))

@@ -2,12 +2,14 @@
 
 Neural-collapse style measurements (Papyan, Han, Donoho 2020) on features on the unit sphere:
 the Gram matrix of the normalised class means, its distance to the simplex ETF, within-class
-variability (NC1), the group cosines a, b, c and a minority-collapse flag.
+variability (NC1, flagged where ill-conditioned, and two well-conditioned measures beside it), the
+group cosines a, b, c and a minority-collapse flag.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,15 +48,63 @@ def etf_distance(G: np.ndarray) -> float:
     return float(np.linalg.norm(G - etf_gram(C)) / C)
 
 
-def nc1(H: np.ndarray, y: np.ndarray, C: int) -> float:
-    """Within-class variability: tr(Sigma_W Sigma_B^+) / C (Papyan et al. 2020, NC1)."""
+# Sigma_B counts as rank-deficient when an eigenvalue that a non-degenerate class-mean simplex has
+# (the C - 1 largest) falls below this fraction of the largest: merged class means
+RANK_RTOL = 1e-6
+CONVENTIONS = (
+    "global mean mu_G: sample-weighted mean of the features (training draws classes equally, so also the "
+    "class average); Sigma_W: sample-weighted; Sigma_B: each class mean weighs 1/C"
+)
+
+
+@dataclass(frozen=True)
+class WithinClass:
+    """Within-class measures of features on the sphere (see :func:`within_class`)."""
+
+    nc1: float  # tr(Sigma_W Sigma_B^+) / C (Papyan et al. 2020)
+    nc1_rank_deficient: bool  # Sigma_B lost rank (merged class means): NC1 is ill-conditioned
+    spread: float  # class average of spread_per_class
+    spread_per_class: np.ndarray  # (C,) 1 - |mean of class c|
+    trace_ratio: float  # tr Sigma_W / tr Sigma_B
+
+
+def within_class(H: np.ndarray, y: np.ndarray, C: int) -> WithinClass:
+    """NC1, flagged where ill-conditioned, beside two well-conditioned within-class measures.
+
+    NC1 = tr(Sigma_W Sigma_B^+) / C blows up where class means merge (Sigma_B loses rank and its small
+    eigenvalues divide Sigma_W), exactly where minority collapse happens. The spread on the sphere,
+    ``1 - |mean_c|`` for unit features (0 iff the class sits on one point; about half the within-class
+    variance for small spreads), and ``tr Sigma_W / tr Sigma_B`` stay finite there. Conventions:
+    ``CONVENTIONS``.
+
+    Parameters
+    ----------
+    H : (n, d) features (unit norm for the spread to mean what it says).
+    y : (n,) labels in [0, C), every class present.
+    C : number of classes.
+    """
     mu_G = H.mean(axis=0)  # (d,)
     means = np.stack([H[y == c].mean(axis=0) for c in range(C)])  # (C, d)
     centred = H - means[y]  # (n, d)
     Sigma_W = centred.T @ centred / H.shape[0]  # (d, d)
     Mc = means - mu_G  # (C, d)
     Sigma_B = Mc.T @ Mc / C  # (d, d)
-    return float(np.trace(Sigma_W @ np.linalg.pinv(Sigma_B)) / C)
+    lam = np.linalg.eigvalsh(Sigma_B)[::-1]  # (d,) descending
+    k = min(C - 1, lam.size)
+    deficient = bool(k > 0 and lam[k - 1] < RANK_RTOL * max(lam[0], 1e-300))
+    spread = 1.0 - np.linalg.norm(means, axis=1)  # (C,)
+    return WithinClass(
+        nc1=float(np.trace(Sigma_W @ np.linalg.pinv(Sigma_B)) / C),
+        nc1_rank_deficient=deficient,
+        spread=float(spread.mean()),
+        spread_per_class=spread,
+        trace_ratio=float(np.trace(Sigma_W) / max(np.trace(Sigma_B), 1e-300)),
+    )
+
+
+def nc1(H: np.ndarray, y: np.ndarray, C: int) -> float:
+    """Within-class variability: tr(Sigma_W Sigma_B^+) / C (Papyan et al. 2020, NC1)."""
+    return within_class(H, y, C).nc1
 
 
 def group_cosines(G: np.ndarray, n_major: int) -> tuple[float, float, float]:

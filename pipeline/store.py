@@ -33,6 +33,7 @@ from pipeline.config import SweepConfig, diff_science
 from pipeline.errors import InputError
 from pipeline.faults import kill_point
 from pipeline.grid import Batch, Grid, kinds
+from pipeline.metrics import CONVENTIONS as WITHIN_CLASS_CONVENTIONS
 from pipeline.results import DONE, KIND_DIMS, KIND_STATUS, STATUS_CODE, VARIABLES, fill_value
 
 FORMAT = "clphase-store-1"
@@ -179,6 +180,8 @@ def init_store(path: str, config: SweepConfig) -> None:
         chunk_shape = tuple(chunks.get(d, len(coords[d])) for d in var.dims)
         array = da.full(shape, fill_value(var.dtype), dtype=var.dtype, chunks=chunk_shape)
         attrs = {"long_name": var.long_name, "units": var.units}
+        if name in ("nc1_train", "trace_ratio_train"):
+            attrs["conventions"] = WITHIN_CLASS_CONVENTIONS
         if name.startswith("status_"):
             names = KIND_STATUS[var.kind]
             attrs.update(flag_values=[STATUS_CODE[n] for n in names], flag_meanings=" ".join(names))

@@ -23,7 +23,7 @@ def _empty(kind: str, shape: tuple[int, ...], C_max: int) -> dict[str, np.ndarra
     out = {}
     for name in kind_variables(kind):
         var = VARIABLES[name]
-        full_shape = (*shape, C_max, C_max) if "class_i" in var.dims else shape
+        full_shape = (*shape, *(C_max for d in var.dims if d.startswith("class_")))
         out[name] = np.full(full_shape, fill_value(var.dtype), dtype=var.dtype)
     return out
 
@@ -161,15 +161,19 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
             out["status_train"][idx] = STATUS_CODE["diverged"]
             continue
         if point["R"] not in references:
-            G_theory = solve(problem, theory.solver).G
-            rank = solve(problem, "rank", dim=dim).objective if dim < C else math.nan
-            references[point["R"]] = (G_theory, rank)
+            # the optimum the run can reach: at d < C the rank-d one (Burer-Monteiro), not the full-rank G
+            best = solve(problem, "rank", dim=dim) if dim < C else solve(problem, theory.solver)
+            references[point["R"]] = (best.G, best.objective if dim < C else math.nan)
         G_theory, rank = references[point["R"]]
         out["gram_train"][(*idx, slice(0, C), slice(0, C))] = result.gram
         out["cos_major_train"][idx] = result.cos_major
         out["cos_cross_train"][idx] = result.cos_cross
         out["cos_minor_train"][idx] = result.cos_minor
         out["nc1_train"][idx] = result.nc1
+        out["nc1_rank_deficient_train"][idx] = int(result.within.nc1_rank_deficient)
+        out["spread_train"][idx] = result.within.spread
+        out["spread_class_train"][(*idx, slice(0, C))] = result.within.spread_per_class
+        out["trace_ratio_train"][idx] = result.within.trace_ratio
         out["objective_train"][idx] = class_objective(problem, result.gram)[0]  # exact at any k
         out["objective_rank"][idx] = rank
         out["dist_to_theory"][idx] = np.linalg.norm(result.gram - G_theory) / C

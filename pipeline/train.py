@@ -45,7 +45,7 @@ import torch
 
 from pipeline.config import TrainSpec
 from pipeline.losses import Loss
-from pipeline.metrics import class_mean_gram, group_cosines, nc1
+from pipeline.metrics import WithinClass, class_mean_gram, group_cosines, within_class
 from pipeline.objective import choose_method, count_vectors, linear_scale, multinomial_weights
 from pipeline.transform import nodes as transform_nodes
 from pipeline.transform import transform_terms
@@ -76,6 +76,7 @@ class RunResult:
     features: np.ndarray  # (N, d) final features
     labels: np.ndarray  # (N,)
     diverged: bool
+    within: WithinClass | None = None  # within-class measures (None when diverged)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -411,5 +412,6 @@ def _train_stack(
             continue
         G = class_mean_gram(H, y, C)
         a, b_cos, c = group_cosines(G, run.n_major)
-        results.append(RunResult(G, a, b_cos, c, nc1(H, y, C), float(tail_loss[b]), H, y, False))
+        within = within_class(H, y, C)
+        results.append(RunResult(G, a, b_cos, c, within.nc1, float(tail_loss[b]), H, y, False, within))
     return results

@@ -259,8 +259,12 @@ def test_training_in_the_sweep(tmp_path):
     assert proc.returncode == 0, proc.stderr
     ds = open_results(tmp_path / "store.zarr")
     for name in ("gram_train", "cos_minor_train", "nc1_train", "loss_train", "dist_to_theory", "status_train",
-                 "objective_train", "objective_rank"):  # fmt: skip
+                 "objective_train", "objective_rank", "spread_train", "spread_class_train", "trace_ratio_train",
+                 "nc1_rank_deficient_train"):  # fmt: skip
         assert name in ds and ds[name].attrs["long_name"]
+    assert ds.spread_train.notnull().all() and (ds.spread_train >= -1e-12).all()
+    assert ds.spread_class_train.dims[-1] == "class_i" and ds.spread_class_train.notnull().all()  # C = C_max
+    assert "sample-weighted" in ds.nc1_train.attrs["conventions"]
     assert ds.gram_train.dims == ("loss", "R", "n_major", "n_minor", "k", "dim", "seed", "class_i", "class_j")
     assert (ds.status_train == 6).all() and (ds.done_train == 1).all()  # all trained
     balanced = ds.sel(R=1.0, dim=8).dist_to_theory

@@ -225,3 +225,35 @@ def test_training_at_many_negatives_and_k_inf_runs():
     for k in (4096, math.inf):
         (result,) = train_runs([Run(parse_loss("infonce(tau=0.5)"), p, 2, k, 4, 0, "marginal", "sum")], spec)
         assert not result.diverged and np.isfinite(result.cos_minor) and np.isfinite(result.loss)
+
+
+def _features(c: float, noise: float, n: int = 200, d: int = 4, seed: int = 0):
+    """Unit features of 2 + 2 classes around means with minority cosine c (majority at -0.9)."""
+    rng = np.random.default_rng(seed)
+    S = np.array([[1, -0.9, -0.2, -0.2], [-0.9, 1, -0.2, -0.2], [-0.2, -0.2, 1, c], [-0.2, -0.2, c, 1]])
+    lam, Q = np.linalg.eigh(S)
+    V = (Q * np.sqrt(np.clip(lam, 0, None)))[:, ::-1][:, :d]  # (C, d) rows = class means, unit norm
+    y = np.repeat(np.arange(4), n)
+    H = V[y] + noise * rng.standard_normal((4 * n, d))
+    return H / np.linalg.norm(H, axis=1, keepdims=True), y
+
+
+def test_spread_stays_small_where_nc1_blows_up():
+    """Merged minority means: NC1 grows by orders of magnitude while the classes stay tight; the
+    spread on the sphere does not, and the flag says NC1 is ill-conditioned there."""
+    from pipeline.metrics import within_class
+
+    apart = within_class(*_features(0.5, 0.01), 4)
+    merged = within_class(*_features(1 - 1e-8, 0.01), 4)
+    assert not apart.nc1_rank_deficient and merged.nc1_rank_deficient
+    assert merged.nc1 > 100 * apart.nc1 and merged.nc1 > 1
+    assert merged.spread <= 1e-3 and apart.spread <= 1e-3
+    assert merged.spread == pytest.approx(apart.spread, rel=0.2)
+    assert merged.trace_ratio < 1e-3
+    # an independent route to the spread: |mean_c|^2 is the average of all pairwise dot products
+    H, y = _features(1 - 1e-8, 0.01)
+    for cls in range(4):
+        Hc = H[y == cls]
+        assert merged.spread_per_class[cls] == pytest.approx(1 - np.sqrt((Hc @ Hc.T).mean()), rel=1e-9)
+    exact = within_class(*_features(0.5, 0.0), 4)
+    assert exact.spread == pytest.approx(0.0, abs=1e-15) and exact.nc1 == pytest.approx(0.0, abs=1e-20)
