@@ -15,6 +15,7 @@ from typing import NoReturn
 from pipeline.errors import InputError
 from pipeline.losses import NEGATIVES, REDUCTIONS, check_option, parse_loss
 from pipeline.problem import check_k
+from pipeline.profiles import Exp, Profile, Step, parse_profile
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,10 +44,14 @@ def _to_float(field: str, raw: str, allowed: str) -> float:
 
 def _add_problem_args(parser: argparse.ArgumentParser, with_R: bool) -> None:
     parser.add_argument("--loss", required=True, help="loss id, e.g. 'infonce(tau=0.5)'")
-    parser.add_argument("--n-major", required=True, help="number of majority classes K_A (>= 1)")
-    parser.add_argument("--n-minor", required=True, help="number of minority classes K_B")
+    scan = "" if with_R else " without the axis to scan (R or rho)"
+    parser.add_argument("--profile", default=None, help=f"class proportions{scan}: 'exp(C=10, rho=100)', "
+                        "'counts(5000, 2997, ...)' or 'step(K_A=2, K_B=2, R=100)' (or --n-major/--n-minor"
+                        f"{'/--R' if with_R else ''})")  # fmt: skip
+    parser.add_argument("--n-major", default=None, help="number of majority classes K_A (>= 1); step profile")
+    parser.add_argument("--n-minor", default=None, help="number of minority classes K_B; step profile")
     if with_R:
-        parser.add_argument("--R", required=True, help="imbalance ratio p_major / p_minor (>= 1)")
+        parser.add_argument("--R", default=None, help="imbalance ratio p_major / p_minor (>= 1); step profile")
     parser.add_argument("--k", required=True, help="negatives per anchor (>= 1), or inf (the large-k limit)")
     parser.add_argument("--negatives", default="marginal", help="|".join(NEGATIVES) + " (default marginal)")
     parser.add_argument("--reduction", default="sum", help="|".join(REDUCTIONS) + " (default sum)")
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_solve = sub.add_parser("solve", help="optimal class geometry at one point")
     _add_problem_args(p_solve, with_R=True)
     p_solve.add_argument("--dim", default=None, help="embedding dimension d (rank solver when d < C)")
-    p_solve.add_argument("--solver", default="auto", help="auto|symmetric|full|rank (default auto)")
+    p_solve.add_argument("--solver", default="auto", help="auto|symmetric|full|rank|oblique (default auto)")
     p_solve.add_argument("--seed", default="0", help="seed of the rank solver's restarts")
     p_thr = sub.add_parser("threshold", help="minority-collapse threshold R*")
     _add_problem_args(p_thr, with_R=False)
@@ -102,48 +107,105 @@ def _fmt(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.10g}"
 
 
+def _profile(args: argparse.Namespace, with_R: bool) -> Profile:
+    """The profile from --profile, or the step profile of --n-major/--n-minor(/--R)."""
+    step = {"n_major": args.n_major, "n_minor": args.n_minor, **({"R": args.R} if with_R else {})}
+    if args.profile is not None:
+        given = [name for name, value in step.items() if value is not None]
+        if given:
+            raise InputError(given[0].replace("_", "-"), step[given[0]], "to be left out with --profile "
+                             "(the profile carries the proportions)")  # fmt: skip
+        return parse_profile(args.profile)
+    missing = [name for name, value in step.items() if value is None]
+    if missing:
+        raise InputError("profile", None, f"--profile, or --{' --'.join(m.replace('_', '-') for m in missing)} "
+                         "for a step profile")  # fmt: skip
+    n_major = _to_int("n_major", args.n_major, 1)
+    n_minor = _to_int("n_minor", args.n_minor, 1)
+    R = _to_float("R", args.R, "a finite number >= 1 (R = p_major / p_minor)") if with_R else None
+    return Step(n_major, n_minor, R)
+
+
 def _cmd_solve(args: argparse.Namespace) -> int:
+    from pipeline.cascade import distinct_directions
     from pipeline.problem import Problem
     from pipeline.theory import SOLVERS, solve
 
     loss = parse_loss(args.loss)
-    n_major = _to_int("n_major", args.n_major, 1)
-    n_minor = _to_int("n_minor", args.n_minor, 1)
-    R = _to_float("R", args.R, "a finite number >= 1 (R = p_major / p_minor)")
+    profile = _profile(args, with_R=True)
     k = check_k(args.k)
     dim = None if args.dim is None else _to_int("dim", args.dim, 1)
     check_option("negatives", args.negatives, NEGATIVES)
     check_option("reduction", args.reduction, REDUCTIONS)
     check_option("solver", args.solver, SOLVERS)
     seed = _to_int("seed", args.seed, 0)
-    problem = Problem.two_group(loss, n_major, n_minor, R, k, args.negatives, args.reduction)
+    problem = Problem.from_profile(loss, profile, k, args.negatives, args.reduction)
     solution = solve(problem, args.solver, dim, seed)
+    directions = None
+    if solution.status != "error" and solution.solver != "rank" and problem.loss.smooth:
+        directions = distinct_directions(problem, solution.G)
     if args.json:
         record = solution.to_dict()
-        record.update(dim=dim, seed=seed)  # the options as given (dim: null when not given)
+        record.update(dim=dim, seed=seed, classes=profile.labels())  # the options as given (dim: null when not given)
+        if directions is not None:
+            record.update(distinct_directions=directions.count, directions_decided=directions.decided,
+                          direction_of_class=directions.label.tolist())  # fmt: skip
         print(json.dumps(record))
         return 0 if solution.status != "error" else 1
-    collapse = {None: "n/a", True: "yes", False: "no"}[solution.collapsed]
-    print(f"loss {loss.id}  K_A={n_major} K_B={n_minor} R={R:g} k={k}  "
-          f"negatives={args.negatives} reduction={args.reduction}")  # fmt: skip
+    print(f"loss {loss.id}  profile {profile.spec}  k={k}  negatives={args.negatives} reduction={args.reduction}")
     print(f"solver {solution.solver}  status {solution.status}  objective {_fmt(solution.objective)}  "
           f"gap {solution.gap:.2e} (relative {solution.gap_rel:.2e})")  # fmt: skip
-    print(f"a {_fmt(solution.a)}  b {_fmt(solution.b)}  c {_fmt(solution.c)}")
-    print(f"minority collapse: {collapse}  (criterion g/p_minor^2 at c=1: {_fmt(solution.criterion)})")
+    if profile.two_groups() is not None:
+        collapse = {None: "n/a", True: "yes", False: "no"}[solution.collapsed]
+        print(f"a {_fmt(solution.a)}  b {_fmt(solution.b)}  c {_fmt(solution.c)}")
+        print(f"minority collapse: {collapse}  (criterion g/p_minor^2 at c=1: {_fmt(solution.criterion)})")
+    else:
+        labels = profile.labels()
+        width = max(len(x) for x in labels)
+        print("Gram matrix of the class means (head first):")
+        for name, row in zip(labels, solution.G, strict=True):
+            print(f"  {name:>{width}}  " + " ".join(f"{min(1.0, max(-1.0, x)):+.4f}" for x in row))
+    if directions is not None:
+        merged = [t for t in directions.tests if t.merged]
+        groups = ", ".join("{" + ", ".join(profile.labels()[i] for i in t.members) + "}" for t in merged)
+        undecided = sum(t.merged is None for t in directions.tests)
+        print(f"distinct directions: {directions.count} of {problem.C}" + (f"; merged {groups}" if groups else "")
+              + (f"; {undecided} merge(s) undecided (within the error bound)" if undecided else ""))  # fmt: skip
     if solution.message:
         print(f"note: {solution.message}")
     return 0 if solution.status != "error" else 1
 
 
 def _cmd_threshold(args: argparse.Namespace) -> int:
+    from pipeline.cascade import cascade
     from pipeline.threshold import minority_threshold
 
     loss = parse_loss(args.loss)
-    n_major = _to_int("n_major", args.n_major, 1)
-    n_minor = _to_int("n_minor", args.n_minor, 2)
+    profile = _profile(args, with_R=False)
     k = check_k(args.k)
     check_option("negatives", args.negatives, NEGATIVES)
     check_option("reduction", args.reduction, REDUCTIONS)
+    if isinstance(profile, Exp):
+        if profile.rho is not None:
+            raise InputError("profile", profile.spec, f"exp(C={profile.C}) without rho: the threshold scans it")
+        result = cascade(loss, profile.C, k, args.negatives, args.reduction)
+        if args.json:
+            print(json.dumps(result.to_dict()))
+            return 0
+        print(f"collapse cascade of exp(C={profile.C}, rho): loss {loss.id}, k={k}, negatives={args.negatives}, "
+              f"reduction={args.reduction}")  # fmt: skip
+        for o in result.onsets:
+            value = {"optimal": f"{o.rho_star:.10g}", "beyond": f"inf (apart up to rho = {o.apart_below:g})"}.get(
+                o.status, f"undecided (apart up to rho = {o.apart_below:.4g}; {o.message})")
+            print(f"  rho*_{o.m} = {value}")
+        return 0
+    if not isinstance(profile, Step):
+        raise InputError("profile", profile.spec, "step(K_A=.., K_B=..) or exp(C=..): a counts profile has no axis "
+                         "to scan (use clphase solve)")  # fmt: skip
+    if profile.R is not None:
+        raise InputError("profile", profile.spec, f"step(K_A={profile.K_A}, K_B={profile.K_B}) without R: "
+                         "the threshold scans it")  # fmt: skip
+    n_major, n_minor = profile.K_A, _to_int("n_minor", profile.K_B, 2)
     result = minority_threshold(loss, n_major, n_minor, k, args.negatives, args.reduction)
     if args.json:
         print(json.dumps(result.to_dict()))

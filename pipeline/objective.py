@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from itertools import combinations_with_replacement
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy.special import gammaln, xlogy
@@ -110,9 +110,9 @@ def expected_loss(
     w: np.ndarray,
     q: np.ndarray,
     cos: np.ndarray,
-    hessian: bool = False,
+    hessian: bool | str = False,
     method: Method = "auto",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, Any]:
     """Exact expected loss over the k negatives and its derivatives in ``cos``.
 
     Parameters
@@ -125,8 +125,9 @@ def expected_loss(
     w : (A,) anchor weights (class or group proportions, summing to 1).
     q : (A, J) negative-category distribution per anchor.
     cos : (A, J) cosine between the anchor and each category (1 for the anchor's own class).
-    hessian : bool
-        Also return second derivatives.
+    hessian : bool or 'operator'
+        Also return second derivatives: dense, or as the function v (A, J) -> (A, J) of their
+        product with a direction (what many-class solvers use: the dense array is A J^2).
     method : {'auto', 'transform', 'enumerate'}
         Route for psi = log1p (see the module docstring); psi linear and k = inf are closed forms.
 
@@ -134,7 +135,7 @@ def expected_loss(
     -------
     value : scalar array
     grad : (A, J) dL/dcos
-    hess : (A, J, J) d2L/dcos_aj dcos_al, or None
+    hess : (A, J, J) d2L/dcos_aj dcos_al, the function v -> sum_l hess[a, j, l] v[a, l], or None
     """
     route = choose_method(loss, k, cos.shape[1], method)
     z = cos - 1.0  # (A, J), argument of phi
@@ -144,6 +145,9 @@ def expected_loss(
         value = (scale * phi).sum()
         grad = scale * dphi
         hess = None
+        if hessian == "operator":
+            diag = scale * loss.d2phi(z)  # (A, J)
+            return value, grad, lambda v: diag * v
         if hessian:
             A, J = cos.shape
             hess = np.zeros((A, J, J), dtype=cos.dtype)
@@ -156,7 +160,10 @@ def expected_loss(
         m1 = (q * phi).sum(axis=1)  # (A,) E[phi]
         base = m1 + (1.0 if rho == 0 else 0.0)  # (A,) the argument of the log; rho = 0 marks ``mean``
         value_a, d_x = np.log(base), q / base[:, None]  # (A,), (A, J): dV/dx with x = phi
-        d2_x = -q[:, :, None] * q[:, None, :] / (base**2)[:, None, None] if hessian else None
+        if hessian == "operator":
+            d2_x = lambda v: -q * ((q * v).sum(axis=1) / base**2)[:, None]  # noqa: E731
+        else:
+            d2_x = -q[:, :, None] * q[:, None, :] / (base**2)[:, None, None] if hessian else None
         x_scale = 1.0
     else:
         x_scale = rho
@@ -164,6 +171,10 @@ def expected_loss(
     value = (w * value_a).sum()
     grad = w[:, None] * d_x * (x_scale * dphi)  # (A, J)
     hess = None
+    if hessian == "operator":
+        curvature = w[:, None] * x_scale * d_x * loss.d2phi(z)  # (A, J)
+        outer = w[:, None] * x_scale**2 * dphi  # (A, J)
+        return value, grad, lambda v: outer * d2_x(dphi * v) + curvature * v
     if hessian:
         hess = x_scale**2 * d2_x * (dphi[:, :, None] * dphi[:, None, :])  # (A, J, J)
         idx = np.arange(cos.shape[1])
@@ -181,6 +192,9 @@ def _enumerated(loss, k, rho, w, q, z, phi, dphi, hessian):
     Pd = P * loss.dpsi(S)  # (A, M)
     grad = rho * (Pd @ N) * dphi  # (A, J)
     hess = None
+    if hessian == "operator":
+        Pdd, first = rho**2 * P * loss.d2psi(S), rho * (Pd @ N) * loss.d2phi(z)  # (A, M), (A, J)
+        return value, grad, lambda v: dphi * ((Pdd * ((dphi * v) @ N.T)) @ N) + first * v
     if hessian:
         Pdd = P * loss.d2psi(S)  # (A, M)
         NN = np.einsum("mj,ml->mjl", N, N)  # (M, J, J)
@@ -209,29 +223,40 @@ def class_objective(problem: Problem, G: np.ndarray) -> tuple[float, np.ndarray]
     return value.item(), D
 
 
-def gap_bound(G: np.ndarray, D: np.ndarray) -> float:
+def gap_bound(G: np.ndarray, D: np.ndarray, s: np.ndarray | None = None) -> float:
     """Duality-gap bound for a feasible G of the convex program over {G PSD, diag(G) = 1}.
 
     For any y with Z = sym(D) - Diag(y) PSD, convexity gives for every feasible H
     ``L(H) >= L(G) + <D, H - G> >= L(G) - <D, G> + sum(y)``. Taking y_i = (sym(D) G)_ii (exact at
-    an optimum, where Z G = 0) and shifting y down by ``lambda_min(Z)^-`` makes Z PSD; the gap
-    L(G) - lower bound is then ``C * max(0, -lambda_min(Z))``.
+    an optimum, where Z G = 0) and shifting y down by ``mu s_i^2`` with
+    ``mu = lambda_min(S^-1 Z S^-1)^-``, S = Diag(s), makes Z PSD; the gap L(G) - lower bound is then
+    ``mu sum(s^2)``. s = 1 (the default) gives ``C max(0, -lambda_min(Z))``; s = p resolves
+    classes whose terms weigh ~p_c p_j (the rows of Z scale so), far below the round-off of Z's
+    largest entries.
 
     Parameters
     ----------
     G : (C, C) feasible Gram matrix.
     D : (C, C) gradient (or subgradient) of L at G, row c for anchor c.
+    s : (C,) positive scales, optional.
     """
     D_sym = (D + D.T) / 2  # (C, C)
     y = np.einsum("ij,ji->i", D_sym, G)  # (C,)
-    lam_min = np.linalg.eigvalsh(D_sym - np.diag(y))[0]
-    return G.shape[0] * max(0.0, -float(lam_min))
+    Z = D_sym - np.diag(y)
+    if s is None:
+        return G.shape[0] * max(0.0, -float(np.linalg.eigvalsh(Z)[0]))
+    mu = max(0.0, -float(np.linalg.eigvalsh(Z / np.outer(s, s))[0]))
+    return mu * float((s**2).sum())
 
 
-def certificate(problem: Problem, G: np.ndarray) -> tuple[float, float]:
+def certificate(problem: Problem, G: np.ndarray, scaled: bool = False) -> tuple[float, float]:
     """L(G) and the bound of :func:`gap_bound` from the class-level expectation (solver-independent).
 
     Exact at any k (the transform for log1p psi); its cost grows like C^2 per quadrature node.
+    ``scaled``: the smaller of the bounds with s = 1 and s = p (both valid).
     """
     value, D = class_objective(problem, G)
-    return value, gap_bound(G, D)
+    gap = gap_bound(G, D)
+    if scaled:
+        gap = min(gap, gap_bound(G, D, problem.p))
+    return value, gap

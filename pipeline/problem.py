@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.losses import NEGATIVES, REDUCTIONS, Loss, check_option, parse_loss
+from pipeline.profiles import Profile, Step, parse_profile
 
 EXPECTATIONS: tuple[str, ...] = ("auto", "transform", "enumerate")
 
@@ -84,8 +85,7 @@ def two_group_proportions(n_major: int, n_minor: int, R: float) -> np.ndarray:
     >>> two_group_proportions(1, 1, 3.0).tolist()
     [0.75, 0.25]
     """
-    p_minor = 1.0 / (n_major * R + n_minor)
-    return np.array([R * p_minor] * n_major + [p_minor] * n_minor)  # (C,)
+    return Step(n_major, n_minor, R).proportions()  # (C,)
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +107,8 @@ class Problem:
         ``mean`` divides the inner sum by k.
     expectation : {'auto', 'transform', 'enumerate'}
         How the expectation over the negatives is computed (all exact; see :mod:`pipeline.objective`).
+    profile : Profile, optional
+        The imbalance profile p came from (:mod:`pipeline.profiles`): labels and sweep axes.
     """
 
     loss: Loss
@@ -116,6 +118,7 @@ class Problem:
     reduction: str = "sum"
     n_major: int | None = None
     expectation: str = "auto"
+    profile: Profile | None = None
 
     @classmethod
     def create(
@@ -127,6 +130,7 @@ class Problem:
         reduction: str = "sum",
         n_major: int | None = None,
         expectation: str = "auto",
+        profile: Profile | None = None,
     ) -> Problem:
         """Validate the inputs and build a problem (``p`` is normalised to sum to 1).
 
@@ -140,7 +144,23 @@ class Problem:
         p = np.asarray(p, dtype=float)
         if p.ndim != 1 or p.size < 2 or not np.all(np.isfinite(p)) or np.any(p <= 0):
             raise InputError("p", p.tolist(), "at least two positive, finite class proportions")
-        return cls(loss, p / p.sum(), k, negatives, reduction, n_major, expectation)
+        return cls(loss, p / p.sum(), k, negatives, reduction, n_major, expectation, profile)
+
+    @classmethod
+    def from_profile(
+        cls,
+        loss: str | Loss,
+        profile: str | Profile,
+        k: int,
+        negatives: str = "marginal",
+        reduction: str = "sum",
+        expectation: str = "auto",
+    ) -> Problem:
+        """The problem at a profile's proportions (``'exp(C=10, rho=100)'`` or a :class:`Profile`)."""
+        profile = parse_profile(profile)
+        two = profile.two_groups()
+        n_major = two[0] if two is not None else None
+        return cls.create(loss, profile.proportions(), k, negatives, reduction, n_major, expectation, profile)
 
     @classmethod
     def two_group(
@@ -158,8 +178,7 @@ class Problem:
         n_major = check_int("n_major", n_major, 1)
         n_minor = check_int("n_minor", n_minor, 1)
         R = check_ratio(R)
-        p = two_group_proportions(n_major, n_minor, R)
-        return cls.create(loss, p, k, negatives, reduction, n_major=n_major, expectation=expectation)
+        return cls.from_profile(loss, Step(n_major, n_minor, R), k, negatives, reduction, expectation)
 
     @property
     def C(self) -> int:
@@ -224,5 +243,6 @@ class Problem:
             "k": self.k if math.isfinite(self.k) else "inf",
             "negatives": self.negatives,
             "reduction": self.reduction,
+            "profile": None if self.profile is None else self.profile.spec,
             "p": self.p.tolist(),
         }

@@ -11,8 +11,8 @@ import numpy as np
 from pipeline.problem import Problem
 
 SolveStatus = Literal["optimal", "optimal_inaccurate", "local", "error"]
-SolverName = Literal["auto", "symmetric", "full", "rank"]
-SOLVERS: tuple[str, ...] = ("auto", "symmetric", "full", "rank")
+SolverName = Literal["auto", "symmetric", "full", "rank", "oblique"]
+SOLVERS: tuple[str, ...] = ("auto", "symmetric", "full", "rank", "oblique")
 
 
 @dataclass

@@ -72,7 +72,7 @@ def _xp(x: Any) -> Any:
 
 
 def transform_terms(
-    x: Any, q: Any, k: int, hessian: bool = False, h: float = H_STEP, t: Any = None
+    x: Any, q: Any, k: int, hessian: bool | str = False, h: float = H_STEP, t: Any = None
 ) -> tuple[Any, Any, Any]:
     """E log(1 + S) per anchor and its derivatives in x, for S a sum of k i.i.d. draws of x.
 
@@ -82,8 +82,9 @@ def transform_terms(
     q : (..., J) category probabilities (rows sum to 1; zeros allowed).
     k : int
         Number of terms (>= 1).
-    hessian : bool
-        Also return the second derivatives.
+    hessian : bool or 'operator'
+        Also return the second derivatives: dense, or as the function v (..., J) -> d2V v (..., J),
+        which costs what the gradient does (the dense Hessian costs J times more).
     h : float
         Trapezoid step in u = log t.
     t : array, optional
@@ -91,7 +92,7 @@ def transform_terms(
 
     Returns
     -------
-    V : (...,) E log(1 + S); dV : (..., J) dV/dx_j; d2V : (..., J, J) or None.
+    V : (...,) E log(1 + S); dV : (..., J) dV/dx_j; d2V : (..., J, J), a function or None.
     """
     xp = _xp(x)
     if t is None:
@@ -122,6 +123,8 @@ def transform_terms(
         w1_2 = w1 * 1.0  # (..., n): w1 with the tail weight of the t^2 integrands
         w1_2[..., 0] *= (1.0 - r) / (1.0 - r * r)
         diag = -k * q * (tE @ w1_2[..., None])[..., 0]  # (..., J)
+        if hessian == "operator":
+            return V, dV, _operator(q, k, E, tE, diag, te_t2, logM)
         if k > 1:
             w2 = te_t2 * xp.exp((k - 2) * logM) if k > 2 else te_t2  # (..., n): t e^{-t} M^{k-2}
             cross = (tE * w2[..., None, :]) @ xp.swapaxes(E, -1, -2)  # (..., J, J)
@@ -131,6 +134,20 @@ def transform_terms(
         idx = np.arange(x.shape[-1])
         d2V[..., idx, idx] += diag
     return V, dV, d2V
+
+
+def _operator(q: Any, k: int, E: Any, tE: Any, diag: Any, te_t2: Any, logM: Any) -> Any:
+    """v -> d2V v with d2V_jl = -k (k - 1) q_j q_l sum_n tE_jn w2_n E_ln + [j = l] diag_j."""
+    w2 = te_t2 * np.exp((k - 2) * logM) if k > 2 else te_t2  # (..., n): t e^{-t} M^{k-2}
+
+    def hvp(v: Any) -> Any:
+        out = diag * v  # (..., J)
+        if k > 1:
+            u = ((q * v)[..., None, :] @ E)[..., 0, :]  # (..., n): sum_l q_l v_l e^{-t x_l}
+            out = out + (-k * (k - 1)) * q * (tE @ (w2 * u)[..., None])[..., 0]
+        return out
+
+    return hvp
 
 
 def quadrature_error(x: np.ndarray, q: np.ndarray, k: int, h: float = H_STEP) -> float:

@@ -1,0 +1,267 @@
+"""Imbalance profiles: the class proportions of a theory point, as one concept with one home.
+
+A profile gives the proportions p (head first), its groups of equal proportion, its sweep axes and
+its class labels. Three kinds, each written the way the command line and the configs spell it:
+
+- ``step(K_A=2, K_B=2, R=100)``: K_A majority classes of proportion R p_minor, then K_B minority
+  classes of proportion p_minor (the paper's two-group setting; the default).
+- ``exp(C=10, rho=100)``: the long tail of CIFAR-10/100-LT, p_c proportional to rho^(-c / (C - 1)),
+  c = 0..C-1, so rho = p_0 / p_{C-1}. ``rho`` may be left out where a command scans it (thresholds).
+- ``counts(5000, 2997, 1796)`` or ``counts(cat=5000, dog=2997)``: measured class counts (or
+  proportions) of a dataset, kept in the order given; keywords name the classes.
+
+Examples
+--------
+>>> parse_profile("exp(C=3, rho=4)").proportions().round(4).tolist()
+[0.5714, 0.2857, 0.1429]
+>>> parse_profile("step(K_A=1, K_B=1, R=3)").spec
+'step(K_A=1, K_B=1, R=3)'
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.errors import InputError
+
+PROFILE_KINDS: tuple[str, ...] = ("step", "exp", "counts")
+SPEC_HELP = "step(K_A=2, K_B=2, R=100), exp(C=10, rho=100) or counts(5000, 2997, ...)"
+
+
+def _number(field: str, value: Any, allowed: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(field, value, allowed)
+    value = float(value)
+    if not math.isfinite(value):
+        raise InputError(field, value, allowed)
+    return value
+
+
+def _integer(field: str, value: Any, minimum: int) -> int:
+    allowed = f"an integer >= {minimum}"
+    number = _number(field, value, allowed)
+    if not number.is_integer() or number < minimum:
+        raise InputError(field, value, allowed)
+    return int(number)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if float(x).is_integer() or abs(x) >= 1e-3 else f"{x:.6g}"
+
+
+class Profile:
+    """Base of the profiles: proportions, groups, sweep axes and labels."""
+
+    kind: ClassVar[str]
+    C: int  # number of classes
+
+    def proportions(self) -> np.ndarray:
+        """(C,) class proportions summing to 1, in the profile's class order."""
+        raise NotImplementedError
+
+    @property
+    def axes(self) -> dict[str, Any]:
+        """The profile's sweep axes and their values at this profile (store dimensions)."""
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> str:
+        """The profile as the command line spells it (parses back to an equal profile)."""
+        args = ", ".join(f"{name}={_fmt(value) if isinstance(value, float) else value}"
+                         for name, value in self.axes.items())  # fmt: skip
+        return f"{self.kind}({args})"
+
+    def labels(self) -> list[str]:
+        """One name per class."""
+        return [f"class {c}" for c in range(self.C)]
+
+    def two_groups(self) -> tuple[int, int, float] | None:
+        """(K_A, K_B, R) where the profile is a majority block then a minority block, else None."""
+        return None
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+@dataclass(frozen=True)
+class Step(Profile):
+    """K_A classes of proportion R p_minor followed by K_B classes of proportion p_minor."""
+
+    K_A: int
+    K_B: int
+    R: float | None = None
+    kind: ClassVar[str] = "step"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "K_A", _integer("K_A", self.K_A, 1))
+        object.__setattr__(self, "K_B", _integer("K_B", self.K_B, 1))
+        if self.R is not None:
+            R = _number("R", self.R, "a finite number >= 1 (R = p_major / p_minor)")
+            if R < 1:
+                raise InputError("R", self.R, "a finite number >= 1 (R = p_major / p_minor)")
+            object.__setattr__(self, "R", R)
+
+    @property
+    def C(self) -> int:
+        return self.K_A + self.K_B
+
+    def proportions(self) -> np.ndarray:
+        if self.R is None:
+            raise InputError("profile", self.spec, f"a value of R, e.g. step(K_A={self.K_A}, K_B={self.K_B}, R=100)")
+        p_minor = 1.0 / (self.K_A * self.R + self.K_B)
+        return np.array([self.R * p_minor] * self.K_A + [p_minor] * self.K_B)  # (C,)
+
+    @property
+    def axes(self) -> dict[str, Any]:
+        axes = {"K_A": self.K_A, "K_B": self.K_B}
+        return axes if self.R is None else {**axes, "R": self.R}
+
+    def labels(self) -> list[str]:
+        return [f"A{i}" for i in range(self.K_A)] + [f"B{i}" for i in range(self.K_B)]
+
+    def two_groups(self) -> tuple[int, int, float] | None:
+        return None if self.R is None else (self.K_A, self.K_B, self.R)
+
+
+@dataclass(frozen=True)
+class Exp(Profile):
+    """The long tail p_c proportional to rho^(-c / (C - 1)), head first; rho = p_0 / p_{C-1}."""
+
+    C: int
+    rho: float | None = None
+    kind: ClassVar[str] = "exp"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "C", _integer("C", self.C, 2))
+        if self.rho is not None:
+            rho = _number("rho", self.rho, "a finite number >= 1 (rho = p_0 / p_{C-1})")
+            if rho < 1:
+                raise InputError("rho", self.rho, "a finite number >= 1 (rho = p_0 / p_{C-1})")
+            object.__setattr__(self, "rho", rho)
+
+    def with_rho(self, rho: float) -> Exp:
+        return Exp(self.C, rho)
+
+    def proportions(self) -> np.ndarray:
+        if self.rho is None:
+            raise InputError("profile", self.spec, f"a value of rho, e.g. exp(C={self.C}, rho=100)")
+        c = np.arange(self.C)
+        p = self.rho ** (-c / (self.C - 1))  # (C,)
+        return p / p.sum()
+
+    @property
+    def axes(self) -> dict[str, Any]:
+        return {"C": self.C} if self.rho is None else {"C": self.C, "rho": self.rho}
+
+
+@dataclass(frozen=True)
+class Counts(Profile):
+    """A dataset's class counts (or proportions), in the order given; ``names`` label the classes."""
+
+    counts: tuple[float, ...]
+    names: tuple[str, ...] | None = None
+    kind: ClassVar[str] = "counts"
+
+    def __post_init__(self) -> None:
+        allowed = "at least two positive, finite class counts"
+        counts = tuple(_number(f"counts[{i}]", n, "a positive number (a class count or proportion)")
+                       for i, n in enumerate(self.counts))  # fmt: skip
+        for i, n in enumerate(counts):
+            if n <= 0:
+                raise InputError(f"counts[{i}]", self.counts[i], "a positive class count (a class with no sample "
+                                 "has no anchor: leave it out)")  # fmt: skip
+        if len(counts) < 2:
+            raise InputError("counts", list(self.counts), allowed)
+        object.__setattr__(self, "counts", counts)
+        if self.names is not None and len(self.names) != len(counts):
+            raise InputError("counts", list(self.names), "one name per count")
+
+    @property
+    def C(self) -> int:
+        return len(self.counts)
+
+    def proportions(self) -> np.ndarray:
+        n = np.array(self.counts)  # (C,)
+        return n / n.sum()
+
+    @property
+    def axes(self) -> dict[str, Any]:
+        return {"counts": self.counts}
+
+    @property
+    def spec(self) -> str:
+        if self.names is None:
+            return f"counts({', '.join(_fmt(n) for n in self.counts)})"
+        return f"counts({', '.join(f'{a}={_fmt(n)}' for a, n in zip(self.names, self.counts, strict=True))})"
+
+    def labels(self) -> list[str]:
+        return list(self.names) if self.names is not None else super().labels()
+
+
+def make_profile(kind: str, *args: Any, **params: Any) -> Profile:
+    """A profile from its kind and parameters, each checked (one :class:`InputError` per bad field)."""
+    if kind not in PROFILE_KINDS:
+        raise InputError("profile", kind, f"one of {', '.join(PROFILE_KINDS)}: {SPEC_HELP}")
+    if kind == "counts":
+        if args and params:
+            raise InputError("profile", kind, "counts given either all by position or all by name")
+        if params:
+            return Counts(tuple(params.values()), tuple(params))
+        return Counts(tuple(args))
+    names = {"step": ("K_A", "K_B", "R"), "exp": ("C", "rho")}[kind]
+    if len(args) > len(names):
+        raise InputError("profile", f"{kind}{args}", f"at most {len(names)} values: {', '.join(names)}")
+    values = dict(zip(names, args, strict=False))
+    for name, value in params.items():
+        if name not in names:
+            raise InputError(f"{kind} parameter", name, f"one of {', '.join(names)}")
+        if name in values:
+            raise InputError(f"{kind} parameter", name, "each parameter given once")
+        values[name] = value
+    required = ("K_A", "K_B") if kind == "step" else ("C",)
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise InputError("profile", kind, f"a value for {', '.join(missing)}: {SPEC_HELP}")
+    if kind == "step":
+        return Step(values["K_A"], values["K_B"], values.get("R"))
+    return Exp(values["C"], values.get("rho"))
+
+
+def parse_profile(text: str | Profile) -> Profile:
+    """Parse ``'exp(C=10, rho=100)'`` and the like (module docstring) into a profile.
+
+    Raises
+    ------
+    InputError
+        One line naming the field, the value and what is allowed.
+    """
+    if isinstance(text, Profile):
+        return text
+    if not isinstance(text, str):
+        raise InputError("profile", text, SPEC_HELP)
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        raise InputError("profile", text, SPEC_HELP) from None
+    if isinstance(node, ast.Name):  # 'exp' without parameters
+        raise InputError("profile", text, SPEC_HELP)
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        raise InputError("profile", text, SPEC_HELP)
+
+    def value(arg: ast.expr) -> Any:
+        try:
+            return ast.literal_eval(arg)
+        except ValueError:
+            return ast.unparse(arg)  # a name or expression: reported by the field's check
+
+    kind = node.func.id
+    if kind not in PROFILE_KINDS:
+        raise InputError("profile", kind, f"one of {', '.join(PROFILE_KINDS)}: {SPEC_HELP}")
+    args = [value(a) for a in node.args]
+    params = {kw.arg: value(kw.value) for kw in node.keywords if kw.arg is not None}
+    return make_profile(kind, *args, **params)
