@@ -11,7 +11,10 @@ first section alone, ~3 minutes). Prints, in one run:
    threshold);
 2. per k, time per point of the symmetric solver and of the naive full SDP with their relative
    objective difference (target: >= 300x faster at <= 1e-8);
-3. the largest (C, k) that the cached ``full`` solver finishes within 60 s.
+3. the largest (C, k) that the cached ``full`` solver finishes within 60 s;
+4. long-tailed profiles exp(C, rho = 100) with the oblique solver: seconds per certified point up to
+   C = 100 and k = 65536 (targets: C = 10 at k = 4096 in <= 2 s, C = 100 at k = 256 in <= 60 s), and
+   main's route at C = 10, k = 8 in the same run (``--profiles`` for this section alone, ~2 minutes).
 """
 
 from __future__ import annotations
@@ -173,9 +176,44 @@ def full_reach() -> None:
         )
 
 
+PROFILE_CASES = [("exp(C=10, rho=100)", 8), ("exp(C=10, rho=100)", 4096), ("exp(C=10, rho=100)", math.inf),
+                 ("exp(C=30, rho=100)", 1024), ("exp(C=100, rho=100)", 256), ("exp(C=100, rho=100)", 65536)]
+MAIN_LIMIT_S = 600  # main's route (the barrier over the groups, the enumeration) capped per call
+
+
+def profiles() -> None:
+    """Section 4: certified long-tailed points with the oblique solver, against main's route at C = 10, k = 8."""
+    print(f"\n# long-tailed profiles, {LOSS}: oblique solver (certified) and main's route (barrier over the groups"
+          " with the enumeration, as main ran it)")  # fmt: skip
+    print(f"{'profile':>22} {'k':>6} {'oblique s':>10} {'status':>9} {'gap_rel':>9} {'gap_minor':>10} "
+          f"{'main s':>8} {'ratio':>8} {'max |dG|':>9}")  # fmt: skip
+    for spec, k in PROFILE_CASES:
+        k_text = "math.inf" if math.isinf(k) else str(k)
+        code = (
+            "from pipeline.theory import solve; import json\n"
+            f"solve(Problem.from_profile('{LOSS}', 'exp(C=3, rho=2)', 2), '{{solver}}')  # imports, warm\n"
+            f"p = Problem.from_profile('{LOSS}', '{spec}', {k_text}, expectation='{{e}}')\n"
+            "t = time.perf_counter(); s = solve(p, '{solver}'); t = time.perf_counter() - t\n"
+            "print(t, s.gap_rel, s.gap_minor, int(s.status == 'optimal'), *s.G.ravel())"
+        )
+        ours = _timed(code.format(e="auto", solver="oblique"), MAIN_LIMIT_S)
+        main_route = None
+        if spec.startswith("exp(C=10") and k == 8:
+            main_route = _timed(code.format(e="enumerate", solver="symmetric"), MAIN_LIMIT_S)
+        ratio = "" if main_route is None else f"{main_route[0] / ours[0]:.3g}x"
+        dG = "" if main_route is None else f"{np.abs(np.subtract(ours[4:], main_route[4:])).max():.1e}"
+        status = "optimal" if ours[3] else "inexact"
+        print(f"{spec:>22} {'inf' if math.isinf(k) else k:>6} {ours[0]:>10.3f} {status:>9} {ours[1]:>9.1e} "
+              f"{ours[2]:>10.1e} {_cell(main_route, 8)} {ratio:>8} {dG:>9}", flush=True)  # fmt: skip
+
+
 if __name__ == "__main__":
     np.seterr(all="ignore")
+    if "--profiles" in sys.argv[1:]:
+        profiles()
+        sys.exit()
     any_k()
     if "--any-k" not in sys.argv[1:]:
         compare()
         full_reach()
+        profiles()
