@@ -178,3 +178,44 @@ def agreement(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.Dataset:
         },
         attrs={"collapse_tol": tol},
     )
+
+
+# --- imbalance profiles other than step (exp: the collapse cascade) ----------------------------
+
+
+def profile_of(ds: xr.Dataset) -> str:
+    """The store's imbalance profile: 'step' (stores from before profiles too), 'exp' or 'counts'."""
+    return str(ds.attrs.get("profile", "step"))
+
+
+def distinct_directions(ds: xr.Dataset) -> xr.DataArray:
+    """Distinct class directions per theory point, NaN where pending, failed or a merge is undecided."""
+    ok = (ds.done_theory == 1) & (ds.status_theory != STATUS_CODE["error"])
+    return ds.directions_theory.where(ok)
+
+
+def onset_curve(ds: xr.Dataset) -> xr.DataArray:
+    """rho*_m(k) per (loss, C, m): inf beyond the scanned range, NaN where pending, undecided or n/a."""
+    done = ds.done_threshold == 1
+    ok = done & ds.status_onset.isin([STATUS_CODE["optimal"], STATUS_CODE["beyond_range"]])
+    return ds.rho_onset.where(ok)
+
+
+def onsets_table(ds: xr.Dataset) -> list[dict[str, object]]:
+    """Rows of (loss, C, k, m, rho_star, apart_below, status) for CSV export (padding m >= C left out)."""
+    curve = onset_curve(ds).load()
+    status, done, apart = ds.status_onset.load(), ds.done_threshold.load(), ds.rho_apart_onset.load()
+    names = {code: name for name, code in STATUS_CODE.items()}
+    rows = []
+    for loss in curve.loss.values:
+        for C in curve.C.values:
+            for k in curve.k.values:
+                for m in curve.onset.values:
+                    if m >= C:
+                        continue
+                    point = {"loss": loss, "C": C, "k": k, "onset": m}
+                    state = names[int(status.sel(point))] if int(done.sel(loss=loss, C=C, k=k)) else "pending"
+                    rows.append({"loss": str(loss), "C": int(C), "k": k_label(k), "m": int(m),
+                                 "rho_star": float(curve.sel(point)), "apart_below": float(apart.sel(point)),
+                                 "status": state})  # fmt: skip
+    return rows

@@ -214,6 +214,11 @@ def distinct_directions(problem: Problem, G: np.ndarray) -> Directions:
             label[head] = label.max() + 1
 
 
+class _UndecidedError(Exception):
+    def __init__(self, x: float, test: SplitTest) -> None:
+        self.x, self.test = x, test
+
+
 @dataclass(frozen=True)
 class Onset:
     """rho*_m: the smallest rho at which the m smallest classes of exp(C, rho) share one direction."""
@@ -257,8 +262,10 @@ def tail_test(loss: Any, C: int, m: int, rho: float, k: float, negatives: str = 
     """The split test of the m smallest classes of exp(C, rho), merged."""
     problem = Problem.from_profile(loss, Exp(C, rho), k, negatives, reduction)
     label = np.minimum(np.arange(C), C - m)  # (C,): the m smallest share cluster C - m
-    G = merged_geometry(problem, label, start)
-    return split_test(problem, G, range(C - m, C), label)
+    test = split_test(problem, merged_geometry(problem, label, start), range(C - m, C), label)
+    if test.merged is None and start is not None:  # a warm start from far along the scan can stall: cold
+        test = split_test(problem, merged_geometry(problem, label), range(C - m, C), label)
+    return test
 
 
 def onset(loss: Any, C: int, m: int, k: float, negatives: str = "marginal", reduction: str = "sum",
@@ -287,9 +294,24 @@ def onset(loss: Any, C: int, m: int, k: float, negatives: str = "marginal", redu
             lo, hi = previous[0], log_rho
 
             def h(x: float) -> float:
-                return tail_test(loss, C, m, 10.0**x, k, negatives, reduction, warm).h
+                inner = tail_test(loss, C, m, 10.0**x, k, negatives, reduction, warm)
+                if inner.merged is None:
+                    raise _UndecidedError(x, inner)
+                return inner.h
 
-            root = brentq(h, lo, hi, xtol=ONSET_RTOL / math.log(10) / 10, rtol=1e-14)
+            try:
+                root = brentq(h, lo, hi, xtol=ONSET_RTOL / math.log(10) / 10, rtol=1e-14)
+            except _UndecidedError as stop:
+                # the test lands within its error band at the root itself: bracket it by decided tests
+                for d in (1e-9, 1e-8, 1e-7, 4e-7):  # decades: <= 9.2e-7 relative
+                    left = tail_test(loss, C, m, 10.0 ** (stop.x - d), k, negatives, reduction)
+                    right = tail_test(loss, C, m, 10.0 ** (stop.x + d), k, negatives, reduction)
+                    if left.merged is False and right.merged is True:
+                        return Onset(m, 10.0**stop.x, "optimal", previous[1].h, test.h, 10.0**lo,
+                                     message=f"bracketed to {d * math.log(10):.1e} relative")  # fmt: skip
+                return Onset(m, math.nan, "undecided", previous[1].h, test.h, 10.0**lo,
+                             message=f"between rho = {10.0**lo:.4g} (apart) and {10.0**hi:.4g} (merged) the test "
+                             f"at {10.0**stop.x:.6g} is within its error or unresolved")  # fmt: skip
             return Onset(m, 10.0**root, "optimal", previous[1].h, test.h, 10.0**lo)
         previous = (log_rho, test)
     return Onset(m, math.inf, "beyond", h_before=previous[1].h if previous else math.nan, apart_below=rho_max,

@@ -22,6 +22,8 @@ import yaml
 from pipeline.errors import InputError
 from pipeline.losses import NEGATIVES, REDUCTIONS, parse_loss
 from pipeline.problem import check_k
+from pipeline.profiles import SWEEP_AXES as PROFILE_AXES
+from pipeline.profiles import Counts, Exp, Profile, Step
 from pipeline.solution import SOLVERS
 
 MODELS = ("ufm", "mlp")
@@ -38,25 +40,72 @@ class ConfigError(InputError):
         ValueError.__init__(self, "\n".join(problems))
 
 
+
+
 @dataclass(frozen=True)
 class GridSpec:
-    """Sweep axes; each becomes a dimension of the results store under the same name."""
+    """Sweep axes; each becomes a dimension of the results store under the same name.
+
+    ``profile`` picks the class-proportion axes (:data:`PROFILE_AXES`): ``step`` (the default) sweeps
+    R, n_major, n_minor; ``exp`` sweeps C and rho; ``counts`` sweeps named count vectors (``counts``
+    holds (name, counts) pairs, the coordinate is the name).
+    """
 
     loss: tuple[str, ...]
-    R: tuple[float, ...]
+    R: tuple[float, ...] = ()
     n_major: tuple[int, ...] = (2,)
     n_minor: tuple[int, ...] = (2,)
     k: tuple[int | float, ...] = (4,)  # math.inf: the large-k limit
     dim: tuple[int, ...] = (16,)
     seed: tuple[int, ...] = (0,)
+    profile: str = "step"
+    C: tuple[int, ...] = ()
+    rho: tuple[float, ...] = ()
+    counts: tuple[tuple[str, tuple[float, ...]], ...] = ()
+
+    @property
+    def profile_axes(self) -> tuple[str, ...]:
+        return PROFILE_AXES[self.profile]
+
+    @property
+    def theory_axes(self) -> tuple[str, ...]:
+        return ("loss", *self.profile_axes, "k")
 
     @property
     def n_points(self) -> int:
-        return math.prod(len(getattr(self, f.name)) for f in fields(self))
+        return self.n_theory_points * len(self.dim) * len(self.seed)
 
     @property
     def n_theory_points(self) -> int:
-        return len(self.loss) * len(self.R) * len(self.n_major) * len(self.n_minor) * len(self.k)
+        return math.prod(len(getattr(self, name)) for name in self.theory_axes)
+
+    def profile_at(self, point: dict[str, Any]) -> Profile:
+        """The profile at a grid point (a dict of coordinate values)."""
+        if self.profile == "step":
+            return Step(point["n_major"], point["n_minor"], point["R"])
+        if self.profile == "exp":
+            return Exp(point["C"], point["rho"])
+        counts = dict(self.counts)[point["counts"]]
+        return Counts(counts)
+
+    @property
+    def C_max(self) -> int:
+        """Classes of the largest profile on the grid (the store's class dims)."""
+        if self.profile == "step":
+            return max(self.n_major) + max(self.n_minor)
+        if self.profile == "exp":
+            return max(self.C)
+        return max(len(c) for _, c in self.counts)
+
+    def science(self) -> dict[str, Any]:
+        """The fields that fix the store: a step grid's are exactly those before profiles existed."""
+        out = asdict(self)
+        other = {name for kind, names in PROFILE_AXES.items() if kind != self.profile for name in names}
+        for name in other - set(self.profile_axes):
+            out.pop(name)
+        if self.profile == "step":
+            out.pop("profile")
+        return out
 
 
 @dataclass(frozen=True)
@@ -124,7 +173,11 @@ class SweepConfig:
     train: TrainSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["grid"] = self.grid.science()  # the profile's axes only
+        if self.grid.profile == "counts":
+            out["grid"]["counts"] = {name: list(c) for name, c in self.grid.counts}
+        return out
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (lists for axes), loadable by :func:`load_config`."""
@@ -132,7 +185,7 @@ class SweepConfig:
 
     def science(self) -> dict[str, Any]:
         """The fields that determine the store's contents and layout (compared on resume)."""
-        science = {"grid": asdict(self.grid), "theory": asdict(self.theory), "batch.points": self.batch.points}
+        science = {"grid": self.grid.science(), "theory": asdict(self.theory), "batch.points": self.batch.points}
         science["train"] = None if self.train is None else asdict(self.train)
         return _plain(science)
 
@@ -158,10 +211,10 @@ _SECTIONS = {"grid": GridSpec, "theory": TheorySpec, "batch": BatchSpec, "cluste
 _TOP = ("name", "store", *_SECTIONS)
 
 
-def _expand_R(raw: Any, problems: list[str]) -> list[float]:
+def _expand_R(raw: Any, problems: list[str], name: str = "R") -> list[float]:
     if isinstance(raw, dict):
         if set(raw) != {"logspace"}:
-            problems.append(f"grid.R: {raw!r}: expected a list of numbers or {{logspace: [lo, hi, n]}}")
+            problems.append(f"grid.{name}: {raw!r}: expected a list of numbers or {{logspace: [lo, hi, n]}}")
             return []
         spec = raw["logspace"]
         ok = (
@@ -173,11 +226,29 @@ def _expand_R(raw: Any, problems: list[str]) -> list[float]:
         )
         if not ok:
             problems.append(
-                f"grid.R.logspace: {spec!r}: expected [lo, hi, n] in decades with integer n >= 1, e.g. [0, 4, 17]"
+                f"grid.{name}.logspace: {spec!r}: expected [lo, hi, n] in decades with integer n >= 1, e.g. [0, 4, 17]"
             )
             return []
         return [float(x) for x in np.logspace(spec[0], spec[1], int(spec[2]))]
     return raw
+
+
+def _counts_axis(raw: Any, problems: list[str]) -> tuple:
+    """``grid.counts``: a mapping name -> class counts (or proportions) of a dataset."""
+    if not isinstance(raw, dict) or not raw:
+        problems.append(f"grid.counts: {raw!r}: expected a mapping name -> list of class counts, "
+                        "e.g. {cifar10_lt: [5000, 2997, 1796]}")  # fmt: skip
+        return ()
+    out = []
+    for name, counts in raw.items():
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            problems.append(f"grid.counts: {name!r}: expected a name of letters, digits, '-' and '_'")
+            continue
+        try:
+            out.append((name, Counts(tuple(counts) if isinstance(counts, list) else (counts,)).counts))
+        except InputError as err:
+            problems.append(f"grid.counts.{name}: {err.field}: {err.value!r}: expected {err.allowed}")
+    return tuple(out)
 
 
 def _axis(name: str, raw: Any, problems: list[str], kind: type, minimum: float) -> tuple:
@@ -265,10 +336,21 @@ def validate(raw: Any) -> SweepConfig:
         store = ""
 
     grid_raw = _section("grid", raw.get("grid"), problems)
-    if "loss" not in grid_raw or "R" not in grid_raw:
-        for key in ("loss", "R"):
-            if key not in grid_raw:
-                problems.append(f"grid.{key}: missing: expected a non-empty list")
+    profile = grid_raw.get("profile", "step")
+    if profile not in PROFILE_AXES:
+        problems.append(f"grid.profile: {profile!r}: expected one of {', '.join(PROFILE_AXES)}")
+        profile = "step"
+    own = PROFILE_AXES[profile]
+    for kind_, names in PROFILE_AXES.items():
+        for axis in names:
+            if axis in grid_raw and axis not in own:
+                problems.append(f"grid.{axis}: an axis of profile {kind_}, but grid.profile is {profile} (its axes: "
+                                f"{', '.join(own)}); set grid.profile: {kind_} or remove grid.{axis}")  # fmt: skip
+    required = ("loss", "R") if profile == "step" else ("loss", *own)
+    for key in required:
+        if key not in grid_raw:
+            problems.append(f"grid.{key}: missing: expected a non-empty " + ("mapping name -> class counts"
+                            if key == "counts" else "list"))  # fmt: skip
     losses = []
     loss_values = grid_raw.get("loss", [])
     for loss_id in loss_values if isinstance(loss_values, list) else [loss_values]:
@@ -280,10 +362,18 @@ def validate(raw: Any) -> SweepConfig:
         problems.append("grid.loss: []: expected a non-empty list")
     if len(set(losses)) != len(losses):
         problems.append(f"grid.loss: duplicate values {sorted({x for x in losses if losses.count(x) > 1})}")
-    axes: dict[str, tuple] = {"loss": tuple(losses)}
-    if "R" in grid_raw:
+    axes: dict[str, Any] = {"loss": tuple(losses)}
+    if profile != "step":
+        axes["profile"] = profile
+    if "R" in grid_raw and profile == "step":
         axes["R"] = _axis("R", _expand_R(grid_raw["R"], problems), problems, float, 1.0)
-    for name_, minimum in (("n_major", 1), ("n_minor", 1), ("dim", 1), ("seed", 0)):
+    if "rho" in grid_raw and profile == "exp":
+        axes["rho"] = _axis("rho", _expand_R(grid_raw["rho"], problems, "rho"), problems, float, 1.0)
+    if "counts" in grid_raw and profile == "counts":
+        axes["counts"] = _counts_axis(grid_raw["counts"], problems)
+    int_axes = [("dim", 1), ("seed", 0)] + ([("n_major", 1), ("n_minor", 1)] if profile == "step" else [])
+    int_axes += [("C", 2)] if profile == "exp" else []
+    for name_, minimum in int_axes:
         if name_ in grid_raw:
             axes[name_] = _axis(name_, grid_raw[name_], problems, int, minimum)
     if "k" in grid_raw:

@@ -41,18 +41,29 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _picks(config: SweepConfig, kind: str) -> list[dict]:
+    """Three grid points of a kind: the first and last of its first and last batches, and a middle one."""
+    from pipeline.tasks import grid_points
+
+    grid = Grid(config)
+    batches = list(grid.batches(kind))
+    chosen = [batches[0], batches[-1], batches[len(batches) // 2]]
+    out = []
+    for i, batch in enumerate(chosen):
+        points = [pt for _, pt in grid_points(grid, batch, None)]
+        out.append(points[[0, -1, len(points) // 2][i]])
+    return out
+
+
 def theory_estimate(config: SweepConfig) -> KindEstimate:
-    from pipeline.problem import Problem
+    from pipeline.tasks import point_problem
     from pipeline.theory import solve
 
     s, th = config.grid, config.theory
-    picks = [(s.loss[0], s.R[0], s.n_major[0], s.n_minor[-1], s.k[-1]),
-             (s.loss[-1], s.R[-1], s.n_major[-1], s.n_minor[0], s.k[0]),
-             (s.loss[0], s.R[len(s.R) // 2], s.n_major[-1], s.n_minor[-1], s.k[len(s.k) // 2])]  # fmt: skip
+    picks = _picks(config, "theory")
 
     def one(pick) -> None:
-        loss, R, n_major, n_minor, k = pick
-        solve(Problem.two_group(loss, n_major, n_minor, R, k, th.negatives, th.reduction), th.solver)
+        solve(point_problem(config, pick), th.solver)
 
     one(picks[0])  # imports and caches
     point_s = sum(_timed(lambda p=p: one(p)) for p in picks) / len(picks)
@@ -61,10 +72,17 @@ def theory_estimate(config: SweepConfig) -> KindEstimate:
 
 
 def threshold_estimate(config: SweepConfig) -> KindEstimate:
+    from pipeline.cascade import cascade
     from pipeline.threshold import minority_threshold
 
     s, th = config.grid, config.theory
     smooth = [loss for loss in s.loss if not loss.startswith("triplet")]
+    if s.profile == "exp":  # one cascade per (loss, C, k): timed at the largest C
+        count = len(smooth) * len(s.C) * len(s.k)
+        if not count:
+            return KindEstimate("threshold", 0, 0.0, 0.0)
+        one_s = _timed(lambda: cascade(smooth[0], max(s.C), s.k[-1], th.negatives, th.reduction))
+        return KindEstimate("threshold", count, one_s, one_s * len(s.k))
     minors = [n for n in s.n_minor if n >= 2]
     count = len(smooth) * len(s.n_major) * len(minors) * len(s.k)
     if not count:
@@ -87,6 +105,7 @@ def train_estimate(config: SweepConfig) -> KindEstimate:
     batches = [b for b in grid.batches("train") if grid.work(b)]
     if not batches:
         return KindEstimate("train", 0, 0.0, 0.0)
+
     def references(problem, dim: int) -> None:  # what run_train_batch solves for each R of a batch
         if dim < problem.C:
             solve(problem, "rank", dim=dim)
@@ -122,7 +141,9 @@ def train_estimate(config: SweepConfig) -> KindEstimate:
 
 def estimate(config: SweepConfig) -> list[KindEstimate]:
     """Per task kind of the sweep: what will run and how long each unit takes here."""
-    out = [theory_estimate(config), threshold_estimate(config)]
+    out = [theory_estimate(config)]
+    if "threshold" in kinds(config):
+        out.append(threshold_estimate(config))
     if "train" in kinds(config):
         out.append(train_estimate(config))
     return out

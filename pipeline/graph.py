@@ -22,7 +22,7 @@ from pipeline.faults import hang_point, kill_point
 from pipeline.grid import Batch, Grid, kinds
 from pipeline.objective import expectation_terms
 from pipeline.progress import Progress
-from pipeline.results import FAILED
+from pipeline.results import FAILED, point_status, status_name
 from pipeline.store import batch_done, now_utc, read_batch, read_done, update_attrs, write_batch
 from pipeline.tasks import run_batch
 
@@ -39,7 +39,7 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
     only = None
     if only_failed:
         existing = read_batch(path, batch)
-        only = np.isin(existing[f"status_{batch.kind}"], FAILED)
+        only = np.isin(point_status(existing[status_name(batch.kind, config.grid.profile)], len(batch.shape)), FAILED)
     arrays = run_batch(config, batch, only)
     if only is not None:
         for name, values in arrays.items():
@@ -52,7 +52,7 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
     if log:
         with open(log, "a") as f:
             f.write(f"{batch.key} {batch.n_points if only is None else int(only.sum())}\n")
-    status = arrays[f"status_{batch.kind}"]
+    status = point_status(arrays[status_name(batch.kind, config.grid.profile)], len(batch.shape))
     return {
         "key": batch.key,
         "batch": batch,

@@ -1,8 +1,9 @@
 """From a sweep config to coordinates, store chunks and batches of work.
 
 A batch is one store chunk of one task kind, so parallel writers never touch the same chunk.
-Theory chunks span ``batch.points`` points along R (then k); threshold chunks span every k of one
-(loss, n_major, n_minor). Batches are generated lazily: a 10^5-point grid plans in milliseconds.
+Theory chunks span ``batch.points`` points along the profile's scan axis (R, rho or the count
+vectors; then k); threshold chunks span every k of one (loss, n_major, n_minor) or (loss, C).
+Batches are generated lazily: a 10^5-point grid plans in milliseconds.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import SweepConfig
-from pipeline.results import KIND_DIMS
+from pipeline.results import kind_dims
 
 KINDS = ("theory", "threshold", "train")
+SCAN_AXIS = {"step": "R", "exp": "rho", "counts": "counts"}  # the axis theory chunks run along
 
 
 def kinds(config: SweepConfig) -> tuple[str, ...]:
-    """Task kinds of a sweep: training only when the config has a ``train`` section."""
-    return KINDS if config.train is not None else KINDS[:2]
+    """Task kinds of a sweep: training only with a ``train`` section; no threshold for counts profiles
+    (no axis to scan)."""
+    out = KINDS if config.train is not None else KINDS[:2]
+    return tuple(k for k in out if not (k == "threshold" and config.grid.profile == "counts"))
 
 
 @dataclass(frozen=True)
@@ -73,46 +77,59 @@ class Grid:
     def __init__(self, config: SweepConfig) -> None:
         self.config = config
         self.spec = config.grid
-        self.C_max = max(self.spec.n_major) + max(self.spec.n_minor)
+        self.profile = self.spec.profile
+        self.C_max = self.spec.C_max
+        self._coords = self._make_coords()
+
+    def _make_coords(self) -> dict[str, np.ndarray]:
+        s = self.spec
+        coords = {"loss": np.array(s.loss, dtype=object)}  # variable-length UTF-8 in zarr v3
+        if self.profile == "step":
+            coords.update(R=np.array(s.R, dtype=float), n_major=np.array(s.n_major, dtype=np.int64),
+                          n_minor=np.array(s.n_minor, dtype=np.int64))  # fmt: skip
+        elif self.profile == "exp":
+            coords.update(C=np.array(s.C, dtype=np.int64), rho=np.array(s.rho, dtype=float),
+                          onset=np.arange(2, max(self.C_max, 3)))  # onset m: the m smallest classes merge  # fmt: skip
+        else:
+            coords["counts"] = np.array([name for name, _ in s.counts], dtype=object)
+        coords.update(
+            k=np.array(s.k, dtype=float),  # float: k = inf is the large-k limit (ds.sel(k=np.inf))
+            dim=np.array(s.dim, dtype=np.int64),
+            seed=np.array(s.seed, dtype=np.int64),
+            class_i=np.arange(self.C_max),
+            class_j=np.arange(self.C_max),
+        )
+        return coords
 
     def coords(self) -> dict[str, np.ndarray]:
-        """Coordinates of every store dimension (classes: majority first, padded to the largest C)."""
-        s = self.spec
-        return {
-            "loss": np.array(s.loss, dtype=object),  # variable-length UTF-8 in zarr v3
-            "R": np.array(s.R, dtype=float),
-            "n_major": np.array(s.n_major, dtype=np.int64),
-            "n_minor": np.array(s.n_minor, dtype=np.int64),
-            "k": np.array(s.k, dtype=float),  # float: k = inf is the large-k limit (ds.sel(k=np.inf))
-            "dim": np.array(s.dim, dtype=np.int64),
-            "seed": np.array(s.seed, dtype=np.int64),
-            "class_i": np.arange(self.C_max),
-            "class_j": np.arange(self.C_max),
-        }
+        """Coordinates of every store dimension (classes: head first, padded to the largest C)."""
+        return dict(self._coords)
 
     def sizes(self, dims: tuple[str, ...]) -> tuple[int, ...]:
-        return tuple(len(getattr(self.spec, d)) for d in dims)
+        return tuple(len(self._coords[d]) for d in dims)
 
     def chunks(self, kind: str) -> dict[str, int]:
         """Chunk size along each of the kind's dims."""
+        scan = SCAN_AXIS[self.profile]
+        ones = {d: 1 for d in ("loss", *self.spec.profile_axes)}
+        n_scan = len(self._coords[scan])
         if kind == "theory":
-            n_R, n_k = len(self.spec.R), len(self.spec.k)
+            n_k = len(self.spec.k)
             target = self.config.batch.points
-            c_R = min(n_R, target)
-            c_k = min(n_k, max(1, target // c_R))
-            return {"loss": 1, "R": c_R, "n_major": 1, "n_minor": 1, "k": c_k}
+            c_scan = min(n_scan, target)
+            c_k = min(n_k, max(1, target // c_scan))
+            return {**ones, scan: c_scan, "k": c_k}
         if kind == "threshold":
-            return {"loss": 1, "n_major": 1, "n_minor": 1, "k": len(self.spec.k)}
+            return {**ones, "k": len(self.spec.k)}
         if kind == "train":
             # one task stacks R values x every seed of one shape (loss, classes, k, dim)
             n_seed = len(self.spec.seed)
             runs = self.config.train.runs_per_batch if self.config.train else 1
-            return {"loss": 1, "R": min(len(self.spec.R), max(1, runs // n_seed)), "n_major": 1, "n_minor": 1,
-                    "k": 1, "dim": 1, "seed": n_seed}  # fmt: skip
+            return {**ones, scan: min(n_scan, max(1, runs // n_seed)), "k": 1, "dim": 1, "seed": n_seed}
         raise ValueError(f"unknown task kind {kind!r}")
 
     def dims(self, kind: str) -> tuple[str, ...]:
-        return KIND_DIMS[kind]
+        return kind_dims(kind, self.profile)
 
     def n_batches(self, kind: str) -> int:
         chunks = self.chunks(kind)
@@ -142,4 +159,7 @@ class Grid:
 
     def values(self, batch: Batch) -> dict[str, np.ndarray]:
         """Coordinate values covered by a batch, per dim."""
-        return {d: np.asarray(getattr(self.spec, d))[s] for d, s in batch.region}
+        # the config's own values (k stays int where it is): the coordinates only name count vectors
+        values = {d: np.asarray([n for n, _ in self.spec.counts] if d == "counts" else getattr(self.spec, d))
+                  for d, _ in batch.region}  # fmt: skip
+        return {d: values[d][s] for d, s in batch.region}

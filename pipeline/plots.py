@@ -28,6 +28,7 @@ from pipeline.analysis import (
     has_training,
     minor_cosine,
     phase_counts,
+    profile_of,
     select,
     threshold_curve,
     thresholds_table,
@@ -280,6 +281,10 @@ def write_figures(path: str, out: str | Path, selection: str | None = None) -> d
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = select(open_results(path), selection).load()
+    if profile_of(ds) != "step":
+        from pipeline.cascade_plots import write_profile_figures
+
+        return write_profile_figures(ds, out, start)
     written: list[Path] = []
     skipped: list[str] = []
     combos = [(str(lo), int(a), int(b)) for lo in ds.loss.values for a in ds.n_major.values for b in ds.n_minor.values]

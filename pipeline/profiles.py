@@ -30,6 +30,10 @@ import numpy as np
 from pipeline.errors import InputError
 
 PROFILE_KINDS: tuple[str, ...] = ("step", "exp", "counts")
+# each profile's axes in a sweep (store dimensions, in order): step keeps the names it had before
+# profiles existed (n_major = K_A, n_minor = K_B); counts sweeps named count vectors
+SWEEP_AXES: dict[str, tuple[str, ...]] = {"step": ("R", "n_major", "n_minor"), "exp": ("C", "rho"),
+                                          "counts": ("counts",)}  # fmt: skip
 SPEC_HELP = "step(K_A=2, K_B=2, R=100), exp(C=10, rho=100) or counts(5000, 2997, ...)"
 
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from pipeline.profiles import PROFILE_KINDS, SWEEP_AXES
+
 # codes are positions: new statuses go at the end so existing stores keep their meaning
-# (asymptotic: threshold R* = inf because c -> 1 only as R -> inf)
+# (asymptotic: threshold R* = inf because c -> 1 only as R -> inf; beyond_range: a cascade onset not
+# reached up to the scan's largest rho; undecided: its merge test stayed within the error bound)
 STATUS = ("pending", "optimal", "optimal_inaccurate", "local", "error", "not_applicable", "trained", "diverged",
-          "asymptotic")  # fmt: skip
+          "asymptotic", "beyond_range", "undecided")  # fmt: skip
 STATUS_CODE = {name: code for code, name in enumerate(STATUS)}
 # the statuses each task kind writes (its status variable's flag_values / flag_meanings)
 KIND_STATUS = {
@@ -19,64 +24,123 @@ KIND_STATUS = {
     "threshold": ("pending", "optimal", "error", "not_applicable", "asymptotic"),
     "train": ("pending", "error", "not_applicable", "trained", "diverged"),
 }
+VARIABLE_STATUS = {"status_onset": ("pending", "optimal", "error", "not_applicable", "beyond_range", "undecided")}
 FAILED = (STATUS_CODE["error"], STATUS_CODE["diverged"])  # the codes --retry-failed recomputes
 
-THEORY = ("loss", "R", "n_major", "n_minor", "k")
+PROFILE_AXES = SWEEP_AXES
+PROFILES = PROFILE_KINDS
 CLASSES = ("class_i", "class_j")
+# kept for step stores (the layout before profiles): what kind_dims(kind, 'step') returns
+THEORY = ("loss", "R", "n_major", "n_minor", "k")
 THRESHOLD = ("loss", "n_major", "n_minor", "k")
 TRAIN = (*THEORY, "dim", "seed")
 
 
+def kind_dims(kind: str, profile: str = "step") -> tuple[str, ...]:
+    """The dims a task kind's batches span: theory points, thresholds (R* or cascade onsets), runs.
+
+    Examples
+    --------
+    >>> kind_dims("theory", "exp"), kind_dims("threshold", "exp")
+    (('loss', 'C', 'rho', 'k'), ('loss', 'C', 'k'))
+    """
+    theory = ("loss", *PROFILE_AXES[profile], "k")
+    if kind == "theory":
+        return theory
+    if kind == "train":
+        return (*theory, "dim", "seed")
+    if kind == "threshold":
+        # the axis a threshold scans (R, rho) is not a dim; counts profiles have no threshold kind
+        scanned = {"step": ("R",), "exp": ("rho",)}[profile]
+        return tuple(d for d in theory if d not in scanned)
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
 @dataclass(frozen=True)
 class Variable:
-    dims: tuple[str, ...]
+    extra: tuple[str, ...]  # dims after the kind's (class_i, class_j, onset)
     dtype: str
     long_name: str
     units: str
     kind: str  # task kind that writes it
+    profiles: tuple[str, ...] = PROFILES  # the profiles whose stores hold it
+
+    def dims(self, profile: str = "step") -> tuple[str, ...]:
+        return (*kind_dims(self.kind, profile), *self.extra)
 
 
+STEP = ("step",)
+SHAPES = ("exp", "counts")  # profiles without two proportion groups: no a, b, c
 VARIABLES: dict[str, Variable] = {
-    "gram_theory": Variable(THEORY + CLASSES, "float64", "optimal Gram matrix of the class means (NaN padded)", "1", "theory"),
-    "objective_theory": Variable(THEORY, "float64", "optimal class-collapsed loss L(G*)", "nats", "theory"),
-    "cos_major_theory": Variable(THEORY, "float64", "majority-majority cosine a", "1", "theory"),
-    "cos_cross_theory": Variable(THEORY, "float64", "majority-minority cosine b", "1", "theory"),
-    "cos_minor_theory": Variable(THEORY, "float64", "minority-minority cosine c", "1", "theory"),
-    "gap_theory": Variable(THEORY, "float64", "certified bound on L(G) - min L (duality gap)", "nats", "theory"),
-    "criterion_theory": Variable(THEORY, "float64", "collapse criterion g / p_minor^2 at c = 1 (<= 0: collapse)", "nats", "theory"),
-    "collapsed_theory": Variable(THEORY, "float64", "minority collapse from the optimality condition (1 yes, 0 no, NaN n/a)", "1", "theory"),
-    "status_theory": Variable(THEORY, "int8", "theory solve status", "1", "theory"),
-    "time_theory": Variable(THEORY, "float64", "solve wall time", "s", "theory"),
-    "fallback_theory": Variable(THEORY, "int8", "1 where the fallback solver produced the point (the configured one raised)", "1", "theory"),
-    "R_threshold": Variable(THRESHOLD, "float64", "minority-collapse threshold R* (inf: none; see status_threshold)", "1", "threshold"),
-    "criterion_limit": Variable(THRESHOLD, "float64", "limit of g / p_minor^2 as R -> inf", "nats", "threshold"),
-    "criterion_limit_error": Variable(THRESHOLD, "float64", "error bound of criterion_limit (its sign counts only beyond it)", "nats", "threshold"),
-    "status_threshold": Variable(THRESHOLD, "int8", "threshold search status", "1", "threshold"),
-    "gram_train": Variable(TRAIN + CLASSES, "float64", "Gram matrix of the normalised trained class means (NaN padded)", "1", "train"),
-    "cos_major_train": Variable(TRAIN, "float64", "trained majority-majority cosine a", "1", "train"),
-    "cos_cross_train": Variable(TRAIN, "float64", "trained majority-minority cosine b", "1", "train"),
-    "cos_minor_train": Variable(TRAIN, "float64", "trained minority-minority cosine c", "1", "train"),
-    "nc1_train": Variable(TRAIN, "float64", "within-class variability tr(Sigma_W Sigma_B^+) / C (NC1; ill-conditioned where nc1_rank_deficient_train)", "1", "train"),
-    "nc1_rank_deficient_train": Variable(TRAIN, "int8", "1 where Sigma_B lost rank (merged class means): NC1 is ill-conditioned there", "1", "train"),
-    "spread_train": Variable(TRAIN, "float64", "within-class spread on the sphere, 1 - |mean of class c|, averaged over classes (each weighs 1/C)", "1", "train"),
-    "spread_class_train": Variable((*TRAIN, "class_i"), "float64", "within-class spread 1 - |mean of class c| per class (NaN padded)", "1", "train"),
-    "trace_ratio_train": Variable(TRAIN, "float64", "tr Sigma_W / tr Sigma_B", "1", "train"),
-    "loss_train": Variable(TRAIN, "float64", "sampled training loss, mean of the last 10% of steps", "nats", "train"),
-    "objective_train": Variable(TRAIN, "float64", "class-collapsed loss L(G) at the trained Gram matrix", "nats", "train"),
-    "objective_rank": Variable(TRAIN, "float64", "rank-dim optimum of L (Burer-Monteiro; NaN when dim >= C)", "nats", "train"),
-    "dist_to_theory": Variable(TRAIN, "float64", "||G_train - G*||_F / C, G* the optimum at the run's dim: the rank-dim optimum (Burer-Monteiro) when dim < C, else the full-rank G", "1", "train"),
-    "status_train": Variable(TRAIN, "int8", "training status", "1", "train"),
-    "time_train": Variable(TRAIN, "float64", "training wall time per run (batch time / runs)", "s", "train"),
+    "gram_theory": Variable(CLASSES, "float64", "optimal Gram matrix of the class means (NaN padded)", "1", "theory"),
+    "objective_theory": Variable((), "float64", "optimal class-collapsed loss L(G*)", "nats", "theory"),
+    "cos_major_theory": Variable((), "float64", "majority-majority cosine a", "1", "theory", STEP),
+    "cos_cross_theory": Variable((), "float64", "majority-minority cosine b", "1", "theory", STEP),
+    "cos_minor_theory": Variable((), "float64", "minority-minority cosine c", "1", "theory", STEP),
+    "directions_theory": Variable((), "float64", "distinct class directions of G*, merges decided by their split test (NaN where one is undecided)", "1", "theory", SHAPES),
+    "cos_tail_theory": Variable((), "float64", "cosine between the two smallest classes", "1", "theory", SHAPES),
+    "gap_theory": Variable((), "float64", "certified bound on L(G) - min L (duality gap)", "nats", "theory"),
+    "criterion_theory": Variable((), "float64", "collapse criterion g / p_minor^2 at c = 1 (<= 0: collapse)", "nats", "theory", STEP),
+    "collapsed_theory": Variable((), "float64", "minority collapse from the optimality condition (1 yes, 0 no, NaN n/a)", "1", "theory", STEP),
+    "status_theory": Variable((), "int8", "theory solve status", "1", "theory"),
+    "time_theory": Variable((), "float64", "solve wall time", "s", "theory"),
+    "fallback_theory": Variable((), "int8", "1 where the fallback solver produced the point (the configured one raised)", "1", "theory"),
+    "R_threshold": Variable((), "float64", "minority-collapse threshold R* (inf: none; see status_threshold)", "1", "threshold", STEP),
+    "criterion_limit": Variable((), "float64", "limit of g / p_minor^2 as R -> inf", "nats", "threshold", STEP),
+    "criterion_limit_error": Variable((), "float64", "error bound of criterion_limit (its sign counts only beyond it)", "nats", "threshold", STEP),
+    "status_threshold": Variable((), "int8", "threshold search status", "1", "threshold", STEP),
+    "rho_onset": Variable(("onset",), "float64", "cascade onset rho*_m: smallest rho at which the m smallest classes share one direction (inf: beyond the scan; NaN: see status_onset)", "1", "threshold", ("exp",)),
+    "rho_apart_onset": Variable(("onset",), "float64", "largest scanned rho at which the m smallest classes were shown apart", "1", "threshold", ("exp",)),
+    "status_onset": Variable(("onset",), "int8", "cascade onset status", "1", "threshold", ("exp",)),
+    "gram_train": Variable(CLASSES, "float64", "Gram matrix of the normalised trained class means (NaN padded)", "1", "train"),
+    "cos_major_train": Variable((), "float64", "trained majority-majority cosine a", "1", "train", STEP),
+    "cos_cross_train": Variable((), "float64", "trained majority-minority cosine b", "1", "train", STEP),
+    "cos_minor_train": Variable((), "float64", "trained minority-minority cosine c", "1", "train", STEP),
+    "cos_tail_train": Variable((), "float64", "trained cosine between the two smallest classes", "1", "train", SHAPES),
+    "nc1_train": Variable((), "float64", "within-class variability tr(Sigma_W Sigma_B^+) / C (NC1; ill-conditioned where nc1_rank_deficient_train)", "1", "train"),
+    "nc1_rank_deficient_train": Variable((), "int8", "1 where Sigma_B lost rank (merged class means): NC1 is ill-conditioned there", "1", "train"),
+    "spread_train": Variable((), "float64", "within-class spread on the sphere, 1 - |mean of class c|, averaged over classes (each weighs 1/C)", "1", "train"),
+    "spread_class_train": Variable(("class_i",), "float64", "within-class spread 1 - |mean of class c| per class (NaN padded)", "1", "train"),
+    "trace_ratio_train": Variable((), "float64", "tr Sigma_W / tr Sigma_B", "1", "train"),
+    "loss_train": Variable((), "float64", "sampled training loss, mean of the last 10% of steps", "nats", "train"),
+    "objective_train": Variable((), "float64", "class-collapsed loss L(G) at the trained Gram matrix", "nats", "train"),
+    "objective_rank": Variable((), "float64", "rank-dim optimum of L (Burer-Monteiro; NaN when dim >= C)", "nats", "train"),
+    "dist_to_theory": Variable((), "float64", "||G_train - G*||_F / C, G* the optimum at the run's dim: the rank-dim optimum (Burer-Monteiro) when dim < C, else the full-rank G", "1", "train"),
+    "status_train": Variable((), "int8", "training status", "1", "train"),
+    "time_train": Variable((), "float64", "training wall time per run (batch time / runs)", "s", "train"),
 }  # fmt: skip
 
 DONE = {"theory": "done_theory", "threshold": "done_threshold", "train": "done_train"}
-KIND_DIMS = {"theory": THEORY, "threshold": THRESHOLD, "train": TRAIN}
+KIND_DIMS = {kind: kind_dims(kind) for kind in ("theory", "threshold", "train")}  # step stores
 
 
-def kind_variables(kind: str) -> list[str]:
-    return [name for name, v in VARIABLES.items() if v.kind == kind]
+def profile_variables(profile: str) -> dict[str, Variable]:
+    """The variables a store of this profile holds."""
+    return {name: v for name, v in VARIABLES.items() if profile in v.profiles}
+
+
+def kind_variables(kind: str, profile: str = "step") -> list[str]:
+    return [name for name, v in profile_variables(profile).items() if v.kind == kind]
 
 
 def fill_value(dtype: str) -> float | int:
     """Value of a point not yet computed: NaN for floats, 0 (pending) for integer codes."""
     return float("nan") if dtype.startswith("float") else 0
+
+
+def status_name(kind: str, profile: str = "step") -> str:
+    """The status variable of a task kind: ``status_onset`` for the cascades of exp profiles."""
+    return "status_onset" if kind == "threshold" and profile == "exp" else f"status_{kind}"
+
+
+def point_status(codes: np.ndarray, ndim: int) -> np.ndarray:
+    """One code per point of a kind from a status variable with extra dims (one code per onset m):
+    ``error`` where any is, ``not_applicable`` where all are, else the first (m = 2)."""
+    codes = np.asarray(codes)
+    if codes.ndim == ndim:
+        return codes
+    flat = codes.reshape(*codes.shape[:ndim], -1)
+    out = flat[..., 0].copy()
+    out[(flat == STATUS_CODE["not_applicable"]).all(axis=-1)] = STATUS_CODE["not_applicable"]
+    out[np.isin(flat, FAILED).any(axis=-1)] = STATUS_CODE["error"]
+    return out

@@ -34,9 +34,34 @@ from pipeline.errors import InputError
 from pipeline.faults import kill_point
 from pipeline.grid import Batch, Grid, kinds
 from pipeline.metrics import CONVENTIONS as WITHIN_CLASS_CONVENTIONS
-from pipeline.results import DONE, KIND_DIMS, KIND_STATUS, STATUS_CODE, VARIABLES, fill_value
+from pipeline.results import (
+    DONE,
+    KIND_STATUS,
+    STATUS_CODE,
+    VARIABLE_STATUS,
+    VARIABLES,
+    fill_value,
+    profile_variables,
+)
 
 FORMAT = "clphase-store-1"
+COORD_ATTRS = {
+    "R": ("imbalance ratio p_major / p_minor", "1"),
+    "n_major": ("majority classes K_A", "1"),
+    "n_minor": ("minority classes K_B", "1"),
+    "C": ("classes C of the long-tailed profile", "1"),
+    "rho": ("long-tail imbalance rho = p_0 / p_{C-1}, p_c proportional to rho^(-c / (C - 1))", "1"),
+    "counts": ("named class-count vector (its counts: the config attribute)", "1"),
+    "onset": ("m: the m smallest classes merge at rho*_m", "1"),
+    "k": ("negatives per anchor", "1"),
+    "dim": ("embedding dimension d", "1"),
+}
+PROFILE_CONVENTIONS = {
+    "step": "classes majority first; R = p_major / p_minor",
+    "exp": "profile exp(C, rho): p_c proportional to rho^(-c / (C - 1)), c = 0..C-1, head first; "
+    "classes padded to the largest C",
+    "counts": "profile counts: proportions from each named count vector, classes in the order given",
+}
 PACKAGES = ("clphase", "numpy", "scipy", "cvxpy", "clarabel", "scs", "xarray", "zarr", "dask", "distributed", "torch")
 
 
@@ -171,42 +196,44 @@ def init_store(path: str, config: SweepConfig) -> None:
     """Write the template: coordinates, metadata and chunking of every variable; no data chunks."""
     grid = Grid(config)
     coords = grid.coords()
+    profile = config.grid.profile
     data_vars = {}
-    for name, var in VARIABLES.items():
+    for name, var in profile_variables(profile).items():
         if var.kind not in kinds(config):
             continue
         chunks = grid.chunks(var.kind)
-        shape = tuple(len(coords[d]) for d in var.dims)
-        chunk_shape = tuple(chunks.get(d, len(coords[d])) for d in var.dims)
+        dims = var.dims(profile)
+        shape = tuple(len(coords[d]) for d in dims)
+        chunk_shape = tuple(chunks.get(d, len(coords[d])) for d in dims)
         array = da.full(shape, fill_value(var.dtype), dtype=var.dtype, chunks=chunk_shape)
         attrs = {"long_name": var.long_name, "units": var.units}
         if name in ("nc1_train", "trace_ratio_train"):
             attrs["conventions"] = WITHIN_CLASS_CONVENTIONS
         if name.startswith("status_"):
-            names = KIND_STATUS[var.kind]
+            names = VARIABLE_STATUS.get(name, KIND_STATUS[var.kind])
             attrs.update(flag_values=[STATUS_CODE[n] for n in names], flag_meanings=" ".join(names))
-        data_vars[name] = (var.dims, array, attrs)
+        data_vars[name] = (dims, array, attrs)
     for kind in kinds(config):
         name = DONE[kind]
-        dims = KIND_DIMS[kind]
+        dims = grid.dims(kind)
         chunks = grid.chunks(kind)
         shape = tuple(len(coords[d]) for d in dims)
         array = da.zeros(shape, dtype="int8", chunks=tuple(chunks[d] for d in dims))
         data_vars[name] = (dims, array, {"long_name": f"{kind} batch written (1) or pending (0)", "units": "1"})
-    ds = xr.Dataset(data_vars, coords=coords)
-    ds["R"].attrs.update(long_name="imbalance ratio p_major / p_minor", units="1")
-    ds["k"].attrs.update(long_name="negatives per anchor", units="1")
-    ds["dim"].attrs.update(long_name="embedding dimension d", units="1")
-    ds["n_major"].attrs.update(long_name="majority classes K_A", units="1")
-    ds["n_minor"].attrs.update(long_name="minority classes K_B", units="1")
+    ds = xr.Dataset(data_vars, coords={d: coords[d] for d in coords if d != "onset" or "threshold" in kinds(config)})
+    for coord, (long_name, units) in COORD_ATTRS.items():
+        if coord in ds.coords:
+            ds[coord].attrs.update(long_name=long_name, units=units)
+    extra = {} if profile == "step" else {"profile": profile}  # a step store's attrs stay as they were
     ds.attrs.update(
+        **extra,
         clphase_format=FORMAT,
         title=f"clphase sweep {config.name}",
         config=config.to_yaml(),
         config_hash=config.science_hash(),
         clphase_science=json.dumps(config.science(), sort_keys=True),
         conventions=f"negatives={config.theory.negatives} reduction={config.theory.reduction} "
-        "classes majority first; R = p_major / p_minor",
+        + PROFILE_CONVENTIONS[profile],
         provenance=json.dumps(provenance()),
         created_at=now_utc(),
     )
@@ -223,11 +250,20 @@ def init_store(path: str, config: SweepConfig) -> None:
     os.replace(tmp, path)
 
 
+def _dims(array: zarr.Array) -> tuple[str, ...]:
+    return tuple(array.metadata.dimension_names)
+
+
+def _kind_names(group: zarr.Group, kind: str) -> list[str]:
+    """The variables of a task kind that a store holds (which depends on its profile)."""
+    return [name for name, var in VARIABLES.items() if var.kind == kind and name in group]
+
+
 def read_batch(path: str, batch: Batch) -> dict[str, np.ndarray]:
     """The stored values of every variable of a batch's kind over its region."""
     group = _group(path, "r")
-    names = [name for name, var in VARIABLES.items() if var.kind == batch.kind]
-    return {name: np.asarray(group[name][batch.selection(VARIABLES[name].dims)]) for name in names}
+    arrays = {name: group[name] for name in _kind_names(group, batch.kind)}
+    return {name: np.asarray(a[batch.selection(_dims(a))]) for name, a in arrays.items()}
 
 
 def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=None) -> None:
@@ -241,7 +277,7 @@ def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=
     group = _group(path, "r+")
     for name, values in arrays.items():
         array = group[name].with_config({"write_empty_chunks": True})
-        array[batch.selection(VARIABLES[name].dims)] = values
+        array[batch.selection(_dims(array))] = values
     if between is not None:
         between()
     mask = group[DONE[batch.kind]].with_config({"write_empty_chunks": True})
@@ -275,7 +311,7 @@ def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray)
     A deleted chunk would otherwise read back as fill values (NaN) behind a set done mask.
     """
     group = _group(path, "r")
-    names = [name for name, var in VARIABLES.items() if var.kind == kind]
+    names = [name for name, var in profile_variables(config.grid.profile).items() if var.kind == kind]
     arrays = {}
     broken_vars = []
     for name in names:
@@ -320,7 +356,7 @@ def repair_metadata(path: str, config: SweepConfig) -> list[str]:
     """
     group = _group(path, "r")
     broken = []
-    for name in [*VARIABLES, *DONE.values()]:
+    for name in [*profile_variables(config.grid.profile), *DONE.values()]:
         if name not in _expected_names(config):
             continue
         try:
@@ -341,7 +377,8 @@ def repair_metadata(path: str, config: SweepConfig) -> list[str]:
 
 def _expected_names(config: SweepConfig) -> set[str]:
     kinds_ = kinds(config)
-    return {n for n, v in VARIABLES.items() if v.kind in kinds_} | {DONE[k] for k in kinds_}
+    variables = profile_variables(config.grid.profile)
+    return {n for n, v in variables.items() if v.kind in kinds_} | {DONE[k] for k in kinds_}
 
 
 def reset_done(path: str, batch: Batch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import time
 
@@ -14,8 +15,8 @@ from pipeline.errors import InputError
 from pipeline.estimate import STARTUP_S, estimate, wall_s
 from pipeline.faults import kill_point
 from pipeline.graph import pending_batches, run_sweep
-from pipeline.grid import Grid, kinds
-from pipeline.results import FAILED, STATUS_CODE, VARIABLES
+from pipeline.grid import SCAN_AXIS, Grid, kinds
+from pipeline.results import FAILED, STATUS_CODE, VARIABLES, point_status, status_name
 from pipeline.store import (
     acquire_lock,
     damaged_batches,
@@ -45,18 +46,22 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     pending = pending_batches(config, config.store) if mode == "resume" else None
     plan_s = time.perf_counter() - start
     spec = grid.spec
-    axes = ", ".join(f"{d}={len(getattr(spec, d))}" for d in grid.coords() if not d.startswith("class"))
-    n_thresholds = len(spec.loss) * len(spec.n_major) * len(spec.n_minor) * len(spec.k)
+    coords = grid.coords()
+    axes = ", ".join(f"{d}={len(v)}" for d, v in coords.items() if not d.startswith("class") and d != "onset")
+    n_thresholds = math.prod(len(coords[d]) for d in grid.dims("threshold")) if "threshold" in n_batches else 0
     batch_points = int(np.prod(list(grid.chunks("theory").values())))
     print(f"sweep {config.name!r} -> store {config.store} ({'resume' if pending else 'new store'})")
     print(f"grid: {spec.n_points} points over {axes}")
     print(f"theory points: {spec.n_theory_points} in {n_batches['theory']} batches of <= {batch_points}")
-    print(f"thresholds: {n_thresholds} in {n_batches['threshold']} batches")
+    if "threshold" in n_batches:
+        what = "cascades (onsets rho*_m)" if spec.profile == "exp" else "thresholds"
+        print(f"{what}: {n_thresholds} in {n_batches['threshold']} batches")
     if config.train is not None:
         chunk = grid.chunks("train")
         print(
             f"training runs: {spec.n_points} (selected: {n_train_runs(config)}) in {n_batches['train']} batches "
-            f"of <= {chunk['R'] * chunk['seed']} stacked runs ({config.train.model}, {config.train.steps} steps)"
+            f"of <= {chunk[SCAN_AXIS[spec.profile]] * chunk['seed']} stacked runs ({config.train.model}, "
+            f"{config.train.steps} steps)"
         )
     if pending is not None:
         print("pending batches: " + ", ".join(f"{k} {len(v)}" for k, v in pending.items()))
@@ -159,8 +164,8 @@ def failed_batches(config: SweepConfig) -> list:
     ds = open_results(config.store)
     out = []
     for kind in kinds(config):
-        codes = ds[f"status_{kind}"].values
         done = read_done(config.store, kind)
+        codes = point_status(ds[status_name(kind, config.grid.profile)].values, done.ndim)
         for batch in Grid(config).batches(kind):
             region = batch.selection()
             if done[region].all() and np.isin(codes[region], FAILED).any():
@@ -189,7 +194,8 @@ def status(path: str) -> int:
             print(f"{kind:>9}: completion mask unreadable: every {kind} point will be recomputed")
             continue
         try:
-            codes = np.asarray(group[f"status_{kind}"][...])
+            profile = attrs.get("profile", "step")
+            codes = point_status(np.asarray(group[status_name(kind, profile)][...]), done.ndim)
         except Exception:
             codes = np.zeros(done.shape, dtype=np.int8)
         for batch in damaged_batches(path, config, kind, done) if config else []:
@@ -208,7 +214,7 @@ def status(path: str) -> int:
 # per task kind: what a done point is called, and what a point that is not computed is called
 STATUS_WORDS = {
     "theory": ("solved", "not applicable"),
-    "threshold": ("found", "not applicable (n_minor < 2 or a non-smooth loss)"),
+    "threshold": ("found", "not applicable (n_minor < 2, C = 2 or a non-smooth loss)"),
     "train": ("trained", "not selected (train.select)"),
 }
 

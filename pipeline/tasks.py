@@ -8,9 +8,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from pipeline.cascade import cascade, distinct_directions
 from pipeline.config import SweepConfig
 from pipeline.faults import failing_solver
-from pipeline.grid import Batch, Grid
+from pipeline.grid import SCAN_AXIS, Batch, Grid
+from pipeline.losses import parse_loss
 from pipeline.objective import class_objective
 from pipeline.problem import Problem
 from pipeline.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
@@ -19,13 +21,22 @@ from pipeline.theory import solve
 from pipeline.threshold import minority_threshold
 
 
-def _empty(kind: str, shape: tuple[int, ...], C_max: int) -> dict[str, np.ndarray]:
+def _empty(grid: Grid, kind: str, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Fill values for every variable of a kind over a batch (its extra dims taken whole)."""
     out = {}
-    for name in kind_variables(kind):
+    sizes = grid.coords()
+    for name in kind_variables(kind, grid.profile):
         var = VARIABLES[name]
-        full_shape = (*shape, *(C_max for d in var.dims if d.startswith("class_")))
+        full_shape = (*shape, *(len(sizes[d]) for d in var.extra))
         out[name] = np.full(full_shape, fill_value(var.dtype), dtype=var.dtype)
     return out
+
+
+def point_problem(config: SweepConfig, point: dict) -> Problem:
+    """The theory problem at a grid point: its profile, k and the sweep's conventions."""
+    theory = config.theory
+    profile = config.grid.profile_at(point)
+    return Problem.from_profile(point["loss"], profile, point["k"], theory.negatives, theory.reduction)
 
 
 def solve_with_fallback(problem: Problem, solver: str):
@@ -47,7 +58,7 @@ def solve_with_fallback(problem: Problem, solver: str):
         return solve(problem, fallback), True
 
 
-def _points(grid: Grid, batch: Batch, only: np.ndarray | None) -> Iterator[tuple[tuple[int, ...], dict]]:
+def grid_points(grid: Grid, batch: Batch, only: np.ndarray | None) -> Iterator[tuple[tuple[int, ...], dict]]:
     """(index in the batch, {dim: coordinate value}) for every point of a batch, or those in ``only``."""
     values = grid.values(batch)
     dims = grid.dims(batch.kind)
@@ -59,14 +70,15 @@ def _points(grid: Grid, batch: Batch, only: np.ndarray | None) -> Iterator[tuple
 def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Solve every theory point of a batch (or those in ``only``); a failing point gets status ``error``."""
     grid = Grid(config)
-    out = _empty("theory", batch.shape, grid.C_max)
+    out = _empty(grid, "theory", batch.shape)
     theory = config.theory
-    for idx, pt in _points(grid, batch, only):
+    for idx, pt in grid_points(grid, batch, only):
         start = time.perf_counter()
         try:
-            problem = Problem.two_group(pt["loss"], pt["n_major"], pt["n_minor"], pt["R"], pt["k"],
-                                        theory.negatives, theory.reduction)  # fmt: skip
+            problem = point_problem(config, pt)
             solution, used_fallback = solve_with_fallback(problem, theory.solver)
+            if grid.profile != "step":
+                directions = distinct_directions(problem, solution.G) if problem.loss.smooth else None
         except Exception:
             out["status_theory"][idx] = STATUS_CODE["error"]
             out["time_theory"][idx] = time.perf_counter() - start
@@ -74,12 +86,18 @@ def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None 
         C = problem.C
         out["gram_theory"][(*idx, slice(0, C), slice(0, C))] = solution.G
         out["objective_theory"][idx] = solution.objective
-        out["cos_major_theory"][idx] = solution.a
-        out["cos_cross_theory"][idx] = solution.b
-        out["cos_minor_theory"][idx] = solution.c
+        if grid.profile == "step":
+            out["cos_major_theory"][idx] = solution.a
+            out["cos_cross_theory"][idx] = solution.b
+            out["cos_minor_theory"][idx] = solution.c
+            out["criterion_theory"][idx] = solution.criterion
+            out["collapsed_theory"][idx] = np.nan if solution.collapsed is None else float(solution.collapsed)
+        else:
+            tail = np.argsort(problem.p, kind="stable")[:2]  # the two smallest classes
+            out["cos_tail_theory"][idx] = solution.G[tail[0], tail[1]]
+            decided = directions is not None and directions.decided
+            out["directions_theory"][idx] = directions.count if decided else np.nan
         out["gap_theory"][idx] = solution.gap
-        out["criterion_theory"][idx] = solution.criterion
-        out["collapsed_theory"][idx] = np.nan if solution.collapsed is None else float(solution.collapsed)
         out["status_theory"][idx] = STATUS_CODE[solution.status]
         out["time_theory"][idx] = time.perf_counter() - start
         out["fallback_theory"][idx] = int(used_fallback)
@@ -87,11 +105,14 @@ def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None 
 
 
 def run_threshold_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """R* for every k of one (loss, n_major, n_minor); NaN and ``not_applicable`` where undefined."""
+    """R* for every k of one (loss, n_major, n_minor), or the cascade onsets rho*_m for every k of
+    one (loss, C); NaN and ``not_applicable`` where undefined."""
     grid = Grid(config)
-    out = _empty("threshold", batch.shape, grid.C_max)
+    out = _empty(grid, "threshold", batch.shape)
     theory = config.theory
-    for idx, pt in _points(grid, batch, only):
+    if grid.profile == "exp":
+        return _onsets(config, grid, batch, only, out)
+    for idx, pt in grid_points(grid, batch, only):
         loss, n_major, n_minor, k = pt["loss"], pt["n_major"], pt["n_minor"], pt["k"]
         if n_minor < 2 or loss.startswith("triplet"):
             out["status_threshold"][idx] = STATUS_CODE["not_applicable"]
@@ -108,6 +129,28 @@ def run_threshold_batch(config: SweepConfig, batch: Batch, only: np.ndarray | No
     return out
 
 
+def _onsets(config: SweepConfig, grid: Grid, batch: Batch, only, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The cascade onsets of exp(C, rho) per (loss, C, k): one value per m along the onset dim."""
+    theory = config.theory
+    m_values = grid.coords()["onset"]
+    for idx, pt in grid_points(grid, batch, only):
+        status = out["status_onset"][idx]  # (n_onset,) view
+        status[:] = STATUS_CODE["not_applicable"]  # m >= C (padding), or a loss without the criterion
+        if not parse_loss(pt["loss"]).smooth:
+            continue
+        try:
+            result = cascade(pt["loss"], pt["C"], pt["k"], theory.negatives, theory.reduction)
+        except Exception:
+            status[:] = STATUS_CODE["error"]
+            continue
+        for found in result.onsets:
+            j = int(np.flatnonzero(m_values == found.m)[0])
+            out["rho_onset"][(*idx, j)] = found.rho_star
+            out["rho_apart_onset"][(*idx, j)] = found.apart_below
+            status[j] = STATUS_CODE[{"beyond": "beyond_range"}.get(found.status, found.status)]
+    return out
+
+
 def _selected(config: SweepConfig, point: dict) -> bool:
     # load_config maps every train.select value to the grid's own coordinate value
     return all(point[axis] in values for axis, values in config.train.select.items())
@@ -118,14 +161,14 @@ def batch_runs(config: SweepConfig, batch: Batch, only: np.ndarray | None = None
     from pipeline.train import Run
 
     theory = config.theory
+    scan = SCAN_AXIS[config.grid.profile]
     runs, where, problems = [], [], {}
-    for idx, point in _points(Grid(config), batch, only):
+    for idx, point in grid_points(Grid(config), batch, only):
         if not _selected(config, point):
             continue
-        problem = Problem.two_group(point["loss"], point["n_major"], point["n_minor"], point["R"], point["k"],
-                                    theory.negatives, theory.reduction)  # fmt: skip
-        problems[point["R"]] = problem
-        runs.append(Run(problem.loss, problem.p, point["n_major"], point["k"], point["dim"], point["seed"],
+        problem = point_problem(config, point)
+        problems[point[scan]] = problem
+        runs.append(Run(problem.loss, problem.p, problem.n_major, problem.k, point["dim"], point["seed"],
                         theory.negatives, theory.reduction))  # fmt: skip
         where.append((idx, point))
     return runs, where, problems
@@ -140,10 +183,11 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
     from pipeline.train import train_runs
 
     grid = Grid(config)
-    out = _empty("train", batch.shape, grid.C_max)
+    out = _empty(grid, "train", batch.shape)
     theory = config.theory
+    scan = SCAN_AXIS[grid.profile]
     runs, where, problems = batch_runs(config, batch, only)
-    for idx, point in _points(grid, batch, only):
+    for idx, point in grid_points(grid, batch, only):
         if not _selected(config, point):
             out["status_train"][idx] = STATUS_CODE["not_applicable"]
     if not runs:
@@ -153,22 +197,26 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
     per_run_s = (time.perf_counter() - start) / len(runs)
     references: dict[float, tuple] = {}
     for (idx, point), result in zip(where, results, strict=True):
-        problem = problems[point["R"]]
+        problem = problems[point[scan]]
         C, dim = problem.C, point["dim"]
         out["time_train"][idx] = per_run_s
         out["loss_train"][idx] = result.loss
         if result.diverged:
             out["status_train"][idx] = STATUS_CODE["diverged"]
             continue
-        if point["R"] not in references:
+        if point[scan] not in references:
             # the optimum the run can reach: at d < C the rank-d one (Burer-Monteiro), not the full-rank G
             best = solve(problem, "rank", dim=dim) if dim < C else solve(problem, theory.solver)
-            references[point["R"]] = (best.G, best.objective if dim < C else math.nan)
-        G_theory, rank = references[point["R"]]
+            references[point[scan]] = (best.G, best.objective if dim < C else math.nan)
+        G_theory, rank = references[point[scan]]
         out["gram_train"][(*idx, slice(0, C), slice(0, C))] = result.gram
-        out["cos_major_train"][idx] = result.cos_major
-        out["cos_cross_train"][idx] = result.cos_cross
-        out["cos_minor_train"][idx] = result.cos_minor
+        if grid.profile == "step":
+            out["cos_major_train"][idx] = result.cos_major
+            out["cos_cross_train"][idx] = result.cos_cross
+            out["cos_minor_train"][idx] = result.cos_minor
+        else:
+            tail = np.argsort(problem.p, kind="stable")[:2]
+            out["cos_tail_train"][idx] = result.gram[tail[0], tail[1]]
         out["nc1_train"][idx] = result.nc1
         out["nc1_rank_deficient_train"][idx] = int(result.within.nc1_rank_deficient)
         out["spread_train"][idx] = result.within.spread

@@ -56,8 +56,8 @@ class Run:
     """One training run: a grid point and a seed."""
 
     loss: Loss
-    p: np.ndarray  # (C,) class proportions, majority first
-    n_major: int
+    p: np.ndarray  # (C,) class proportions, head first (from the point's profile)
+    n_major: int | None  # K_A for step profiles (a, b, c measured), else None
     k: int | float  # math.inf: the large-k limit (estimator expected)
     dim: int
     seed: int
@@ -411,7 +411,7 @@ def _train_stack(
             results.append(RunResult(nan_g, math.nan, math.nan, math.nan, math.nan, float(tail_loss[b]), H, y, True))
             continue
         G = class_mean_gram(H, y, C)
-        a, b_cos, c = group_cosines(G, run.n_major)
+        a, b_cos, c = group_cosines(G, run.n_major) if run.n_major is not None else (math.nan,) * 3
         within = within_class(H, y, C)
         results.append(RunResult(G, a, b_cos, c, within.nc1, float(tail_loss[b]), H, y, False, within))
     return results

@@ -100,7 +100,7 @@ def test_status_counts_trained_not_selected_failed_and_pending_apart(capsys, tmp
     grid = Grid(config)
     batches = list(grid.batches("train"))
     for batch in batches[:-1]:  # the last batch stays pending
-        arrays = _empty("train", batch.shape, grid.C_max)
+        arrays = _empty(grid, "train", batch.shape)
         seeds = grid.values(batch)["seed"]
         arrays["status_train"][...] = np.where(seeds == 0, STATUS_CODE["trained"], STATUS_CODE["not_applicable"])
         arrays["status_train"][(0,) * len(batch.shape)] = STATUS_CODE["diverged"]  # one failed run (seed 0)
