@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.problem import Problem
-from pipeline.theory import solve
+from pipeline.theory.dispatch import solve
+from pipeline.theory.problem import Problem
 
 HERE = Path(__file__).resolve().parent
 LOSS = "infonce(tau=0.5)"
@@ -42,7 +42,7 @@ def naive_in_subprocess(R: float, k: int) -> tuple[float, float] | None:
     """(objective, build + solve seconds) of the naive route in a fresh process; None past NAIVE_LIMIT_S."""
     code = (
         f"import sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, {str(HERE)!r}); "
-        "from naive import naive_full; from pipeline.problem import Problem; "
+        "from naive import naive_full; from pipeline.theory.problem import Problem; "
         "import time; t = time.perf_counter(); "
         f"v = naive_full(Problem.two_group('{LOSS}', {N_MAJOR}, {N_MINOR}, {R}, {k}))[0]; "
         "print(v, time.perf_counter() - t)"
@@ -102,7 +102,7 @@ ENUM_LIMIT_S = 60  # per enumerated run of the points or threshold; beyond it th
 
 def _timed(code: str, limit_s: float) -> list[float] | None:
     """Numbers printed by ``code`` in a fresh process, None when it fails or runs past ``limit_s``."""
-    out = run_python("import math, time; from pipeline.problem import Problem; " + code, limit_s)
+    out = run_python("import math, time; from pipeline.theory.problem import Problem; " + code, limit_s)
     return None if out is None else [float(x) for x in out.split()]
 
 
@@ -119,7 +119,7 @@ def any_k() -> None:
     for k in ANY_K:
         k_text = "math.inf" if math.isinf(k) else str(k)
         point = (
-            "from pipeline.symmetric import solve_symmetric; import statistics; ts, objs = [], []\n"
+            "from pipeline.theory.symmetric import solve_symmetric; import statistics; ts, objs = [], []\n"
             f"for R in {list(ANY_K_R)}:\n"
             f"    p = Problem.two_group('{LOSS}', {N_MAJOR}, {N_MINOR}, R, {k_text}, expectation='{{e}}')\n"
             "    for _ in range({reps}):\n"
@@ -128,7 +128,7 @@ def any_k() -> None:
             "print(statistics.median(ts) * 1e3, *objs)"
         )
         thr = (
-            "from pipeline.threshold import minority_threshold; t = time.perf_counter(); "
+            "from pipeline.theory.threshold import minority_threshold; t = time.perf_counter(); "
             f"r = minority_threshold('{LOSS}', {N_MAJOR}, {N_MINOR}, {k_text}, expectation='{{e}}'); "
             "print(time.perf_counter() - t, r.R_star)"
         )
@@ -153,7 +153,7 @@ def any_k() -> None:
 def full_fits(C: int, k: int) -> float | None:
     """Wall time of one cached-build full solve in a subprocess, None past FULL_LIMIT_S."""
     code = (
-        "import time; from pipeline.problem import Problem; from pipeline.theory import solve; "
+        "import time; from pipeline.theory.problem import Problem; from pipeline.theory.dispatch import solve; "
         f"p = Problem.two_group('{LOSS}', {C // 2}, {C - C // 2}, 10.0, {k}); t = time.perf_counter(); "
         "s = solve(p, 'full'); print(time.perf_counter() - t, s.status)"
     )
@@ -190,7 +190,7 @@ def profiles() -> None:
     for spec, k in PROFILE_CASES:
         k_text = "math.inf" if math.isinf(k) else str(k)
         code = (
-            "from pipeline.theory import solve; import json\n"
+            "from pipeline.theory.dispatch import solve; import json\n"
             f"solve(Problem.from_profile('{LOSS}', 'exp(C=3, rho=2)', 2), '{{solver}}')  # imports, warm\n"
             f"p = Problem.from_profile('{LOSS}', '{spec}', {k_text}, expectation='{{e}}')\n"
             "t = time.perf_counter(); s = solve(p, '{solver}'); t = time.perf_counter() - t\n"

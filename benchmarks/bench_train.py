@@ -26,8 +26,8 @@ import torch
 from naive import naive_train
 
 from pipeline.config import TrainSpec
-from pipeline.losses import parse_loss
-from pipeline.problem import two_group_proportions
+from pipeline.theory.losses import parse_loss
+from pipeline.theory.problem import two_group_proportions
 from pipeline.train import Run, pick_device, train_runs
 
 

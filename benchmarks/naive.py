@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import gammaln, xlogy
 
-from pipeline.objective import count_vectors
-from pipeline.problem import Problem
+from pipeline.theory.objective import count_vectors
+from pipeline.theory.problem import Problem
 
 if TYPE_CHECKING:  # each baseline imports its own framework: the solver one runs in fresh processes
     from pipeline.config import TrainSpec

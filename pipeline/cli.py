@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from pipeline.errors import InputError
-from pipeline.losses import NEGATIVES, REDUCTIONS, check_option, parse_loss
-from pipeline.problem import check_k
-from pipeline.profiles import Exp, Profile, Step, parse_profile
+from pipeline.theory.losses import NEGATIVES, REDUCTIONS, check_option, parse_loss
+from pipeline.theory.problem import check_k
+from pipeline.theory.profiles import Exp, Profile, Step, parse_profile
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,9 +128,9 @@ def _profile(args: argparse.Namespace, with_R: bool) -> Profile:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    from pipeline.cascade import distinct_directions
-    from pipeline.problem import Problem
-    from pipeline.theory import SOLVERS, solve
+    from pipeline.theory.cascade import distinct_directions
+    from pipeline.theory.dispatch import SOLVERS, solve
+    from pipeline.theory.problem import Problem
 
     loss = parse_loss(args.loss)
     profile = _profile(args, with_R=True)
@@ -177,8 +178,8 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
 
 def _cmd_threshold(args: argparse.Namespace) -> int:
-    from pipeline.cascade import cascade
-    from pipeline.threshold import minority_threshold
+    from pipeline.theory.cascade import cascade
+    from pipeline.theory.threshold import minority_threshold
 
     loss = parse_loss(args.loss)
     profile = _profile(args, with_R=False)
@@ -280,4 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `clphase ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)

@@ -20,11 +20,11 @@ import numpy as np
 import yaml
 
 from pipeline.errors import InputError
-from pipeline.losses import NEGATIVES, REDUCTIONS, parse_loss
-from pipeline.problem import check_k
-from pipeline.profiles import SWEEP_AXES as PROFILE_AXES
-from pipeline.profiles import Counts, Exp, Profile, Step
-from pipeline.solution import SOLVERS
+from pipeline.theory.losses import NEGATIVES, REDUCTIONS, parse_loss
+from pipeline.theory.problem import check_k
+from pipeline.theory.profiles import SWEEP_AXES as PROFILE_AXES
+from pipeline.theory.profiles import Counts, Exp, Profile, Step
+from pipeline.theory.solution import SOLVERS
 
 MODELS = ("ufm", "mlp")
 DATASETS = ("gaussian", "digits")

@@ -57,7 +57,7 @@ def _picks(config: SweepConfig, kind: str) -> list[dict]:
 
 def theory_estimate(config: SweepConfig) -> KindEstimate:
     from pipeline.tasks import point_problem
-    from pipeline.theory import solve
+    from pipeline.theory.dispatch import solve
 
     s, th = config.grid, config.theory
     picks = _picks(config, "theory")
@@ -72,8 +72,8 @@ def theory_estimate(config: SweepConfig) -> KindEstimate:
 
 
 def threshold_estimate(config: SweepConfig) -> KindEstimate:
-    from pipeline.cascade import cascade
-    from pipeline.threshold import minority_threshold
+    from pipeline.theory.cascade import cascade
+    from pipeline.theory.threshold import minority_threshold
 
     s, th = config.grid, config.theory
     smooth = [loss for loss in s.loss if not loss.startswith("triplet")]
@@ -98,7 +98,7 @@ def train_estimate(config: SweepConfig) -> KindEstimate:
     import torch
 
     from pipeline.tasks import batch_runs
-    from pipeline.theory import solve
+    from pipeline.theory.dispatch import solve
     from pipeline.train import train_runs
 
     grid = Grid(config)

@@ -20,11 +20,11 @@ from pipeline.cluster import call_stacks, idle_holders, restart_workers
 from pipeline.config import SweepConfig
 from pipeline.faults import hang_point, kill_point
 from pipeline.grid import Batch, Grid, kinds
-from pipeline.objective import expectation_terms
 from pipeline.progress import Progress
 from pipeline.results import FAILED, point_status, status_name
 from pipeline.store import batch_done, now_utc, read_batch, read_done, update_attrs, write_batch
 from pipeline.tasks import run_batch
+from pipeline.theory.objective import expectation_terms
 
 TASK_LOG_ENV = "CLPHASE_TASK_LOG"  # file to which every computed batch appends its key (tests)
 DELAY_ENV = "CLPHASE_BATCH_DELAY_S"  # extra seconds per batch, to interrupt sweeps mid-run (tests)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.profiles import PROFILE_KINDS, SWEEP_AXES
+from pipeline.theory.profiles import PROFILE_KINDS, SWEEP_AXES
 
 # codes are positions: new statuses go at the end so existing stores keep their meaning
 # (asymptotic: threshold R* = inf because c -> 1 only as R -> inf; beyond_range: a cascade onset not

@@ -8,17 +8,17 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.cascade import cascade, distinct_directions
 from pipeline.config import SweepConfig
 from pipeline.faults import failing_solver
 from pipeline.grid import SCAN_AXIS, Batch, Grid
-from pipeline.losses import parse_loss
-from pipeline.objective import class_objective
-from pipeline.problem import Problem
 from pipeline.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
-from pipeline.sdp import full_program_fits
-from pipeline.theory import solve
-from pipeline.threshold import minority_threshold
+from pipeline.theory.cascade import cascade, distinct_directions
+from pipeline.theory.dispatch import solve
+from pipeline.theory.losses import parse_loss
+from pipeline.theory.objective import class_objective
+from pipeline.theory.problem import Problem
+from pipeline.theory.sdp import full_program_fits
+from pipeline.theory.threshold import minority_threshold
 
 
 def _empty(grid: Grid, kind: str, shape: tuple[int, ...]) -> dict[str, np.ndarray]:

@@ -44,11 +44,11 @@ import numpy as np
 import torch
 
 from pipeline.config import TrainSpec
-from pipeline.losses import Loss
 from pipeline.metrics import WithinClass, class_mean_gram, group_cosines, within_class
-from pipeline.objective import choose_method, count_vectors, linear_scale, multinomial_weights
-from pipeline.transform import nodes as transform_nodes
-from pipeline.transform import transform_terms
+from pipeline.theory.losses import Loss
+from pipeline.theory.objective import choose_method, count_vectors, linear_scale, multinomial_weights
+from pipeline.theory.transform import nodes as transform_nodes
+from pipeline.theory.transform import transform_terms
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ class Objective:
     q_a: torch.Tensor | None = None  # (B, M, C) class probabilities of a negative; None: sampled
     counts: torch.Tensor | None = None  # (Mc, C) count vectors n; None: psi linear, transform or limit
     P_a: torch.Tensor | None = None  # (B, M, Mc) their multinomial probabilities
-    nodes: torch.Tensor | None = None  # (n,) quadrature nodes of the transform (pipeline.transform), large k
+    nodes: torch.Tensor | None = None  # (n,) quadrature nodes of the transform (pipeline.theory.transform), large k
 
     def terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-run loss (B,) (the weighted mean over anchors) and g = its derivative in z (B, M, K)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.problem import Problem
+from pipeline.theory.problem import Problem
 
 
 def complex_step(f, x: np.ndarray, direction: np.ndarray, h: float = 1e-30) -> float:

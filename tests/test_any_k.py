@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.objective import expected_loss
-from pipeline.problem import Problem, check_k
-from pipeline.theory import solve
-from pipeline.threshold import criterion_with_error, minority_threshold
-from pipeline.transform import nodes, quadrature_error, transform_terms
+from pipeline.theory.dispatch import solve
+from pipeline.theory.objective import expected_loss
+from pipeline.theory.problem import Problem, check_k
+from pipeline.theory.threshold import criterion_with_error, minority_threshold
+from pipeline.theory.transform import nodes, quadrature_error, transform_terms
 from tests.conftest import complex_step
 from tests.test_objective import random_gram
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline.errors import InputError
-from pipeline.losses import LOSS_NAMES, make_loss, parse_loss
+from pipeline.theory.losses import LOSS_NAMES, make_loss, parse_loss
 
 LOSS_IDS = ["infonce(tau=0.5)", "sumexp(tau=2)", "triplet(margin=0.5)", "squared_hinge(margin=1.5)"]
 

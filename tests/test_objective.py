@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.objective import certificate, class_objective, count_vectors, expected_loss
-from pipeline.problem import Problem
+from pipeline.theory.objective import certificate, class_objective, count_vectors, expected_loss
+from pipeline.theory.problem import Problem
 from tests.conftest import complex_step
 
 
@@ -51,7 +51,7 @@ def test_exact_expectation_matches_brute_force(loss, negatives, reduction):
 
 def test_linear_psi_shortcut_matches_enumeration():
     """psi = identity collapses the expectation to rho k sum q phi; check against the enumeration."""
-    from pipeline.objective import multinomial_weights
+    from pipeline.theory.objective import multinomial_weights
 
     rng = np.random.default_rng(1)
     problem = Problem.create("sumexp(tau=0.7)", rng.uniform(0.2, 1, 4), 5)
@@ -97,7 +97,7 @@ def test_certificate_is_zero_only_at_the_optimum():
 @pytest.mark.parametrize("loss", ["infonce(tau=0.5)", "sumexp(tau=1)"])
 def test_group_gradient_equals_class_gradient(loss, negatives):
     """The symmetric solver's certificate uses the group expectation; check it against the enumeration."""
-    from pipeline.symmetric import GroupModel
+    from pipeline.theory.symmetric import GroupModel
 
     problem = Problem.create(loss, [3, 3, 3, 1, 1], 3, negatives, "mean")
     model = GroupModel.from_problem(problem)

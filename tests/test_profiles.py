@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.cascade import cascade, distinct_directions, merged_geometry, onset, split_test, tail_test
 from pipeline.cli import main
 from pipeline.errors import InputError
-from pipeline.losses import parse_loss
-from pipeline.objective import certificate, expected_loss
-from pipeline.problem import Problem, two_group_proportions
-from pipeline.profiles import Counts, Exp, Step, parse_profile
-from pipeline.theory import choose_solver, solve
+from pipeline.theory.cascade import cascade, distinct_directions, merged_geometry, onset, split_test, tail_test
+from pipeline.theory.dispatch import choose_solver, solve
+from pipeline.theory.losses import parse_loss
+from pipeline.theory.objective import certificate, expected_loss
+from pipeline.theory.problem import Problem, two_group_proportions
+from pipeline.theory.profiles import Counts, Exp, Step, parse_profile
 
 INFONCE = "infonce(tau=0.5)"
 

@@ -10,9 +10,9 @@ import pytest
 import xarray as xr
 import yaml
 
-from pipeline.cascade import onset
 from pipeline.config import ConfigError, load_config
 from pipeline.results import STATUS_CODE
+from pipeline.theory.cascade import onset
 from tests.test_sweep import clphase, tree_digest
 
 DATA = Path(__file__).parent / "data"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from pipeline.metrics import etf_gram
-from pipeline.objective import certificate, class_objective
-from pipeline.problem import Problem
-from pipeline.symmetric import GroupModel, _barrier_solve, _TwoGroup
-from pipeline.theory import solve
+from pipeline.theory.dispatch import solve
+from pipeline.theory.objective import certificate, class_objective
+from pipeline.theory.problem import Problem
+from pipeline.theory.symmetric import GroupModel, _barrier_solve, _TwoGroup
 from tests.conftest import complex_step
 
 # losses whose optimum is unique (squared hinge: every pair active at the ETF needs margin > C/(C-1))

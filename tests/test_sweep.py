@@ -16,11 +16,11 @@ import xarray as xr
 import yaml
 
 from pipeline.config import ConfigError, load_config
-from pipeline.problem import Problem
 from pipeline.results import STATUS_CODE
 from pipeline.store import open_results
-from pipeline.theory import solve
-from pipeline.threshold import minority_threshold
+from pipeline.theory.dispatch import solve
+from pipeline.theory.problem import Problem
+from pipeline.theory.threshold import minority_threshold
 
 TINY = {
     "name": "tiny",

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.objective import certificate
-from pipeline.problem import Problem
-from pipeline.symmetric import GroupModel, _TwoGroup
-from pipeline.theory import solve
-from pipeline.threshold import collapse_criterion, minority_threshold
+from pipeline.theory.dispatch import solve
+from pipeline.theory.objective import certificate
+from pipeline.theory.problem import Problem
+from pipeline.theory.symmetric import GroupModel, _TwoGroup
+from pipeline.theory.threshold import collapse_criterion, minority_threshold
 
 CASES = [(1, 2), (2, 2), (2, 3), (3, 2), (4, 4)]
 

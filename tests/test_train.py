@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.losses import parse_loss
 from pipeline.metrics import etf_gram
-from pipeline.objective import count_vectors
-from pipeline.problem import Problem, two_group_proportions
-from pipeline.theory import solve
-from pipeline.threshold import minority_threshold
+from pipeline.theory.dispatch import solve
+from pipeline.theory.losses import parse_loss
+from pipeline.theory.objective import count_vectors
+from pipeline.theory.problem import Problem, two_group_proportions
+from pipeline.theory.threshold import minority_threshold
 from pipeline.train import (
     AliasSampler,
     Objective,
@@ -186,8 +186,8 @@ def test_cpu_stacks_split_the_runs_and_keep_their_order(monkeypatch):
 def test_expected_estimator_at_any_k_matches_the_enumeration_and_autograd():
     """The transform branch (large k) and the k = inf branch of Objective, float64: values against the
     count-vector branch (k = 5) and the limit, derivatives against autograd."""
-    from pipeline.objective import multinomial_weights
-    from pipeline.transform import nodes
+    from pipeline.theory.objective import multinomial_weights
+    from pipeline.theory.transform import nodes
 
     B, M, C, k = 2, 6, 3, 5
     gen = torch.Generator().manual_seed(4)

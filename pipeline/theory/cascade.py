@@ -1,7 +1,7 @@
 """The collapse cascade: which classes share one direction, decided from the optimality condition.
 
 A *merged geometry* puts the classes of each cluster on one vector and is the optimum of the convex
-program restricted to that (:func:`pipeline.oblique.minimise` with tied columns). It is optimal for
+program restricted to that (:func:`pipeline.theory.oblique.minimise` with tied columns). It is optimal for
 the full program iff the KKT certificate exists there: with D = dL/dG, D_s = (D + D^T) / 2,
 y_i = (D_s G)_ii and Z = D_s - Diag(y), Z must be PSD (Z G = 0 holds at the restricted optimum).
 Splitting a cluster S moves G only along the split directions W_S = {z on S, sum z = 0}, which lie
@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 from scipy.optimize import brentq
 
-from pipeline.objective import certificate, class_objective, gap_bound
-from pipeline.oblique import minimise
-from pipeline.problem import Problem
-from pipeline.profiles import Exp
-from pipeline.symmetric import CRITERION_RTOL
+from pipeline.theory.objective import certificate, class_objective, gap_bound
+from pipeline.theory.oblique import minimise
+from pipeline.theory.problem import Problem
+from pipeline.theory.profiles import Exp
+from pipeline.theory.symmetric import CRITERION_RTOL
 
 CANDIDATE_TOL = 1e-4  # 1 - cos below this proposes a merge (decided by h_S, not by this)
 RHO_MAX = 1e12
@@ -324,7 +324,7 @@ def cascade(loss: Any, C: int, k: float, negatives: str = "marginal", reduction:
 
     (All C classes on one direction is never optimal: spreading any two lowers every phi term.)
     """
-    from pipeline.losses import parse_loss
+    from pipeline.theory.losses import parse_loss
 
     loss = parse_loss(loss)
     result = Cascade(loss.id, C, k, negatives, reduction)

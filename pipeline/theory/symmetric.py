@@ -27,9 +27,9 @@ from functools import lru_cache
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.objective import expected_loss, gap_bound
-from pipeline.problem import Problem
-from pipeline.solution import Solution, class_means
+from pipeline.theory.objective import expected_loss, gap_bound
+from pipeline.theory.problem import Problem
+from pipeline.theory.solution import Solution, class_means
 
 _EPS = np.finfo(float).eps
 # relative error of each term of the collapse criterion: the expectation's routes agree to 6e-15

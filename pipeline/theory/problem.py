@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.losses import NEGATIVES, REDUCTIONS, Loss, check_option, parse_loss
-from pipeline.profiles import Profile, Step, parse_profile
+from pipeline.theory.losses import NEGATIVES, REDUCTIONS, Loss, check_option, parse_loss
+from pipeline.theory.profiles import Profile, Step, parse_profile
 
 EXPECTATIONS: tuple[str, ...] = ("auto", "transform", "enumerate")
 
@@ -100,15 +100,15 @@ class Problem:
         (C,) class proportions, positive, summing to 1; majority classes first by convention.
     k : int or inf
         Number of negatives per anchor; ``math.inf`` is the large-k limit (renormalised loss, see
-        :mod:`pipeline.objective`).
+        :mod:`pipeline.theory.objective`).
     negatives : {'marginal', 'other'}
         Sampling model of the negatives.
     reduction : {'sum', 'mean'}
         ``mean`` divides the inner sum by k.
     expectation : {'auto', 'transform', 'enumerate'}
-        How the expectation over the negatives is computed (all exact; see :mod:`pipeline.objective`).
+        How the expectation over the negatives is computed (all exact; see :mod:`pipeline.theory.objective`).
     profile : Profile, optional
-        The imbalance profile p came from (:mod:`pipeline.profiles`): labels and sweep axes.
+        The imbalance profile p came from (:mod:`pipeline.theory.profiles`): labels and sweep axes.
     """
 
     loss: Loss

@@ -10,7 +10,7 @@ InfoNCE terms are exponential cones: ``s_t >= log(1 + sum_j rho n_j exp((G[c, j]
 count. Losses with psi the identity need no enumeration: ``rho k sum_c p_c sum_j q_cj phi(G[c, j] - 1)``.
 
 Clarabel (tolerances 1e-12) first, SCS as the fallback. The result carries the solver-independent
-certificate of :func:`pipeline.objective.certificate`; when that gap is not small against the weight
+certificate of :func:`pipeline.theory.objective.certificate`; when that gap is not small against the weight
 of the minority-minority terms (p_minor^2), the status says ``optimal_inaccurate``: a generic
 interior-point method does not resolve c at large R (THEORY.md).
 """
@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.losses import Loss
 from pipeline.metrics import group_cosines
-from pipeline.objective import certificate, count_vectors, linear_scale, multinomial_weights, n_count_vectors
-from pipeline.problem import Problem
-from pipeline.rank import refine
-from pipeline.solution import Solution, class_means
+from pipeline.theory.losses import Loss
+from pipeline.theory.objective import certificate, count_vectors, linear_scale, multinomial_weights, n_count_vectors
+from pipeline.theory.problem import Problem
+from pipeline.theory.rank import refine
+from pipeline.theory.solution import Solution, class_means
 
 CLARABEL_OPTIONS = {
     "tol_gap_abs": 1e-12,

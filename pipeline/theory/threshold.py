@@ -38,9 +38,9 @@ import numpy as np
 from scipy.optimize import brentq
 
 from pipeline.errors import InputError
-from pipeline.losses import Loss, parse_loss
-from pipeline.problem import Problem, check_int, check_k
-from pipeline.symmetric import CRITERION_RTOL, GroupModel, _TwoGroup
+from pipeline.theory.losses import Loss, parse_loss
+from pipeline.theory.problem import Problem, check_int, check_k
+from pipeline.theory.symmetric import CRITERION_RTOL, GroupModel, _TwoGroup
 
 R_MAX = 1e12
 _R_LIMIT = 1e15  # where the limit's coefficients are read (their O(p_minor) corrections ~1e-15)
@@ -190,7 +190,7 @@ def minority_threshold(
     k : int or inf
         Number of negatives (``math.inf``: the large-k limit, R*_inf).
     negatives, reduction : str
-        Sampling conventions (see :class:`~pipeline.problem.Problem`).
+        Sampling conventions (see :class:`~pipeline.theory.problem.Problem`).
     R_max : float
         End of the scanned grid; beyond it the sign of the limit decides.
     per_decade : int

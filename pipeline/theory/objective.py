@@ -11,7 +11,7 @@ anchors ``a`` and categories ``j``:
 Three exact routes, picked by :func:`expected_loss` (``method='auto'``):
 
 - psi the identity: ``rho k sum_a w_a sum_j q_aj phi`` in closed form.
-- psi = log1p, the transform (:mod:`pipeline.transform`): a one-dimensional integral whose cost does
+- psi = log1p, the transform (:mod:`pipeline.theory.transform`): a one-dimensional integral whose cost does
   not depend on k, so k = 65536 costs what k = 1 does.
 - the enumeration over the binom(k + J - 1, J - 1) count vectors n: any psi; used by ``auto`` where it
   has fewer terms than the transform's ~250 nodes per category (k <= 35 for three categories), and
@@ -36,9 +36,9 @@ import numpy as np
 from scipy.special import gammaln, xlogy
 
 from pipeline.errors import InputError
-from pipeline.losses import Loss
-from pipeline.problem import EXPECTATIONS, Problem
-from pipeline.transform import transform_terms
+from pipeline.theory.losses import Loss
+from pipeline.theory.problem import EXPECTATIONS, Problem
+from pipeline.theory.transform import transform_terms
 
 
 @lru_cache(maxsize=64)

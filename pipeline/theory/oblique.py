@@ -2,8 +2,8 @@
 
 Burer-Monteiro: G = V^T V with V (C x C) of unit columns, minimised by pymanopt's Riemannian trust
 region on the analytic gradient and Hessian-vector product of the exact expectation (the transform
-at any k, :mod:`pipeline.objective`), then certified by the solver-independent bound of
-:func:`pipeline.objective.certificate`. Nothing is assumed about symmetry: every class has its
+at any k, :mod:`pipeline.theory.objective`), then certified by the solver-independent bound of
+:func:`pipeline.theory.objective.certificate`. Nothing is assumed about symmetry: every class has its
 own vector, so any profile works (the symmetric solver is faster where classes share proportions).
 
 Two choices make it converge at C = 100 (measured; plain Oblique(C, C) stalled at |grad| ~ 1e-7):
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.metrics import group_cosines
-from pipeline.objective import certificate, expected_loss
-from pipeline.problem import Problem
-from pipeline.solution import Solution, class_means
+from pipeline.theory.objective import certificate, expected_loss
+from pipeline.theory.problem import Problem
+from pipeline.theory.solution import Solution, class_means
 
 GRAD_TOL = 1e-14  # norm of the Riemannian gradient (in the stage's metric) at which a stage stops
 MAX_ITERATIONS = 500

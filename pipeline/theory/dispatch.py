@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 from pipeline.errors import InputError
-from pipeline.oblique import solve_oblique
-from pipeline.problem import Problem, check_int
-from pipeline.rank import solve_rank
-from pipeline.sdp import solve_full
-from pipeline.solution import SOLVERS, Solution, SolverName
-from pipeline.symmetric import solve_symmetric
-from pipeline.threshold import criterion_with_error, decide_collapse
+from pipeline.theory.oblique import solve_oblique
+from pipeline.theory.problem import Problem, check_int
+from pipeline.theory.rank import solve_rank
+from pipeline.theory.sdp import solve_full
+from pipeline.theory.solution import SOLVERS, Solution, SolverName
+from pipeline.theory.symmetric import solve_symmetric
+from pipeline.theory.threshold import criterion_with_error, decide_collapse
 
 COLLAPSE_CHECK_TOL = 1e-6
 # the group-reduced solver where it reduces: two proportion groups, or a few groups one of which

@@ -15,9 +15,9 @@ import numpy as np
 from scipy.optimize import minimize
 
 from pipeline.metrics import group_cosines
-from pipeline.objective import certificate, class_objective
-from pipeline.problem import Problem
-from pipeline.solution import Solution
+from pipeline.theory.objective import certificate, class_objective
+from pipeline.theory.problem import Problem
+from pipeline.theory.solution import Solution
 
 
 def _objective_in_W(problem: Problem, d: int):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.problem import Problem
+from pipeline.theory.problem import Problem
 
 SolveStatus = Literal["optimal", "optimal_inaccurate", "local", "error"]
 SolverName = Literal["auto", "symmetric", "full", "rank", "oblique"]
