@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.analysis import distinct_directions, onset_curve, onsets_table, profile_of
-from pipeline.plots import COLUMN_IN, OKABE_ITO, _edges, _mark_infinite_k, _plain_log_ticks, _save, k_axis, slug
+from pipeline.plots import COLUMN_IN, OKABE_ITO, _edges, _save, k_axis, k_log_axes, slug
 from pipeline.results import STATUS_CODE
 
 
@@ -79,14 +79,8 @@ def directions_diagram(ds: xr.Dataset, loss: str, C: int) -> tuple[plt.Figure, d
                 ax.plot(x_k[finite], values[finite], "o-", ms=2.5, lw=1, color=OKABE_ITO[(i + 1) % 8],
                         label=f"rho*_{m}", zorder=3)  # fmt: skip
                 drawn[int(m)] = (k[finite], values[finite])
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(x_k, k_labels)
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    _plain_log_ticks(ax.yaxis)
-    _mark_infinite_k(ax, k, x_k)
+    k_log_axes(ax, k, x_k, k_labels)
     ax.set_ylim(_edges(rho)[0], _edges(rho)[-1])
-    ax.set_xlabel("negatives per anchor k")
     ax.set_ylabel("imbalance rho = p_0 / p_{C-1}")
     ax.set_title(f"collapse cascade: {loss}, exp(C={C})")
     if drawn:
@@ -120,13 +114,7 @@ def onsets_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
                 ax.plot(x_k[finite], values[finite], marker=markers[i % len(markers)], ms=3, lw=1, label=label)
                 drawn[label] = (k[finite], values[finite])
                 i += 1
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(x_k, k_labels)
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    _plain_log_ticks(ax.yaxis)
-    _mark_infinite_k(ax, k, x_k)
-    ax.set_xlabel("negatives per anchor k")
+    k_log_axes(ax, k, x_k, k_labels)
     ax.set_ylabel("onset rho*_m")
     ax.set_title("cascade onsets: the m smallest classes share one direction above rho*_m")
     if drawn:

@@ -96,6 +96,18 @@ def _mark_infinite_k(ax: plt.Axes, k: np.ndarray, x: np.ndarray) -> None:
         ax.axvline(edge, color="0.3", ls=":", lw=0.8)
 
 
+def k_log_axes(ax: plt.Axes, k: np.ndarray, x_k: np.ndarray, labels: list[str], plain_y: bool = True) -> None:
+    """k (log base 2, k = inf as its own column behind a dotted line) on x, a log scale on y."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("negatives per anchor k")
+    ax.set_xticks(x_k, labels)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    if plain_y:
+        _plain_log_ticks(ax.yaxis)
+    _mark_infinite_k(ax, k, x_k)
+
+
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=200)  # constrained layout: bbox_inches="tight" would double the time
@@ -135,14 +147,9 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
     drawn = {"mesh": values, "threshold": (k[finite], curve.values[finite]), "no_threshold": k[none]}
     if has_training(ds):
         drawn["training"] = _training_markers(ds, ax, point, x_k)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("negatives per anchor k")
+    k_log_axes(ax, k, x_k, k_labels, plain_y=False)
     ax.set_ylabel("imbalance ratio R = p_major / p_minor")
     ax.set_title(f"{loss}, K_A={n_major}, K_B={n_minor}")
-    ax.set_xticks(x_k, k_labels)
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    _mark_infinite_k(ax, k, x_k)
     if ax.get_legend_handles_labels()[0]:  # below the axes: it never covers cells
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=6,
                    facecolor="0.7", edgecolor="none")  # grey: the white training circles show
@@ -240,15 +247,9 @@ def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
             ax.plot(x_k[at_inf], values[at_inf], marker=marker, ms=4, ls="none", color=handle.get_color())
             ax.axhline(values[at_inf][0], color=handle.get_color(), ls=":", lw=0.7)
         drawn[label] = (k[finite], values[finite])
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("negatives per anchor k")
+    k_log_axes(ax, k, x_k, k_labels)
     ax.set_ylabel("threshold R* (minority collapse)")
     ax.set_title("minority-collapse threshold R*(k): minorities merge above the curve")
-    ax.set_xticks(x_k, k_labels)
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    _plain_log_ticks(ax.yaxis)
-    _mark_infinite_k(ax, k, x_k)
     if drawn:
         ax.legend(fontsize=6, ncol=1, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig, drawn

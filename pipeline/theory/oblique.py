@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.metrics import group_cosines
 from pipeline.theory.objective import certificate, expected_loss
 from pipeline.theory.problem import Problem
-from pipeline.theory.solution import Solution, class_means
+from pipeline.theory.solution import Solution
 
 GRAD_TOL = 1e-14  # norm of the Riemannian gradient (in the stage's metric) at which a stage stops
 MAX_ITERATIONS = 500
@@ -198,18 +198,8 @@ def solve_oblique(problem: Problem, dim: int | None = None, V0: np.ndarray | Non
     G = V.T @ V
     np.fill_diagonal(G, 1.0)
     value, gap = certificate(problem, G, scaled=True)
-    solution = Solution(
-        problem=problem,
-        solver="oblique",
-        G=G,
-        V=class_means(G, dim),
-        objective=value,
-        status="optimal",
-        gap=gap,
-        lower_bound=value - gap,
-        time_s=time.perf_counter() - start,
-        extra={"iterations": result.iterations, "grad_norm": float(result.gradient_norm)},
-    )
+    extra = {"iterations": result.iterations, "grad_norm": float(result.gradient_norm)}
+    solution = Solution.certified(problem, "oblique", G, value, gap, dim, start, extra)
     two = problem.two_groups()
     if two is not None:
         solution.a, solution.b, solution.c = group_cosines(G, two[0])

@@ -223,18 +223,8 @@ def solve_full(problem: Problem, dim: int | None = None) -> Solution:
     polished = value_polished <= value and gap_polished <= gap
     if polished:
         G, value, gap = G_polished, value_polished, gap_polished
-    solution = Solution(
-        problem=problem,
-        solver="full",
-        G=G,
-        V=class_means(G, dim),
-        objective=value,
-        status="optimal",
-        gap=gap,
-        lower_bound=value - gap,
-        time_s=time.perf_counter() - start,
-        extra={"backend": used, "backend_status": solver_status, "polished": polished},
-    )
+    extra = {"backend": used, "backend_status": solver_status, "polished": polished}
+    solution = Solution.certified(problem, "full", G, value, gap, dim, start, extra)
     problems = []
     if solution.gap_rel > 1e-6:
         problems.append(f"certified gap {solution.gap_rel:.1e} (relative) exceeds 1e-6")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +70,14 @@ class Solution:
     time_s: float = 0.0
     message: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def certified(cls, problem: Problem, solver: str, G: np.ndarray, value: float, gap: float, dim: int | None,
+                  start: float, extra: dict[str, Any]) -> Solution:  # fmt: skip
+        """A solution at a feasible G with its certificate (L(G), gap); class means from G, the
+        time since ``start`` (a ``time.perf_counter()`` value); status ``optimal`` until checked."""
+        return cls(problem=problem, solver=solver, G=G, V=class_means(G, dim), objective=value, status="optimal",
+                   gap=gap, lower_bound=value - gap, time_s=time.perf_counter() - start, extra=extra)  # fmt: skip
 
     @property
     def gap_rel(self) -> float:
