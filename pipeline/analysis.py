@@ -11,7 +11,10 @@ import xarray as xr
 from pipeline.metrics import COLLAPSE_TOL
 from pipeline.results import STATUS_CODE
 
-PHASES = ("pending", "failed", "no_collapse", "minority_collapse", "disagreement", "not_applicable")
+# codes are positions (new labels at the end). A training run's measured collapse that contradicts
+# the theory is ``disagreement`` where the run is stationary (or its stationarity unknown) and
+# ``not_converged`` where it is not (converged_train == 0)
+PHASES = ("pending", "failed", "no_collapse", "minority_collapse", "disagreement", "not_applicable", "not_converged")
 PHASE_CODE = {name: code for code, name in enumerate(PHASES)}
 
 
@@ -147,15 +150,24 @@ def train_collapsed(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
 
 
 def train_phase(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
-    """Phase per training run: agreement with theory's collapse decision, or ``disagreement``.
+    """Phase per training run: agreement with theory's collapse decision, ``disagreement``, or
+    ``not_converged`` (a disagreeing run that is not stationary: converged_train == 0).
 
-    A run agrees when its measured collapse (c_train >= 1 - tol) matches the theory's optimality
-    condition at the same point; the tolerance is stored in the result's attrs.
+    A run contradicts the theory when its measured collapse (c_train >= 1 - tol) differs from the
+    theory's optimality condition at the same point and its c_train is more than tol from the
+    theory's c (near R* both can lie within tol of 1 on either side: the exact mode reproduces
+    c = 0.99553 at R = 63 < R* = 64.1 to 1e-14, which the flag alone called a disagreement); the
+    tolerance is stored in the result's attrs. Stores written before stationarity was measured
+    have no ``converged_train``: every contradiction is a disagreement.
     """
     measured = train_collapsed(ds, tol)
     theory = ds.collapsed_theory
     code = xr.where(measured == 1, PHASE_CODE["minority_collapse"], PHASE_CODE["no_collapse"])
-    code = xr.where((measured != theory) & theory.notnull(), PHASE_CODE["disagreement"], code)
+    far = abs(ds.cos_minor_train - ds.cos_minor_theory) > tol
+    contradicts = (measured != theory) & theory.notnull() & far
+    code = xr.where(contradicts, PHASE_CODE["disagreement"], code)
+    if "converged_train" in ds:
+        code = xr.where(contradicts & (ds.converged_train == 0), PHASE_CODE["not_converged"], code)
     code = xr.where(ds.status_train == STATUS_CODE["not_applicable"], PHASE_CODE["not_applicable"], code)
     code = xr.where(ds.status_train == STATUS_CODE["diverged"], PHASE_CODE["failed"], code)
     code = xr.where(ds.done_train == 1, code, PHASE_CODE["pending"])

@@ -28,7 +28,7 @@ from pipeline.theory.solution import SOLVERS
 
 MODELS = ("ufm", "mlp")
 DATASETS = ("gaussian", "digits")
-ESTIMATORS = ("expected", "sampled")
+ESTIMATORS = ("expected", "sampled", "exact")
 KERNELS = ("auto", "sparse", "dense")
 
 
@@ -137,7 +137,7 @@ class TrainSpec:
     input_dim: int = 32  # gaussian input dimension (digits: 64)
     noise: float = 0.5  # gaussian within-class standard deviation
     device: str = "auto"  # auto: cuda when available, else cpu
-    estimator: str = "expected"  # expected | sampled (see pipeline.train)
+    estimator: str = "expected"  # expected | sampled (see pipeline.train) | exact (ufm: pipeline.exact_ufm)
     kernel: str = "auto"  # sparse | dense negatives (pipeline.train.contrastive_grad); auto: sparse on CPU
     runs_per_batch: int = 32  # runs stacked in one task
     select: dict[str, tuple] = field(default_factory=dict)  # train only these values of some axes
@@ -484,6 +484,10 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
         device = d.device
     estimator = _choice("train.estimator", raw.get("estimator", d.estimator), ESTIMATORS, problems)
     trained_k = chosen.get("k", axes.get("k", GridSpec.k))
+    model = raw.get("model", d.model)
+    if estimator == "exact" and model != "ufm":
+        problems.append(f"train.estimator: 'exact': the full-batch exact minimisation is for free features; "
+                        f"expected train.model: ufm (got {model!r}) or estimator 'expected'")  # fmt: skip
     if estimator == "sampled" and any(math.isinf(k) for k in trained_k):
         problems.append(
             "train.estimator: 'sampled': cannot draw k = inf negatives; expected 'expected' (the k = inf limit "

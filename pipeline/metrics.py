@@ -51,6 +51,21 @@ def etf_distance(G: np.ndarray) -> float:
 # Sigma_B counts as rank-deficient when an eigenvalue that a non-degenerate class-mean simplex has
 # (the C - 1 largest) falls below this fraction of the largest: merged class means
 RANK_RTOL = 1e-6
+# stationarity of a trained run (``converged_train``): free features by the normalised gradient norm
+# of the exact loss (pipeline.exact_ufm.SampleLoss.grad_norm; a geometry error delta in the minority
+# block gives ~delta); mlp, whose parameter-space gradient is not evaluated, by the relative change
+# of its training loss over the last 10% of steps (a weaker test: a slow drift passes it)
+GRAD_NORM_TOL = 1e-6
+LOSS_CHANGE_TOL = 1e-3
+
+
+def stationary(grad_norm: float, loss_change: float) -> bool | None:
+    """converged_train of one run (None where neither measure is available)."""
+    if grad_norm == grad_norm:  # not NaN
+        return bool(grad_norm <= GRAD_NORM_TOL)
+    if loss_change == loss_change:
+        return bool(abs(loss_change) <= LOSS_CHANGE_TOL)
+    return None
 CONVENTIONS = (
     "global mean mu_G: sample-weighted mean of the features (training draws classes equally, so also the "
     "class average); Sigma_W: sample-weighted; Sigma_B: each class mean weighs 1/C"

@@ -34,7 +34,7 @@ from pipeline.analysis import (
     thresholds_table,
     train_phase,
 )
-from pipeline.metrics import COLLAPSE_TOL
+from pipeline.metrics import COLLAPSE_TOL, GRAD_NORM_TOL
 from pipeline.results import STATUS_CODE
 
 COLUMN_IN = 3.4
@@ -157,29 +157,35 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
 
 
 def _training_markers(ds: xr.Dataset, ax: plt.Axes, point: dict, x_k: np.ndarray) -> dict[str, np.ndarray]:
-    """Mark trained (k, R) cells: circles where every trained run agrees with theory, crosses elsewhere.
+    """Mark trained (k, R) cells: circles where every trained run agrees with theory, crosses where a
+    stationary run disagrees, triangles where the only disagreeing runs are not stationary.
 
     Uses the largest trained dim; returns the marked (k, R) pairs per outcome. ``x_k`` gives the
     axis position of each k (:func:`k_axis`).
     """
     phase = train_phase(ds).sel(point)  # (R, k, dim, seed)
-    trained = phase.isin([PHASE_CODE["minority_collapse"], PHASE_CODE["no_collapse"], PHASE_CODE["disagreement"]])
+    outcomes = ("minority_collapse", "no_collapse", "disagreement", "not_converged")
+    trained = phase.isin([PHASE_CODE[name] for name in outcomes])
     dims = [d for d in phase.dim.values if bool(trained.sel(dim=d).any())]
-    marks = {"agree": np.empty((0, 2)), "disagree": np.empty((0, 2))}
+    marks = {"agree": np.empty((0, 2)), "disagree": np.empty((0, 2)), "not_converged": np.empty((0, 2))}
     if not dims:
         return marks
     dim = max(dims)
     phase, trained = phase.sel(dim=dim), trained.sel(dim=dim)
     disagree = (phase == PHASE_CODE["disagreement"]).any("seed") & trained.any("seed")
-    agree = trained.any("seed") & ~disagree
+    unconverged = (phase == PHASE_CODE["not_converged"]).any("seed") & trained.any("seed") & ~disagree
+    agree = trained.any("seed") & ~disagree & ~unconverged
     grid_R, grid_k = xr.broadcast(ds.R, ds.k)
+    labels = {"agree": "agrees", "disagree": "disagrees (stationary)", "not_converged": "not stationary"}
     for name, mask, style in (("agree", agree, dict(marker="o", mfc="none", mec="white", ms=3.5, mew=0.8)),
-                              ("disagree", disagree, dict(marker="x", color="#CC79A7", ms=4.5, mew=1.2))):  # fmt: skip
+                              ("disagree", disagree, dict(marker="x", color="#CC79A7", ms=4.5, mew=1.2)),
+                              ("not_converged", unconverged, dict(marker="^", mfc="none", mec="#E69F00", ms=3.5,
+                                                                  mew=0.9))):  # fmt: skip
         m = mask.transpose("R", "k").values
         pts = np.column_stack([grid_k.transpose("R", "k").values[m], grid_R.transpose("R", "k").values[m]])
         marks[name] = pts
         if len(pts):
-            label = f"training (d={dim}) {'agrees' if name == 'agree' else 'disagrees'}"
+            label = f"training (d={dim}) {labels[name]}"
             position = dict(zip(ds.k.values.tolist(), x_k, strict=True))
             ax.plot([position[v] for v in pts[:, 0]], pts[:, 1], ls="none", label=label, **style)
     return marks
@@ -325,7 +331,7 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
     lines = [f"# {ds.attrs.get('title', 'clphase results')}", "",
              f"Conventions: {ds.attrs.get('conventions', '')}", "",
              "| phase | theory points |", "|---|---|"]  # fmt: skip
-    lines += [f"| {name} | {counts[name]} |" for name in PHASES if name != "disagreement"]  # training only
+    lines += [f"| {name} | {counts[name]} |" for name in PHASES if name not in ("disagreement", "not_converged")]
     lines += ["", "| loss | K_A | K_B | k | R* | status |", "|---|---|---|---|---|---|"]
     for row in rows:
         R_star = "inf" if np.isinf(row["R_star"]) else ("" if np.isnan(row["R_star"]) else f"{row['R_star']:.4g}")
@@ -333,7 +339,9 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     if has_training(ds):
         runs = phase_counts(ds, train_phase(ds))
-        lines += ["", f"Training runs (collapse measured as c_train >= 1 - {COLLAPSE_TOL:g}):", "",
+        lines += ["", f"Training runs (collapse measured as c_train >= 1 - {COLLAPSE_TOL:g}; a run contradicting "
+                  f"the theory is a disagreement where it is stationary (normalised gradient norm <= "
+                  f"{GRAD_NORM_TOL:g}), not_converged where it is not):", "",
                   "| phase | runs |", "|---|---|"]  # fmt: skip
         lines += [f"| {name} | {runs[name]} |" for name in PHASES]
     if skipped:

@@ -56,6 +56,11 @@ def kind_dims(kind: str, profile: str = "step") -> tuple[str, ...]:
     raise ValueError(f"unknown task kind {kind!r}")
 
 
+# the store format a store is written in; a store keeps the variables of the format it was created
+# in (an older store resumes without the variables added since, which stay absent, not NaN)
+FORMAT_VERSION = 2
+
+
 @dataclass(frozen=True)
 class Variable:
     extra: tuple[str, ...]  # dims after the kind's (class_i, class_j, onset)
@@ -64,6 +69,7 @@ class Variable:
     units: str
     kind: str  # task kind that writes it
     profiles: tuple[str, ...] = PROFILES  # the profiles whose stores hold it
+    since: int = 1  # the store format that introduced it
 
     def dims(self, profile: str = "step") -> tuple[str, ...]:
         return (*kind_dims(self.kind, profile), *self.extra)
@@ -106,6 +112,9 @@ VARIABLES: dict[str, Variable] = {
     "objective_train": Variable((), "float64", "class-collapsed loss L(G) at the trained Gram matrix", "nats", "train"),
     "objective_rank": Variable((), "float64", "rank-dim optimum of L (Burer-Monteiro; NaN when dim >= C)", "nats", "train"),
     "dist_to_theory": Variable((), "float64", "||G_train - G*||_F / C, G* the optimum at the run's dim: the rank-dim optimum (Burer-Monteiro) when dim < C, else the full-rank G", "1", "train"),
+    "grad_norm_train": Variable((), "float64", "stationarity: normalised Riemannian gradient norm of the exact sample-level loss at the end, sqrt(sum_s |grad_s|^2 / w_s^2) / p_min (ufm; NaN for mlp)", "1", "train", since=2),
+    "loss_change_train": Variable((), "float64", "relative change of the training loss over the last 10% of steps, (first half - second half) / |second half|", "1", "train", since=2),
+    "converged_train": Variable((), "int8", "1 where the run is stationary (see attrs: grad_norm_train <= grad_tol; mlp: |loss_change_train| <= loss_change_tol), 0 where not, -1 unknown", "1", "train", since=2),
     "status_train": Variable((), "int8", "training status", "1", "train"),
     "time_train": Variable((), "float64", "training wall time per run (batch time / runs)", "s", "train"),
 }  # fmt: skip
@@ -114,9 +123,9 @@ DONE = {"theory": "done_theory", "threshold": "done_threshold", "train": "done_t
 KIND_DIMS = {kind: kind_dims(kind) for kind in ("theory", "threshold", "train")}  # step stores
 
 
-def profile_variables(profile: str) -> dict[str, Variable]:
-    """The variables a store of this profile holds."""
-    return {name: v for name, v in VARIABLES.items() if profile in v.profiles}
+def profile_variables(profile: str, version: int = FORMAT_VERSION) -> dict[str, Variable]:
+    """The variables a store of this profile (written in store format ``version``) holds."""
+    return {name: v for name, v in VARIABLES.items() if profile in v.profiles and v.since <= version}
 
 
 def kind_variables(kind: str, profile: str = "step") -> list[str]:

@@ -34,8 +34,10 @@ from pipeline.errors import InputError
 from pipeline.faults import kill_point
 from pipeline.grid import Batch, Grid, kinds
 from pipeline.metrics import CONVENTIONS as WITHIN_CLASS_CONVENTIONS
+from pipeline.metrics import GRAD_NORM_TOL, LOSS_CHANGE_TOL
 from pipeline.results import (
     DONE,
+    FORMAT_VERSION,
     KIND_STATUS,
     STATUS_CODE,
     VARIABLE_STATUS,
@@ -44,7 +46,8 @@ from pipeline.results import (
     profile_variables,
 )
 
-FORMAT = "clphase-store-1"
+FORMAT = f"clphase-store-{FORMAT_VERSION}"
+FORMATS = {f"clphase-store-{v}": v for v in range(1, FORMAT_VERSION + 1)}  # the formats this version reads
 COORD_ATTRS = {
     "R": ("imbalance ratio p_major / p_minor", "1"),
     "n_major": ("majority classes K_A", "1"),
@@ -169,9 +172,14 @@ def require_store(path: str) -> dict[str, Any]:
     attrs = read_attrs(path)
     if attrs is None:
         raise InputError("store", path, "an existing results store (run `clphase run CONFIG` first)")
-    if attrs.get("clphase_format") != FORMAT:
+    if attrs.get("clphase_format") not in FORMATS:
         raise NotAStoreError(path)
     return attrs
+
+
+def store_version(path: str) -> int:
+    """The store format version of an existing store (1: before stationarity was stored)."""
+    return FORMATS[require_store(path)["clphase_format"]]
 
 
 def prepare_store(path: str, config: SweepConfig) -> str:
@@ -183,7 +191,7 @@ def prepare_store(path: str, config: SweepConfig) -> str:
     if attrs is None:
         check_writable(path)
         return "new"
-    if attrs.get("clphase_format") != FORMAT:
+    if attrs.get("clphase_format") not in FORMATS:
         raise NotAStoreError(path)
     stored = json.loads(attrs["clphase_science"])
     fields = diff_science(stored, config.science())
@@ -209,6 +217,9 @@ def init_store(path: str, config: SweepConfig) -> None:
         attrs = {"long_name": var.long_name, "units": var.units}
         if name in ("nc1_train", "trace_ratio_train"):
             attrs["conventions"] = WITHIN_CLASS_CONVENTIONS
+        if name == "converged_train":  # -1: neither measure available
+            attrs.update(grad_tol=GRAD_NORM_TOL, loss_change_tol=LOSS_CHANGE_TOL, flag_values=[-1, 0, 1],
+                         flag_meanings="unknown not_converged converged")  # fmt: skip
         if name.startswith("status_"):
             names = VARIABLE_STATUS.get(name, KIND_STATUS[var.kind])
             attrs.update(flag_values=[STATUS_CODE[n] for n in names], flag_meanings=" ".join(names))
@@ -276,6 +287,8 @@ def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=
     """
     group = _group(path, "r+")
     for name, values in arrays.items():
+        if name not in group:  # a store of an older format: a variable added since (store_version)
+            continue
         array = group[name].with_config({"write_empty_chunks": True})
         array[batch.selection(_dims(array))] = values
     if between is not None:
@@ -311,7 +324,8 @@ def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray)
     A deleted chunk would otherwise read back as fill values (NaN) behind a set done mask.
     """
     group = _group(path, "r")
-    names = [name for name, var in profile_variables(config.grid.profile).items() if var.kind == kind]
+    variables = profile_variables(config.grid.profile, store_version(path))
+    names = [name for name, var in variables.items() if var.kind == kind]
     arrays = {}
     broken_vars = []
     for name in names:
@@ -356,8 +370,9 @@ def repair_metadata(path: str, config: SweepConfig) -> list[str]:
     """
     group = _group(path, "r")
     broken = []
+    expected = _expected_names(config, store_version(path))
     for name in [*profile_variables(config.grid.profile), *DONE.values()]:
-        if name not in _expected_names(config):
+        if name not in expected:
             continue
         try:
             group[name]
@@ -375,9 +390,9 @@ def repair_metadata(path: str, config: SweepConfig) -> list[str]:
     return broken
 
 
-def _expected_names(config: SweepConfig) -> set[str]:
+def _expected_names(config: SweepConfig, version: int = FORMAT_VERSION) -> set[str]:
     kinds_ = kinds(config)
-    variables = profile_variables(config.grid.profile)
+    variables = profile_variables(config.grid.profile, version)
     return {n for n, v in variables.items() if v.kind in kinds_} | {DONE[k] for k in kinds_}
 
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from pipeline.config import TrainSpec
-from pipeline.metrics import WithinClass, class_mean_gram, group_cosines, within_class
+from pipeline.metrics import WithinClass, class_mean_gram, group_cosines, stationary, within_class
 from pipeline.theory.losses import Loss
 from pipeline.theory.objective import choose_method, count_vectors, linear_scale, multinomial_weights
 from pipeline.theory.transform import nodes as transform_nodes
@@ -77,6 +77,9 @@ class RunResult:
     labels: np.ndarray  # (N,)
     diverged: bool
     within: WithinClass | None = None  # within-class measures (None when diverged)
+    grad_norm: float = math.nan  # normalised Riemannian gradient norm of the exact loss (ufm; NaN: not evaluated)
+    loss_change: float = math.nan  # relative loss change over the last 10% of steps (NaN: exact runs)
+    converged: bool | None = None  # pipeline.metrics.stationary (None where neither measure exists)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -280,6 +283,8 @@ def contrastive_grad(
 # 2; 16 are 20-35% slower). A fixed budget, not one scaled by threads: which runs share a stack
 # (and so a random stream) then depends on the config alone. A GPU takes the whole batch.
 CPU_STACK_BYTES = 3 * 2**19
+EXACT_MAX_TERMS = 2_000_000  # (anchor, positive) pairs x samples of the exact loss a stationarity check evaluates
+
 
 
 def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
@@ -289,6 +294,8 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     are stacked ``CPU_STACK_BYTES`` of features at a time; each stack is one tensor program. The data
     (mlp) come from the first run's seed, as do all runs of the batch.
     """
+    if spec.estimator == "exact":
+        return [_exact_run(run, spec) for run in runs]
     first = runs[0]
     for r in runs:
         same = (r.loss.psi_kind, r.loss.phi_kind, r.p.size, r.n_major, r.k, r.dim, r.negatives, r.reduction)
@@ -301,6 +308,27 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     data = make_data(spec, first.p.size, first.seed)
     stacks = [runs[i : i + size] for i in range(0, len(runs), size)]
     return [result for stack in stacks for result in _train_stack(stack, spec, data, device)]
+
+
+def _exact_run(run: Run, spec: TrainSpec) -> RunResult:
+    """One free-feature run minimised exactly (:mod:`pipeline.exact_ufm`), measured like the others."""
+    from pipeline.exact_ufm import fit_exact
+
+    fit = fit_exact(run.loss, run.p, spec.samples_per_class, run.k, run.dim, run.seed, run.negatives, run.reduction)
+    return _measured(run, fit.features, fit.labels, fit.loss, fit.grad_norm)
+
+
+def _measured(run: Run, H: np.ndarray, y: np.ndarray, loss: float, grad_norm: float = math.nan,
+              loss_change: float = math.nan) -> RunResult:  # fmt: skip
+    """A run's result from its final unit features H (N, d): class-mean Gram, cosines, within-class measures."""
+    C = run.p.size
+    if not (np.all(np.isfinite(H)) and np.isfinite(loss)):
+        return RunResult(np.full((C, C), np.nan), math.nan, math.nan, math.nan, math.nan, float(loss), H, y, True)
+    G = class_mean_gram(H, y, C)
+    a, b_cos, c = group_cosines(G, run.n_major) if run.n_major is not None else (math.nan,) * 3
+    within = within_class(H, y, C)
+    return RunResult(G, a, b_cos, c, within.nc1, float(loss), H, y, False, within, grad_norm, loss_change,
+                     stationary(grad_norm, loss_change))  # fmt: skip
 
 
 def _train_stack(
@@ -377,6 +405,7 @@ def _train_stack(
     kernel = spec.kernel if spec.kernel != "auto" else "dense" if device.type == "cuda" else "sparse"
     tail = max(1, spec.steps // 10)
     tail_loss = torch.zeros(B, device=device)
+    halves = torch.zeros(2, B, device=device)  # the tail's two halves: the loss change over the tail
     for step in range(spec.steps):
         place = torch.randint(n, (B, M), device=device)  # (B, M): each anchor's sample in its class
         shift = torch.randint(1, n, (B, M), device=device) if n > 1 else 0
@@ -399,19 +428,26 @@ def _train_stack(
         schedule.step()
         if step >= spec.steps - tail:
             tail_loss += per_run / tail
+            halves[int(step >= spec.steps - tail // 2)] += per_run.detach()
     with torch.no_grad():
         F = normalize(embeddings())[0].cpu().numpy().astype(np.float64)  # (B, N, d)
     tail_loss = tail_loss.cpu().numpy()
-    results = []
-    for b, run in enumerate(runs):
-        H = F[b]
-        diverged = not (np.all(np.isfinite(H)) and np.isfinite(tail_loss[b]))
-        if diverged:
-            nan_g = np.full((C, C), np.nan)
-            results.append(RunResult(nan_g, math.nan, math.nan, math.nan, math.nan, float(tail_loss[b]), H, y, True))
-            continue
-        G = class_mean_gram(H, y, C)
-        a, b_cos, c = group_cosines(G, run.n_major) if run.n_major is not None else (math.nan,) * 3
-        within = within_class(H, y, C)
-        results.append(RunResult(G, a, b_cos, c, within.nc1, float(tail_loss[b]), H, y, False, within))
-    return results
+    first, second = (h.cpu().numpy().astype(np.float64) / max(1, n_h) for h, n_h in zip(
+        halves, (tail - tail // 2, tail // 2), strict=True))  # fmt: skip
+    change = np.where(tail >= 2, (first - second) / np.maximum(np.abs(second), 1e-300), np.nan)  # (B,)
+    return [_measured(run, F[b], y, tail_loss[b], _stationarity(run, spec, F[b]), float(change[b]))
+            for b, run in enumerate(runs)]  # fmt: skip
+
+
+def _stationarity(run: Run, spec: TrainSpec, H: np.ndarray) -> float:
+    """Normalised Riemannian gradient norm of the exact sample-level loss at a free-feature run's end
+    (:mod:`pipeline.exact_ufm`); NaN for mlp, diverged runs, and where the exact loss is too large
+    to evaluate (pairs x samples above EXACT_MAX_TERMS)."""
+    from pipeline.exact_ufm import SampleLoss
+
+    n = spec.samples_per_class
+    N = run.p.size * n
+    if spec.model != "ufm" or not np.all(np.isfinite(H)) or N * n * N > EXACT_MAX_TERMS:
+        return math.nan
+    problem = SampleLoss.build(run.loss, run.p, n, run.k, run.negatives, run.reduction)
+    return problem.grad_norm(H.T)

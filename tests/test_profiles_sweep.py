@@ -69,6 +69,11 @@ def test_exp_store_trains_on_the_profile_and_k_inf(longtail):
     assert bool(trained.all())  # including k = inf in the grid (every k reached training as an int)
     assert (ds.status_train.sel(C=3) == STATUS_CODE["not_applicable"]).all()
     assert np.isfinite(ds.cos_tail_train.sel(C=4)).all()
+    # stationarity of every trained run: 30 Adam steps are far from it
+    grad_norm = ds.grad_norm_train.sel(C=4)
+    assert np.isfinite(grad_norm).all() and (grad_norm > 1e-6).all()
+    assert (ds.converged_train.sel(C=4) == 0).all() and np.isfinite(ds.loss_change_train.sel(C=4)).all()
+    assert ds.converged_train.attrs["grad_tol"] == 1e-6 and "loss_change_tol" in ds.converged_train.attrs
 
 
 def test_exp_store_resumes_and_plots(longtail):
@@ -137,7 +142,10 @@ def test_store_written_before_profiles_resumes_and_is_bitwise_reproduced(tmp_pat
     proc = clphase("run", str(fresh_cfg))
     assert proc.returncode == 0, proc.stderr
     old, new = xr.open_zarr(tmp_path / "main.zarr"), xr.open_zarr(tmp_path / "fresh.zarr")
-    assert set(old.data_vars) == set(new.data_vars) and dict(old.sizes) == dict(new.sizes)
+    # the old store keeps its format: the stationarity variables added since are absent there, not NaN
+    assert old.attrs["clphase_format"] == "clphase-store-1" and new.attrs["clphase_format"] == "clphase-store-2"
+    assert set(new.data_vars) - set(old.data_vars) == {"grad_norm_train", "loss_change_train", "converged_train"}
+    assert dict(old.sizes) == dict(new.sizes)
     for name in old.data_vars:
         assert old[name].dims == new[name].dims and old[name].attrs == new[name].attrs, name
         if name.startswith("time_"):

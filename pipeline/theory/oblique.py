@@ -39,17 +39,18 @@ GAP_REL_TOL = 1e-9  # certified gap / |L| above this: optimal_inaccurate
 GAP_MINOR_TOL = 1e-3  # gap / p_min^2 above this: the smallest classes are not resolved
 
 
-def _triangular_manifold(C: int, weight: np.ndarray) -> Any:
-    """pymanopt's Oblique(C, C) restricted to upper-triangular points (column c on S^c), with the
-    metric sum_c weight_c <a_c, b_c>: each sphere's round metric scaled by a constant."""
+def weighted_oblique(m: int, n: int, weight: np.ndarray, triangular: bool = False) -> Any:
+    """pymanopt's Oblique(m, n) (unit columns) with the metric sum_c weight_c <a_c, b_c> (each
+    sphere's round metric scaled by a constant); ``triangular`` (m = n) keeps points upper
+    triangular (column c on S^c: no rotation gauge)."""
     from pymanopt.manifolds import Oblique
 
-    class UpperTriangularOblique(Oblique):
-        def __init__(self, n: int) -> None:
-            super().__init__(n, n)
-            self.mask = np.triu(np.ones((n, n)))
+    class WeightedOblique(Oblique):
+        def __init__(self) -> None:
+            super().__init__(m, n)
+            self.mask = np.triu(np.ones((m, n))) if triangular else np.ones((m, n))
             self.weight = weight[None, :]  # (1, n)
-            self._dimension = n * (n - 1) // 2
+            self._dimension = int(self.mask.sum()) - n
 
         @property
         def typical_dist(self) -> float:
@@ -82,13 +83,52 @@ def _triangular_manifold(C: int, weight: np.ndarray) -> Any:
             vector = self.projection(point, np.random.normal(size=point.shape))
             return vector / self.norm(point, vector)
 
-    return UpperTriangularOblique(C)
+    return WeightedOblique()
 
 
 def etf_start(C: int, shrink: float = 0.02) -> np.ndarray:
     """(C, C) upper-triangular V with V^T V = (1 - shrink) ETF + shrink I (positive definite)."""
     G = (1 - shrink) * (C * np.eye(C) - 1) / (C - 1) + shrink * np.eye(C)
     return np.linalg.cholesky(G).T
+
+
+def staged_trust_region(cost: Any, gradient: Any, hessian: Any, start: np.ndarray, weight: np.ndarray,
+                        grad_tol: float = GRAD_TOL, max_iterations: int = MAX_ITERATIONS,
+                        triangular: bool = False, first_tol: float | None = None) -> Any:  # fmt: skip
+    """Minimise on the oblique manifold of ``start``'s shape (unit columns) in two stages.
+
+    pymanopt's trust region on the Euclidean cost, gradient and Hessian-vector product (functions of
+    the point W, and of W and a direction). Stage 1 weighs column c's metric by ``weight_c``: column
+    c's curvature scales with its weight (a class's proportion), so this is well-conditioned and
+    converges from far. Stage 2 weighs it by ``weight_c^2``: its gradient norm,
+    sqrt(sum_c |grad_c|^2 / weight_c^2), is each column's stationarity relative to its own weight,
+    so terms weighing ~weight_min^2 count. Stage 2 falls back to stage 1's point if it stalls
+    (where the weights span many decades). ``first_tol``: stage 1's own tolerance (default
+    ``grad_tol``). Returns pymanopt's result (point, iterations,
+    gradient_norm in the last stage's metric, stopping_criterion).
+    """
+    import pymanopt
+    from pymanopt.optimizers import TrustRegions
+
+    m, n = start.shape
+
+    def stage(power: int, point: np.ndarray, iterations: int, grad_tol: float) -> Any:
+        manifold = weighted_oblique(m, n, weight**power, triangular)
+        program = pymanopt.Problem(manifold, pymanopt.function.numpy(manifold)(cost),
+                                   euclidean_gradient=pymanopt.function.numpy(manifold)(gradient),
+                                   euclidean_hessian=pymanopt.function.numpy(manifold)(hessian))  # fmt: skip
+        norm = manifold.norm(point, manifold.euclidean_to_riemannian_gradient(point, gradient(point)))
+        if norm <= grad_tol:  # pymanopt iterates once before it checks (a NaN step at a zero gradient)
+            return SimpleNamespace(point=point, iterations=0, gradient_norm=norm, stopping_criterion="at start")
+        optimizer = TrustRegions(min_gradient_norm=grad_tol, max_iterations=iterations, verbosity=0, miniter=0)
+        return optimizer.run(program, initial_point=point)
+
+    first = stage(1, start, max_iterations, grad_tol if first_tol is None else first_tol)
+    result = stage(2, first.point, max(1, max_iterations // 5), grad_tol)
+    if not result.gradient_norm <= grad_tol:
+        result = first
+    result.iterations += first.iterations if result is not first else 0
+    return result
 
 
 def minimise(
@@ -115,9 +155,6 @@ def minimise(
     V : (m, C) class vectors (unit columns; classes of a cluster share a column)
     result : pymanopt's OptimizerResult (iterations, gradient_norm, stopping_criterion)
     """
-    import pymanopt
-    from pymanopt.optimizers import TrustRegions
-
     C, q = problem.C, problem.negative_distribution()
     label = np.arange(C) if label is None else np.asarray(label)
     m = int(label.max()) + 1
@@ -139,43 +176,21 @@ def minimise(
             memo[key] = (float(value), D, hvp)
         return memo[key]
 
-    def stage(power: int, start: np.ndarray, max_iterations: int) -> Any:
-        manifold = _triangular_manifold(m, p_cluster**power)
+    def gradient(W: np.ndarray) -> np.ndarray:
+        D = evaluate(W)[1]  # (C, C) dL/dG, row c for anchor c
+        return W[:, label] @ (D + D.T) @ E  # (m, m)
 
-        @pymanopt.function.numpy(manifold)
-        def cost(W: np.ndarray) -> float:
-            return evaluate(W)[0]
+    def hessian(W: np.ndarray, dW: np.ndarray) -> np.ndarray:
+        _, D, hvp = evaluate(W)
+        V, dV = W[:, label], dW[:, label]  # (m, C)
+        dG = dV.T @ V
+        dG = dG + dG.T  # (C, C): the change of G along dW
+        dD = hvp(dG)  # (C, C): the change of dL/dG
+        return (dV @ (D + D.T) + V @ (dD + dD.T)) @ E
 
-        @pymanopt.function.numpy(manifold)
-        def euclidean_gradient(W: np.ndarray) -> np.ndarray:
-            D = evaluate(W)[1]  # (C, C) dL/dG, row c for anchor c
-            return W[:, label] @ (D + D.T) @ E  # (m, m)
-
-        @pymanopt.function.numpy(manifold)
-        def euclidean_hessian(W: np.ndarray, dW: np.ndarray) -> np.ndarray:
-            _, D, hvp = evaluate(W)
-            V, dV = W[:, label], dW[:, label]  # (m, C)
-            dG = dV.T @ V
-            dG = dG + dG.T  # (C, C): the change of G along dW
-            dD = hvp(dG)  # (C, C): the change of dL/dG
-            return (dV @ (D + D.T) + V @ (dD + dD.T)) @ E
-
-        program = pymanopt.Problem(manifold, cost, euclidean_gradient=euclidean_gradient,
-                                   euclidean_hessian=euclidean_hessian)  # fmt: skip
-        D = evaluate(start)[1]
-        norm = manifold.norm(start, manifold.euclidean_to_riemannian_gradient(start, start[:, label] @ (D + D.T) @ E))
-        if norm <= grad_tol:  # pymanopt iterates once before it checks (a NaN step at a zero gradient)
-            return SimpleNamespace(point=start, iterations=0, gradient_norm=norm, stopping_criterion="at start")
-        optimizer = TrustRegions(min_gradient_norm=grad_tol, max_iterations=max_iterations, verbosity=0, miniter=0)
-        return optimizer.run(program, initial_point=start)
-
-    # metric weights p_c: well-conditioned (column c's curvature ~ p_c), converges from the ETF;
-    # then p_c^2, whose gradient norm is each column's stationarity relative to its proportion
-    first = stage(1, etf_start(m) if V0 is None else V0, max_iterations)
-    result = stage(2, first.point, max_iterations // 5)
-    if not result.gradient_norm <= grad_tol:  # the second stage can fail where p spans many decades
-        result = first
-    result.iterations += first.iterations if result is not first else 0
+    start = etf_start(m) if V0 is None else V0
+    result = staged_trust_region(lambda W: evaluate(W)[0], gradient, hessian, start, p_cluster, grad_tol,
+                                 max_iterations, triangular=True)  # fmt: skip
     return result.point[:, label], result
 
 
