@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.analysis import distinct_directions, onset_curve, onsets_table, profile_of
-from pipeline.plots import COLUMN_IN, OKABE_ITO, _edges, _save, k_axis, k_log_axes, slug
+from pipeline.plots import COLUMN_IN, OKABE_ITO, k_axis, k_log_axes, log_edges, save_figure, slug
 from pipeline.results import STATUS_CODE
 
 
@@ -64,7 +64,7 @@ def directions_diagram(ds: xr.Dataset, loss: str, C: int) -> tuple[plt.Figure, d
     ax.add_patch(matplotlib.patches.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch="///",
                                               edgecolor="0.6", lw=0, zorder=0))  # fmt: skip
     cmap = matplotlib.colormaps["cividis"].resampled(C)
-    mesh = ax.pcolormesh(_edges(x_k), _edges(rho), np.ma.masked_invalid(count), cmap=cmap, vmin=0.5, vmax=C + 0.5,
+    mesh = ax.pcolormesh(log_edges(x_k), log_edges(rho), np.ma.masked_invalid(count), cmap=cmap, vmin=0.5, vmax=C + 0.5,
                          shading="flat", zorder=1)  # fmt: skip
     fig.colorbar(mesh, ax=ax, label="distinct class directions", ticks=range(1, C + 1))
     drawn = {}
@@ -80,7 +80,7 @@ def directions_diagram(ds: xr.Dataset, loss: str, C: int) -> tuple[plt.Figure, d
                         label=f"rho*_{m}", zorder=3)  # fmt: skip
                 drawn[int(m)] = (k[finite], values[finite])
     k_log_axes(ax, k, x_k, k_labels)
-    ax.set_ylim(_edges(rho)[0], _edges(rho)[-1])
+    ax.set_ylim(log_edges(rho)[0], log_edges(rho)[-1])
     ax.set_ylabel("imbalance rho = p_0 / p_{C-1}")
     ax.set_title(f"collapse cascade: {loss}, exp(C={C})")
     if drawn:
@@ -152,7 +152,7 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
     if profile_of(ds) == "counts":
         for loss in map(str, ds.loss.values):
             for name in map(str, ds["counts"].values):
-                written += _save(counts_gram(ds, loss, name), out, f"gram_{slug(loss)}_{slug(name)}")
+                written += save_figure(counts_gram(ds, loss, name), out, f"gram_{slug(loss)}_{slug(name)}")
         return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
     for loss in map(str, ds.loss.values):
         for C in map(int, ds.C.values):
@@ -160,10 +160,10 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
             n_pending = int((ds.done_theory.sel(point) == 0).sum())
             if n_pending:
                 skipped.append(f"{loss} C={C}: {n_pending} theory points pending (hatched)")
-            written += _save(gram_against_rho(ds, loss, C), out, f"gram_rho_{slug(loss)}_C{C}")
-            written += _save(directions_diagram(ds, loss, C)[0], out, f"directions_{slug(loss)}_C{C}")
+            written += save_figure(gram_against_rho(ds, loss, C), out, f"gram_rho_{slug(loss)}_C{C}")
+            written += save_figure(directions_diagram(ds, loss, C)[0], out, f"directions_{slug(loss)}_C{C}")
     if "rho_onset" in ds:
-        written += _save(onsets_figure(ds)[0], out, "onsets")
+        written += save_figure(onsets_figure(ds)[0], out, "onsets")
         rows = onsets_table(ds)
         if rows:
             with open(out / "onsets.csv", "w", newline="") as f:

@@ -48,7 +48,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text.replace("=", "")).strip("-")
 
 
-def _edges(values: np.ndarray) -> np.ndarray:
+def log_edges(values: np.ndarray) -> np.ndarray:
     """Cell edges in log space around positive coordinate values."""
     log_v = np.log(values.astype(float))
     if log_v.size == 1:
@@ -108,7 +108,7 @@ def k_log_axes(ax: plt.Axes, k: np.ndarray, x_k: np.ndarray, labels: list[str], 
     _mark_infinite_k(ax, k, x_k)
 
 
-def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+def save_figure(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=200)  # constrained layout: bbox_inches="tight" would double the time
     fig.savefig(paths[1])
@@ -131,7 +131,7 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
         ax.set_facecolor("0.92")
         ax.patch.set_hatch("////")
         ax.patch.set_edgecolor("0.7")
-    mesh = ax.pcolormesh(_edges(x_k), _edges(R), values, cmap="cividis", vmin=-1, vmax=1, shading="flat")
+    mesh = ax.pcolormesh(log_edges(x_k), log_edges(R), values, cmap="cividis", vmin=-1, vmax=1, shading="flat")
     fig.colorbar(mesh, ax=ax, label="minority cosine c (theory)")
     curve = threshold_curve(ds).sel(point).load()
     finite = np.isfinite(curve.values)
@@ -142,7 +142,7 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
         ax.plot(x_k[at_inf], curve.values[at_inf], "D", color="#d55e00", ms=4, label="R* at k = inf")
     none = np.isinf(curve.values)
     if none.any():
-        top = _edges(R)[-1]
+        top = log_edges(R)[-1]
         ax.plot(x_k[none], np.full(none.sum(), top), "^", color="#d55e00", ms=5, clip_on=False, label="R* = inf")
     drawn = {"mesh": values, "threshold": (k[finite], curve.values[finite]), "no_threshold": k[none]}
     if has_training(ds):
@@ -301,21 +301,21 @@ def write_figures(path: str, out: str | Path, selection: str | None = None) -> d
         if n_pending:
             skipped.append(f"{loss} K_A={n_major} K_B={n_minor}: {n_pending} theory points pending (hatched)")
         fig, _ = phase_diagram(ds, loss, n_major, n_minor)
-        written += _save(fig, out, f"phase_{slug(loss)}_A{n_major}_B{n_minor}")
+        written += save_figure(fig, out, f"phase_{slug(loss)}_A{n_major}_B{n_minor}")
         if has_training(ds):
             trained = ds.status_train.sel(point) == STATUS_CODE["trained"]
             if bool(trained.any()):
-                written += _save(training_figure(ds, loss, n_major, n_minor), out,
+                written += save_figure(training_figure(ds, loss, n_major, n_minor), out,
                                  f"train_{slug(loss)}_A{n_major}_B{n_minor}")  # fmt: skip
             n_train_pending = int((ds.done_train.sel(point) == 0).sum())
             if n_train_pending:
                 skipped.append(f"{loss} K_A={n_major} K_B={n_minor}: {n_train_pending} training runs pending")
         k_mid = ds.k.values[len(ds.k) // 2].item()
         k_name = "inf" if np.isinf(k_mid) else f"{k_mid:g}"
-        written += _save(gram_panels(ds, loss, n_major, n_minor, k_mid), out,
+        written += save_figure(gram_panels(ds, loss, n_major, n_minor, k_mid), out,
                          f"gram_{slug(loss)}_A{n_major}_B{n_minor}_k{k_name}")  # fmt: skip
     fig, _ = thresholds_figure(ds)
-    written += _save(fig, out, "thresholds")
+    written += save_figure(fig, out, "thresholds")
     rows = thresholds_table(ds)
     with open(out / "thresholds.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
