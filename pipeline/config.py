@@ -40,8 +40,6 @@ class ConfigError(InputError):
         ValueError.__init__(self, "\n".join(problems))
 
 
-
-
 @dataclass(frozen=True)
 class GridSpec:
     """Sweep axes; each becomes a dimension of the results store under the same name.

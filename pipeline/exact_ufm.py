@@ -22,7 +22,6 @@ weight O(p_min)) counts at O(1): a geometry error delta there gives a norm ~ del
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from pipeline.theory.objective import expected_loss
 from pipeline.theory.oblique import staged_trust_region
+from pipeline.theory.problem import Problem
 
 GRAD_TOL = 1e-14  # gradient norm (the trust region's second-stage metric) at which it stops
 FIRST_STAGE_TOL = 1e-8  # the first stage only has to bring the second within reach
@@ -52,19 +52,15 @@ class SampleLoss:
 
     @classmethod
     def build(cls, loss: Any, p: np.ndarray, n: int, k: float, negatives: str, reduction: str) -> SampleLoss:
-        C = p.size
+        problem = Problem.create(loss, p, k, negatives, reduction)  # the class level: q, rho
+        p, C = problem.p, problem.C
         y = np.repeat(np.arange(C), n)  # (N,)
         pairs = [(s, t) for s in range(C * n) for t in range(C * n) if y[t] == y[s] and (t != s or n == 1)]
         anchor, positive = (np.array(x) for x in zip(*pairs, strict=True))
         share = 1.0 / (n - 1) if n > 1 else 1.0
         w = p[y[anchor]] / n * share  # (A,)
-        q_class = np.tile(p, (C, 1))  # (C anchor, C negative)
-        if negatives == "other":
-            np.fill_diagonal(q_class, 0.0)
-            q_class /= q_class.sum(axis=1, keepdims=True)
-        q = q_class[y[anchor]][:, y] / n  # (A, N)
-        rho = 1.0 if reduction == "sum" else (0.0 if math.isinf(k) else 1.0 / k)
-        return cls(loss, k, rho, y, anchor, positive, w, q, p[y] / n)
+        q = problem.negative_distribution()[y[anchor]][:, y] / n  # (A, N)
+        return cls(problem.loss, problem.k, problem.rho, y, anchor, positive, w, q, p[y] / n)
 
     def _cos(self, G: np.ndarray) -> np.ndarray:
         return G[self.anchor] - G[self.anchor, self.positive][:, None] + 1.0  # (A, N)
@@ -91,9 +87,10 @@ class SampleLoss:
 
         return value.item(), F @ (D + D.T), hessian
 
-    def grad_norm(self, F: np.ndarray) -> float:
-        """Stationarity at F: sqrt(sum_s |P_s grad_s|^2 / w_s^2) / p_min (module docstring)."""
-        grad = self.evaluate(F)[1]
+    def grad_norm(self, F: np.ndarray, grad: np.ndarray | None = None) -> float:
+        """Stationarity at F: sqrt(sum_s |P_s grad_s|^2 / w_s^2) / p_min (module docstring); ``grad``:
+        dL/dF there, when already evaluated."""
+        grad = self.evaluate(F)[1] if grad is None else grad
         tangent = grad - F * (F * grad).sum(axis=0)[None, :]
         n = int((self.y == 0).sum())
         p_min = float(self.sample_weight.min()) * n
@@ -116,17 +113,8 @@ def fit_exact(loss: Any, p: np.ndarray, n: int, k: float, dim: int, seed: int, n
     rng = np.random.default_rng(seed)
     start = rng.standard_normal((dim, p.size * n))
     start /= np.linalg.norm(start, axis=0, keepdims=True)  # (d, N)
-    memo: dict[bytes, tuple] = {}
-
-    def cached(F: np.ndarray) -> tuple:
-        key = F.tobytes()
-        if key not in memo:
-            memo.clear()
-            memo[key] = problem.evaluate(F)
-        return memo[key]
-
-    result = staged_trust_region(lambda F: cached(F)[0], lambda F: cached(F)[1], lambda F, dF: cached(F)[2](dF),
-                                 start, problem.sample_weight, GRAD_TOL, MAX_ITERATIONS,
+    result = staged_trust_region(problem.evaluate, start, problem.sample_weight, GRAD_TOL, MAX_ITERATIONS,
                                  first_tol=FIRST_STAGE_TOL)  # fmt: skip
     F = result.point
-    return ExactFit(F.T.copy(), problem.y, cached(F)[0], problem.grad_norm(F), int(result.iterations))
+    value, grad, _ = problem.evaluate(F)
+    return ExactFit(F.T.copy(), problem.y, value, problem.grad_norm(F, grad), int(result.iterations))

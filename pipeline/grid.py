@@ -17,9 +17,9 @@ import numpy as np
 
 from pipeline.config import SweepConfig
 from pipeline.results import kind_dims
+from pipeline.theory.profiles import SCAN_AXIS
 
 KINDS = ("theory", "threshold", "train")
-SCAN_AXIS = {"step": "R", "exp": "rho", "counts": "counts"}  # the axis theory chunks run along
 
 
 def kinds(config: SweepConfig) -> tuple[str, ...]:

@@ -66,6 +66,8 @@ def stationary(grad_norm: float, loss_change: float) -> bool | None:
     if loss_change == loss_change:
         return bool(abs(loss_change) <= LOSS_CHANGE_TOL)
     return None
+
+
 CONVENTIONS = (
     "global mean mu_G: sample-weighted mean of the features (training draws classes equally, so also the "
     "class average); Sigma_W: sample-weighted; Sigma_B: each class mean weighs 1/C"

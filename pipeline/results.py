@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.theory.profiles import PROFILE_KINDS, SWEEP_AXES
+from pipeline.theory.profiles import PROFILE_KINDS, SCAN_AXIS, SWEEP_AXES
 
 # codes are positions: new statuses go at the end so existing stores keep their meaning
 # (asymptotic: threshold R* = inf because c -> 1 only as R -> inf; beyond_range: a cascade onset not
@@ -51,8 +51,9 @@ def kind_dims(kind: str, profile: str = "step") -> tuple[str, ...]:
         return (*theory, "dim", "seed")
     if kind == "threshold":
         # the axis a threshold scans (R, rho) is not a dim; counts profiles have no threshold kind
-        scanned = {"step": ("R",), "exp": ("rho",)}[profile]
-        return tuple(d for d in theory if d not in scanned)
+        if profile == "counts":
+            raise ValueError("a counts profile has no threshold kind")
+        return tuple(d for d in theory if d != SCAN_AXIS[profile])
     raise ValueError(f"unknown task kind {kind!r}")
 
 

@@ -15,7 +15,7 @@ from pipeline.errors import InputError
 from pipeline.estimate import STARTUP_S, estimate, wall_s
 from pipeline.faults import kill_point
 from pipeline.graph import pending_batches, run_sweep
-from pipeline.grid import SCAN_AXIS, Grid, kinds
+from pipeline.grid import Grid, kinds
 from pipeline.results import FAILED, STATUS_CODE, VARIABLES, point_status, status_name
 from pipeline.store import (
     acquire_lock,
@@ -29,6 +29,7 @@ from pipeline.store import (
     require_store,
     reset_done,
 )
+from pipeline.theory.profiles import SCAN_AXIS
 
 
 def n_train_runs(config: SweepConfig) -> int:

@@ -10,13 +10,14 @@ import numpy as np
 
 from pipeline.config import SweepConfig
 from pipeline.faults import failing_solver
-from pipeline.grid import SCAN_AXIS, Batch, Grid
+from pipeline.grid import Batch, Grid
 from pipeline.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
 from pipeline.theory.cascade import cascade, distinct_directions
 from pipeline.theory.dispatch import solve
 from pipeline.theory.losses import parse_loss
 from pipeline.theory.objective import class_objective
 from pipeline.theory.problem import Problem
+from pipeline.theory.profiles import SCAN_AXIS
 from pipeline.theory.sdp import full_program_fits
 from pipeline.theory.threshold import minority_threshold
 
@@ -30,6 +31,12 @@ def _empty(grid: Grid, kind: str, shape: tuple[int, ...]) -> dict[str, np.ndarra
         full_shape = (*shape, *(len(sizes[d]) for d in var.extra))
         out[name] = np.full(full_shape, fill_value(var.dtype), dtype=var.dtype)
     return out
+
+
+def tail_cosine(problem: Problem, G: np.ndarray) -> float:
+    """The cosine between the two smallest classes of a profile."""
+    i, j = np.argsort(problem.p, kind="stable")[:2]
+    return float(G[i, j])
 
 
 def point_problem(config: SweepConfig, point: dict) -> Problem:
@@ -93,8 +100,7 @@ def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None 
             out["criterion_theory"][idx] = solution.criterion
             out["collapsed_theory"][idx] = np.nan if solution.collapsed is None else float(solution.collapsed)
         else:
-            tail = np.argsort(problem.p, kind="stable")[:2]  # the two smallest classes
-            out["cos_tail_theory"][idx] = solution.G[tail[0], tail[1]]
+            out["cos_tail_theory"][idx] = tail_cosine(problem, solution.G)
             decided = directions is not None and directions.decided
             out["directions_theory"][idx] = directions.count if decided else np.nan
         out["gap_theory"][idx] = solution.gap
@@ -215,8 +221,7 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
             out["cos_cross_train"][idx] = result.cos_cross
             out["cos_minor_train"][idx] = result.cos_minor
         else:
-            tail = np.argsort(problem.p, kind="stable")[:2]
-            out["cos_tail_train"][idx] = result.gram[tail[0], tail[1]]
+            out["cos_tail_train"][idx] = tail_cosine(problem, result.gram)
         out["nc1_train"][idx] = result.nc1
         out["nc1_rank_deficient_train"][idx] = int(result.within.nc1_rank_deficient)
         out["spread_train"][idx] = result.within.spread

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import brentq
 
-from pipeline.theory.objective import certificate, class_objective, gap_bound
-from pipeline.theory.oblique import minimise
+from pipeline.theory.objective import class_objective, gap_bound, kkt_matrix
+from pipeline.theory.oblique import membership, minimise
 from pipeline.theory.problem import Problem
 from pipeline.theory.profiles import Exp
 from pipeline.theory.symmetric import CRITERION_RTOL
@@ -98,13 +98,21 @@ def merged_geometry(problem: Problem, label: np.ndarray, start: dict | None = No
     return G
 
 
-def _kkt(problem: Problem, G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Z = D_s - Diag(y) at G, the magnitudes its round-off scales with, and D = dL/dG."""
-    _, D = class_objective(problem, G)
+@dataclass(frozen=True)
+class _KKT:
+    """L(G), D = dL/dG, the KKT matrix Z at G and the magnitudes its round-off scales with."""
+
+    value: float
+    D: np.ndarray
+    Z: np.ndarray
+    magnitude: np.ndarray
+
+
+def _kkt(problem: Problem, G: np.ndarray) -> _KKT:
+    value, D = class_objective(problem, G)
     D_s = (D + D.T) / 2  # (C, C)
-    y = np.einsum("ij,ji->i", D_s, G)  # (C,)
     magnitude = np.abs(D_s) + np.diag(np.abs(D_s * G.T).sum(axis=1))  # (C, C)
-    return D_s - np.diag(y), magnitude, D
+    return _KKT(value, D, kkt_matrix(G, D), magnitude)
 
 
 def split_basis(n: int) -> np.ndarray:
@@ -128,10 +136,8 @@ def test_subspace(G: np.ndarray, label: np.ndarray, members: np.ndarray) -> np.n
     to that free direction (measured: exp(C = 4, rho = 1e3), k = 4, where W_S alone says merged).
     """
     C = G.shape[0]
-    clusters = np.unique(label)
-    reps = np.array([np.flatnonzero(label == c)[0] for c in clusters])
+    E, reps = membership(label)
     lam, Q = np.linalg.eigh(G[np.ix_(reps, reps)])  # the clusters' Gram
-    E = (label[:, None] == clusters[None, :]).astype(float)  # (C, m)
     lifted = E @ Q[:, lam <= NULL_RTOL * lam[-1]]  # (C, n0)
     split = np.zeros((C, members.size - 1))
     split[members] = split_basis(members.size)
@@ -140,7 +146,7 @@ def test_subspace(G: np.ndarray, label: np.ndarray, members: np.ndarray) -> np.n
 
 
 def split_test(problem: Problem, G: np.ndarray, members: Any, label: np.ndarray | None = None,
-               kkt: tuple | None = None) -> SplitTest:  # fmt: skip
+               kkt: _KKT | None = None) -> SplitTest:  # fmt: skip
     """The sign of splitting the cluster ``members`` at the merged geometry G (module docstring).
 
     ``label`` gives every class's cluster (default: ``members`` merged, every other class alone).
@@ -153,9 +159,10 @@ def split_test(problem: Problem, G: np.ndarray, members: Any, label: np.ndarray 
     if label is None:
         label = np.arange(C)
         label[S] = S[0]
-    Z, magnitude, D = _kkt(problem, G) if kkt is None else kkt
+    kkt = _kkt(problem, G) if kkt is None else kkt
+    Z, magnitude = kkt.Z, kkt.magnitude
     scale = float(problem.p[S].min()) ** 2
-    resolution = _restricted_gap(problem, G, np.asarray(label), D) / scale
+    resolution = _restricted_gap(problem, G, np.asarray(label), kkt.D) / scale
     if not resolution <= RESOLUTION_TOL:
         return SplitTest(tuple(int(i) for i in S), math.nan, math.inf, None, resolution)
     ZG = Z @ G  # (C, C): row i is class i's tangent gradient (in the coordinates of G)
@@ -175,9 +182,7 @@ def split_test(problem: Problem, G: np.ndarray, members: Any, label: np.ndarray 
 
 def _restricted_gap(problem: Problem, G: np.ndarray, label: np.ndarray, D: np.ndarray) -> float:
     """Certified gap of the merged geometry in the program restricted to its clusters."""
-    clusters = np.unique(label)
-    reps = np.array([np.flatnonzero(label == c)[0] for c in clusters])
-    E = (label[:, None] == clusters[None, :]).astype(float)  # (C, m)
+    E, reps = membership(label)
     G_r, D_r = G[np.ix_(reps, reps)], E.T @ D @ E
     return min(gap_bound(G_r, D_r), gap_bound(G_r, D_r, E.T @ problem.p))  # both bounds are valid
 
@@ -205,9 +210,8 @@ def distinct_directions(problem: Problem, G: np.ndarray) -> Directions:
         tests = [split_test(problem, G_m, np.flatnonzero(label == c), label, kkt)
                  for c in np.unique(label) if (label == c).sum() > 1]  # fmt: skip
         apart = [t for t in tests if t.merged is False]
-        if not apart:
-            value, gap = certificate(problem, G_m)
-            return Directions(int(np.unique(label).size), label, tests, G_m, value, gap)
+        if not apart:  # the certificate of the merged geometry (objective.certificate, from what is at hand)
+            return Directions(int(np.unique(label).size), label, tests, G_m, kkt.value, gap_bound(G_m, kkt.D))
         label = label.copy()
         for t in apart:
             head = max(t.members, key=lambda i: problem.p[i])
@@ -215,8 +219,10 @@ def distinct_directions(problem: Problem, G: np.ndarray) -> Directions:
 
 
 class _UndecidedError(Exception):
-    def __init__(self, x: float, test: SplitTest) -> None:
-        self.x, self.test = x, test
+    """A test inside Brent's bracket that decides nothing, at x = log10 rho."""
+
+    def __init__(self, x: float) -> None:
+        self.x = x
 
 
 @dataclass(frozen=True)
@@ -283,8 +289,7 @@ def onset(loss: Any, C: int, m: int, k: float, negatives: str = "marginal", redu
             why = (f"the merged geometry is certified only to {test.resolution:.2g} p_min^2"
                    if not test.resolution <= RESOLUTION_TOL else
                    f"|h| = {abs(test.h):.3g} within its error {test.error:.3g}")  # fmt: skip
-            below = previous[0] if previous else math.nan
-            return Onset(m, math.nan, "undecided", apart_below=10.0**below if previous else math.nan,
+            return Onset(m, math.nan, "undecided", apart_below=10.0 ** previous[0] if previous else math.nan,
                          message=f"{why} at rho = {10.0**log_rho:.4g}")  # fmt: skip
         if test.merged:
             if previous is None:
@@ -296,7 +301,7 @@ def onset(loss: Any, C: int, m: int, k: float, negatives: str = "marginal", redu
             def h(x: float) -> float:
                 inner = tail_test(loss, C, m, 10.0**x, k, negatives, reduction, warm)
                 if inner.merged is None:
-                    raise _UndecidedError(x, inner)
+                    raise _UndecidedError(x)
                 return inner.h
 
             try:
@@ -332,11 +337,10 @@ def cascade(loss: Any, C: int, k: float, negatives: str = "marginal", reduction:
     for m in range(2, C):
         found = onset(loss, C, m, k, negatives, reduction, rho_max, rho_from)
         result.onsets.append(found)
-        if found.status != "optimal":
-            rho_from = 1.0 if found.status == "undecided" else rho_from
-            if found.status == "beyond":  # nested: no larger set merges within the range either
-                result.onsets.extend(Onset(j, math.inf, "beyond", message=found.message) for j in range(m + 1, C))
-                break
-            continue
-        rho_from = 10.0 ** (math.floor(math.log10(found.rho_star) / _SCAN_STEP) * _SCAN_STEP)
+        if found.status == "beyond":  # nested: no larger set merges within the range either
+            result.onsets.extend(Onset(j, math.inf, "beyond", message=found.message) for j in range(m + 1, C))
+            break
+        # the next scan starts below this onset; after an undecided one, from rho = 1
+        found_rho = found.rho_star if found.status == "optimal" else 1.0
+        rho_from = 10.0 ** (math.floor(math.log10(found_rho) / _SCAN_STEP) * _SCAN_STEP)
     return result

@@ -223,6 +223,13 @@ def class_objective(problem: Problem, G: np.ndarray) -> tuple[float, np.ndarray]
     return value.item(), D
 
 
+def kkt_matrix(G: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Z = sym(D) - Diag(y) with y_i = (sym(D) G)_ii: PSD (and Z G = 0) exactly at an optimum."""
+    D_sym = (D + D.T) / 2  # (C, C)
+    y = np.einsum("ij,ji->i", D_sym, G)  # (C,)
+    return D_sym - np.diag(y)
+
+
 def gap_bound(G: np.ndarray, D: np.ndarray, s: np.ndarray | None = None) -> float:
     """Duality-gap bound for a feasible G of the convex program over {G PSD, diag(G) = 1}.
 
@@ -240,9 +247,7 @@ def gap_bound(G: np.ndarray, D: np.ndarray, s: np.ndarray | None = None) -> floa
     D : (C, C) gradient (or subgradient) of L at G, row c for anchor c.
     s : (C,) positive scales, optional.
     """
-    D_sym = (D + D.T) / 2  # (C, C)
-    y = np.einsum("ij,ji->i", D_sym, G)  # (C,)
-    Z = D_sym - np.diag(y)
+    Z = kkt_matrix(G, D)
     if s is None:
         return G.shape[0] * max(0.0, -float(np.linalg.eigvalsh(Z)[0]))
     mu = max(0.0, -float(np.linalg.eigvalsh(Z / np.outer(s, s))[0]))

@@ -86,19 +86,28 @@ def weighted_oblique(m: int, n: int, weight: np.ndarray, triangular: bool = Fals
     return WeightedOblique()
 
 
+def membership(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """E (C, m) with E[i, c] = 1 where class i is in cluster c (clusters 0..m-1 as numbered in
+    ``label``), and one representative class per cluster (m,)."""
+    clusters = np.unique(label)
+    E = (label[:, None] == clusters[None, :]).astype(float)  # (C, m)
+    return E, E.argmax(axis=0)
+
+
 def etf_start(C: int, shrink: float = 0.02) -> np.ndarray:
     """(C, C) upper-triangular V with V^T V = (1 - shrink) ETF + shrink I (positive definite)."""
     G = (1 - shrink) * (C * np.eye(C) - 1) / (C - 1) + shrink * np.eye(C)
     return np.linalg.cholesky(G).T
 
 
-def staged_trust_region(cost: Any, gradient: Any, hessian: Any, start: np.ndarray, weight: np.ndarray,
-                        grad_tol: float = GRAD_TOL, max_iterations: int = MAX_ITERATIONS,
-                        triangular: bool = False, first_tol: float | None = None) -> Any:  # fmt: skip
+def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, grad_tol: float = GRAD_TOL,
+                        max_iterations: int = MAX_ITERATIONS, triangular: bool = False,
+                        first_tol: float | None = None) -> Any:  # fmt: skip
     """Minimise on the oblique manifold of ``start``'s shape (unit columns) in two stages.
 
-    pymanopt's trust region on the Euclidean cost, gradient and Hessian-vector product (functions of
-    the point W, and of W and a direction). Stage 1 weighs column c's metric by ``weight_c``: column
+    pymanopt's trust region on ``evaluate(W) -> (cost, Euclidean gradient, dW -> Hessian-vector
+    product)``, evaluated once per point (pymanopt asks for the cost, gradient and Hessian of a
+    point separately). Stage 1 weighs column c's metric by ``weight_c``: column
     c's curvature scales with its weight (a class's proportion), so this is well-conditioned and
     converges from far. Stage 2 weighs it by ``weight_c^2``: its gradient norm,
     sqrt(sum_c |grad_c|^2 / weight_c^2), is each column's stationarity relative to its own weight,
@@ -111,6 +120,23 @@ def staged_trust_region(cost: Any, gradient: Any, hessian: Any, start: np.ndarra
     from pymanopt.optimizers import TrustRegions
 
     m, n = start.shape
+    memo: dict[bytes, tuple] = {}
+
+    def at(W: np.ndarray) -> tuple:
+        key = W.tobytes()
+        if key not in memo:
+            memo.clear()
+            memo[key] = evaluate(W)
+        return memo[key]
+
+    def cost(W: np.ndarray) -> float:
+        return at(W)[0]
+
+    def gradient(W: np.ndarray) -> np.ndarray:
+        return at(W)[1]
+
+    def hessian(W: np.ndarray, dW: np.ndarray) -> np.ndarray:
+        return at(W)[2](dW)
 
     def stage(power: int, point: np.ndarray, iterations: int, grad_tol: float) -> Any:
         manifold = weighted_oblique(m, n, weight**power, triangular)
@@ -158,39 +184,28 @@ def minimise(
     C, q = problem.C, problem.negative_distribution()
     label = np.arange(C) if label is None else np.asarray(label)
     m = int(label.max()) + 1
-    E = np.zeros((C, m))
-    E[np.arange(C), label] = 1.0  # (C, m): class -> cluster
+    E = membership(label)[0]  # (C, m): class -> cluster
     p_cluster = E.T @ problem.p  # (m,)
     if m == 1:  # one vector for every class: nothing to optimise
         return np.ones((1, C)), SimpleNamespace(iterations=0, gradient_norm=0.0, stopping_criterion="one cluster")
-    memo: dict[bytes, tuple[float, np.ndarray, Any]] = {}
-
     def evaluate(W: np.ndarray) -> tuple[float, np.ndarray, Any]:
-        key = W.tobytes()
-        if key not in memo:
-            memo.clear()
-            V = W[:, label]  # (m, C)
-            G = V.T @ V  # (C, C)
-            value, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, problem.p, q, G,
-                                          hessian="operator", method=problem.expectation)  # fmt: skip
-            memo[key] = (float(value), D, hvp)
-        return memo[key]
+        V = W[:, label]  # (m, C)
+        G = V.T @ V  # (C, C)
+        value, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, problem.p, q, G,
+                                      hessian="operator", method=problem.expectation)  # fmt: skip
+        # D: (C, C) dL/dG, row c for anchor c
 
-    def gradient(W: np.ndarray) -> np.ndarray:
-        D = evaluate(W)[1]  # (C, C) dL/dG, row c for anchor c
-        return W[:, label] @ (D + D.T) @ E  # (m, m)
+        def hessian(dW: np.ndarray) -> np.ndarray:
+            dV = dW[:, label]  # (m, C)
+            dG = dV.T @ V
+            dG = dG + dG.T  # (C, C): the change of G along dW
+            dD = hvp(dG)  # (C, C): the change of dL/dG
+            return (dV @ (D + D.T) + V @ (dD + dD.T)) @ E
 
-    def hessian(W: np.ndarray, dW: np.ndarray) -> np.ndarray:
-        _, D, hvp = evaluate(W)
-        V, dV = W[:, label], dW[:, label]  # (m, C)
-        dG = dV.T @ V
-        dG = dG + dG.T  # (C, C): the change of G along dW
-        dD = hvp(dG)  # (C, C): the change of dL/dG
-        return (dV @ (D + D.T) + V @ (dD + dD.T)) @ E
+        return float(value), V @ (D + D.T) @ E, hessian  # gradient: (m, m)
 
     start = etf_start(m) if V0 is None else V0
-    result = staged_trust_region(lambda W: evaluate(W)[0], gradient, hessian, start, p_cluster, grad_tol,
-                                 max_iterations, triangular=True)  # fmt: skip
+    result = staged_trust_region(evaluate, start, p_cluster, grad_tol, max_iterations, triangular=True)
     return result.point[:, label], result
 
 

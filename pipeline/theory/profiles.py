@@ -34,6 +34,8 @@ PROFILE_KINDS: tuple[str, ...] = ("step", "exp", "counts")
 # profiles existed (n_major = K_A, n_minor = K_B); counts sweeps named count vectors
 SWEEP_AXES: dict[str, tuple[str, ...]] = {"step": ("R", "n_major", "n_minor"), "exp": ("C", "rho"),
                                           "counts": ("counts",)}  # fmt: skip
+# the sweep axis theory chunks run along, and the one a threshold scans (counts: none to scan)
+SCAN_AXIS: dict[str, str] = {"step": "R", "exp": "rho", "counts": "counts"}
 SPEC_HELP = "step(K_A=2, K_B=2, R=100), exp(C=10, rho=100) or counts(5000, 2997, ...)"
 
 
