@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,7 @@ class GroupModel:
         self._q = q
         self._w = K * pi  # (m,) weight of each anchor group
         self._to_S, self._to_S2 = _symmetric_maps(m)
+        self._last: tuple | None = None  # (key of S, value, grad, hess) of the last expectation
 
     @property
     def m(self) -> int:
@@ -106,14 +108,31 @@ class GroupModel:
         Derivatives are with respect to the symmetric entries: S[g, h] and S[h, g] are one variable.
         """
         m = self.m
-        cos = np.concatenate([np.ones((m, 1), dtype=S.dtype), S], axis=1)  # (m, m + 1)
+        value, grad, hess = self._expectation(S, hessian)
+        dS = (self._to_S @ grad.reshape(-1)).reshape(m, m)
+        d2S = (self._to_S2 @ hess.reshape(-1)).reshape(m, m, m, m) if hessian else None
+        return value, dS, d2S
+
+    def _expectation(self, S: np.ndarray, hessian: bool = False) -> tuple[Any, np.ndarray, Any]:
+        """Value, dL/dcos (m, m + 1) and, optionally, the dense Hessian of the group expectation at S.
+
+        The last result is kept: the solvers ask for the gradient where they last asked for the
+        Hessian (the certificate at the optimum).
+        """
+        key = (S.dtype.str, S.tobytes())
+        last = self._last
+        if last is not None and last[0] == key and (last[3] is not None or not hessian):
+            return last[1:]
+        cos = np.concatenate([np.ones((self.m, 1), dtype=S.dtype), S], axis=1)  # (m, m + 1)
         problem = self.problem
         value, grad, hess = expected_loss(
             problem.loss, problem.k, problem.rho, self._w, self._q, cos, hessian, problem.expectation
         )
-        dS = (self._to_S @ grad.reshape(-1)).reshape(m, m)
-        d2S = (self._to_S2 @ hess.reshape(-1)).reshape(m, m, m, m) if hessian else None
-        return value, dS, d2S
+        for a in (grad, hess):
+            if a is not None:
+                a.flags.writeable = False  # shared with the next caller
+        self._last = (key, value, grad, hess)
+        return value, grad, hess
 
     def class_gradient(self, S: np.ndarray) -> tuple[float, np.ndarray]:
         """L and dL/dG (C, C) at the block matrix G(S), from the group expectation.
@@ -122,9 +141,7 @@ class GroupModel:
         divided by K_g times the number of classes in that category.
         """
         m = self.m
-        cos = np.concatenate([np.ones((m, 1)), S], axis=1)  # (m, m + 1)
-        value, grad, _ = expected_loss(self.problem.loss, self.problem.k, self.problem.rho, self._w, self._q, cos,
-                                       method=self.problem.expectation)  # fmt: skip
+        value, grad, _ = self._expectation(np.asarray(S, dtype=float))
         n_cat = np.tile(self.K.astype(float), (m, 1)) - np.eye(m)  # (m, m): classes per category
         per_class = grad[:, 1:] / (self.K[:, None] * np.where(n_cat > 0, n_cat, 1))  # (m, m)
         D = per_class[self.label][:, self.label]  # (C, C)
@@ -142,26 +159,41 @@ class GroupModel:
 # Two groups: nested safeguarded Newton on u = sqrt(X), v = sqrt(Y)
 
 
-def _rtsafe(f: Callable[[float], tuple[float, float]], lo: float, hi: float, x0: float) -> float:
+def _rtsafe(
+    f: Callable[[float], tuple[float, float]], lo: float, hi: float, x0: float, ends_known: bool = True
+) -> float:
     """Root of f in [lo, hi] with f(lo) < 0 < f(hi): Newton steps, bisection when they leave the bracket.
 
     Converges to full double precision relative to the root (scale-free: roots of 1e-8 are fine).
+    With ``ends_known=False`` the signs at lo and hi are assumed, not evaluated: an end is evaluated
+    only when a Newton step would leave the bracket through it, and returned when f has not changed
+    sign there (f < 0 up to hi or f > 0 down to lo: the end is the answer). Newton steps from a point
+    where f < 0 go up, so without a root they do leave through that end.
     """
     x = min(max(x0, lo), hi)
+    lo_known = hi_known = ends_known
     for _ in range(200):
         fx, dfx = f(x)
         if fx == 0:
             return x
         if fx < 0:
-            lo = x
+            lo, lo_known = x, True
         else:
-            hi = x
+            hi, hi_known = x, True
         step = -fx / dfx if dfx > 0 else math.inf
         if abs(step) <= 2 * _EPS * abs(x):
             # converged: x itself (evaluated, and cached by the caller), not x + step, which may round
             # to x and then fail the open-bracket test below, sending 30 bisections through the bracket
             return x
         x_new = x + step
+        if x_new >= hi and not hi_known:
+            if f(hi)[0] <= 0:
+                return hi
+            hi_known = True
+        elif x_new <= lo and not lo_known:
+            if f(lo)[0] >= 0:
+                return lo
+            lo_known = True
         if not (lo < x_new < hi):
             x_new = 0.5 * (lo + hi)
         if abs(x_new - x) <= 2 * _EPS * abs(x_new) or hi - lo <= 2 * _EPS * abs(hi):
@@ -207,10 +239,11 @@ class _TwoGroup:
 
     def _derivatives(self, u: float, v: float) -> dict[str, float]:
         _, dS, d2S = self.model.evaluate(self.S(u, v), hessian=True)
-        La, Lb, Lc = dS[0, 0], dS[0, 1], dS[1, 1]
+        dS, d2S = dS.tolist(), d2S.tolist()  # Python floats: the same doubles, cheaper scalar arithmetic
+        La, Lb, Lc = dS[0][0], dS[0][1], dS[1][1]
         H = {
-            "aa": d2S[0, 0, 0, 0], "ab": d2S[0, 0, 0, 1], "ac": d2S[0, 0, 1, 1],
-            "bb": d2S[0, 1, 0, 1], "bc": d2S[0, 1, 1, 1], "cc": d2S[1, 1, 1, 1],
+            "aa": d2S[0][0][0][0], "ab": d2S[0][0][0][1], "ac": d2S[0][0][1][1],
+            "bb": d2S[0][1][0][1], "bc": d2S[0][1][1][1], "cc": d2S[1][1][1][1],
         }  # fmt: skip
         a_u = 2 * u / (self.K_A - 1) if self.K_A > 1 else 0.0
         a_uu = 2 / (self.K_A - 1) if self.K_A > 1 else 0.0
@@ -238,15 +271,9 @@ class _TwoGroup:
             d = self.derivatives(u, v)
             return sum(d["u_terms"]), d["Fuu"]
 
-        # F_u changes sign once, from - to +: the sign at u0 (rtsafe's first iterate, then cached)
-        # settles one end of the bracket, so only the other end needs its own evaluation
-        u0 = min(max(u0, 0.0), u_max)
-        if f(u0)[0] < 0:
-            if f(u_max)[0] <= 0:
-                return u_max
-        elif f(0.0)[0] >= 0:
-            return 0.0
-        return _rtsafe(f, 0.0, u_max, u0)
+        # F_u changes sign once, from - to +: Newton from u0 evaluates an end of [0, sqrt(K_A)] only if
+        # it heads there (the end is then the minimiser, or a bracket end)
+        return _rtsafe(f, 0.0, u_max, min(max(u0, 0.0), u_max), ends_known=False)
 
     def v_condition(self, v: float, u0: float = 0.5) -> tuple[float, float, float]:
         """(F_v, dF_v/dv along u*(v), u*(v)): the reduced condition in v, u kept optimal."""
@@ -254,7 +281,7 @@ class _TwoGroup:
         d = self.derivatives(u, v)
         Fv = sum(d["v_terms"])
         if self.K_A > 1 and 0 < u < math.sqrt(self.K_A) and d["Fuu"] > 0:
-            dFv = d["Fvv"] - d["Fuv"] ** 2 / d["Fuu"]  # implicit du*/dv
+            dFv = d["Fvv"] - d["Fuv"] * d["Fuv"] / d["Fuu"]  # implicit du*/dv
         else:
             dFv = d["Fvv"]
         return Fv, dFv, u

@@ -53,17 +53,39 @@ def nodes(k: float, x_max: float, h: float = H_STEP) -> np.ndarray:
 
     The nodes of step 2h are every other node of step h, so the two rules can be compared.
     """
+    return _rule(*_node_range(k, x_max, h), h)[0]
+
+
+def _node_range(k: float, x_max: float, h: float) -> tuple[int, int]:
+    """Indices (lo, hi) of the first and last node, both even (see the module docstring)."""
     Lk = math.log1p((k + 1) * max(x_max, 0.0))
-    lo = math.floor(-(Lk + _TAIL_LO) / (2 * h)) * 2
-    hi = math.ceil(math.log(_T_HI + 2 * Lk) / (2 * h)) * 2
-    return _nodes(lo, hi, h)
+    return math.floor(-(Lk + _TAIL_LO) / (2 * h)) * 2, math.ceil(math.log(_T_HI + 2 * Lk) / (2 * h)) * 2
 
 
 @lru_cache(maxsize=256)
-def _nodes(lo: int, hi: int, h: float) -> np.ndarray:
-    t = np.exp(h * np.arange(lo, hi + 1))  # (n,)
-    t.flags.writeable = False
-    return t
+def _rule(lo: int, hi: int, h: float) -> tuple[np.ndarray, ...]:
+    """Nodes t = e^{h i}, i = lo..hi, and their weights (read-only, shared by every call)."""
+    rule = _weights(np.exp(h * np.arange(lo, hi + 1)), h)
+    for a in rule:
+        a.flags.writeable = False
+    return rule
+
+
+def _weights(t: Any, h: float) -> tuple[Any, ...]:
+    """(t, e, w, w2) for nodes t (n,): the trapezoid weights in u = log t, the factor e^{-t} included.
+
+    ``e = h e^{-t}`` (the value: its integrand has no factor t), ``w = w2 = h t e^{-t}`` (the measure
+    dt = t du). The first node stands for itself and the geometric tail below it, a factor
+    ``1 / (1 - e^{-p h})`` with p = 1 for ``e`` and ``w`` (integrands ~ t) and p = 2 for ``w2`` (the
+    Hessian's, ~ t^2).
+    """
+    r = math.exp(-h)
+    e = (t * -1.0).exp() * h if hasattr(t, "exp") else np.exp(-t) * h  # (n,)
+    e[0] /= 1.0 - r
+    w = t * e  # (n,)
+    w2 = w * 1.0  # (n,)
+    w2[0] *= (1.0 - r) / (1.0 - r * r)
+    return t, e, w, w2
 
 
 def _xp(x: Any) -> Any:
@@ -84,7 +106,7 @@ def transform_terms(
         Number of terms (>= 1).
     hessian : bool or 'operator'
         Also return the second derivatives: dense, or as the function v (..., J) -> d2V v (..., J),
-        which costs what the gradient does (the dense Hessian costs J times more).
+        which costs what the gradient does (the dense Hessian costs J times more). numpy only.
     h : float
         Trapezoid step in u = log t.
     t : array, optional
@@ -96,55 +118,48 @@ def transform_terms(
     """
     xp = _xp(x)
     if t is None:
-        t = nodes(k, float(np.real(x).max()), h)
-    if xp is not np and not isinstance(t, xp.Tensor):
-        t = xp.tensor(np.array(t), dtype=x.dtype, device=x.device)
-    e_t = xp.exp(-t) * h  # (n,): e^{-t} times the trapezoid weight
-    e_t2 = e_t * 1.0  # the same for the t^2 integrands (Hessian)
-    r = math.exp(-h)
-    e_t[0] /= 1.0 - r  # the first node stands for itself and the geometric tail below it
-    e_t2[0] /= 1.0 - r * r
-    te_t = t * e_t  # (n,): the measure dt = t du included
+        t, e, w, w2 = _rule(*_node_range(k, float(np.real(x).max()), h), h)
+    else:
+        if xp is not np and not isinstance(t, xp.Tensor):
+            t = xp.tensor(np.array(t), dtype=x.dtype, device=x.device)
+        t, e, w, w2 = _weights(t, h)
     tx = x[..., None] * -t  # (..., J, n)
     E = xp.exp(tx)  # (..., J, n): e^{-t x_j}
     M = (q[..., None, :] @ E)[..., 0, :]  # (..., n)
     near_one = (q[..., None, :] @ xp.expm1(tx))[..., 0, :]  # (..., n): M - 1 without cancellation
     big = (M.real if xp is np else M) > 0.5
-    # log1p of M - 1 while M is near 1, log M once it is small (both branches kept finite)
-    logM = xp.where(big, xp.log1p(xp.where(big, near_one, 0.0)), xp.log(xp.where(big, 1.0, M) + 1e-300))  # (..., n)
-    V = -(xp.expm1(k * logM) @ e_t)  # (...,)
-    w1 = te_t * xp.exp((k - 1) * logM) if k > 1 else te_t  # (..., n): t e^{-t} M^{k-1}
-    inner = (E @ w1[..., None])[..., 0]  # (..., J): int e^{-t (1 + x_j)} M^{k-1} dt
-    dV = k * q * inner
-    d2V = None
-    if hessian:
-        te_t2 = t * e_t2
-        tE = E * t  # (..., J, n)
-        w1_2 = w1 * 1.0  # (..., n): w1 with the tail weight of the t^2 integrands
-        w1_2[..., 0] *= (1.0 - r) / (1.0 - r * r)
-        diag = -k * q * (tE @ w1_2[..., None])[..., 0]  # (..., J)
-        if hessian == "operator":
-            return V, dV, _operator(q, k, E, tE, diag, te_t2, logM)
-        if k > 1:
-            w2 = te_t2 * xp.exp((k - 2) * logM) if k > 2 else te_t2  # (..., n): t e^{-t} M^{k-2}
-            cross = (tE * w2[..., None, :]) @ xp.swapaxes(E, -1, -2)  # (..., J, J)
-            d2V = (-k * (k - 1)) * (q[..., :, None] * q[..., None, :]) * cross
-        else:
-            d2V = xp.zeros((*x.shape, x.shape[-1]), dtype=x.dtype)
-        idx = np.arange(x.shape[-1])
-        d2V[..., idx, idx] += diag
+    # log1p of M - 1 while M is near 1, log M once it is small
+    if xp is np:
+        logM = np.log(M + 1e-300)  # (..., n)
+        np.log1p(near_one, out=logM, where=big)
+    else:
+        logM = xp.where(big, xp.log1p(xp.where(big, near_one, 0.0)), xp.log(xp.where(big, 1.0, M) + 1e-300))
+    V = -(xp.expm1(k * logM) @ e)  # (...,)
+    Mk1 = xp.exp((k - 1) * logM) if k > 1 else None  # (..., n): M^{k-1}
+    w1 = w * Mk1 if k > 1 else w  # (..., n): t e^{-t} M^{k-1} h
+    dV = k * q * (E @ w1[..., None])[..., 0]  # (..., J): k q_j int e^{-t (1 + x_j)} M^{k-1} dt
+    if not hessian:
+        return V, dV, None
+    # diag_j = -k q_j int t e^{-t (1 + x_j)} M^{k-1} dt
+    diag = -k * q * (E @ (t * (w2 * Mk1 if k > 1 else w2))[..., None])[..., 0]  # (..., J)
+    tw2 = t * (w2 * xp.exp((k - 2) * logM) if k > 2 else w2)  # (..., n): t^2 e^{-t} M^{k-2} h, with the t du
+    if hessian == "operator":
+        return V, dV, _operator(q, k, E, tw2, diag)
+    d2V = (E * tw2[..., None, :]) @ xp.swapaxes(E, -1, -2)  # (..., J, J): int t e^{-t (1 + x_j + x_l)} M^{k-2} dt
+    d2V *= (-k * (k - 1)) * (q[..., :, None] * q[..., None, :])
+    J = x.shape[-1]
+    d2V.reshape(*d2V.shape[:-2], J * J)[..., :: J + 1] += diag
     return V, dV, d2V
 
 
-def _operator(q: Any, k: int, E: Any, tE: Any, diag: Any, te_t2: Any, logM: Any) -> Any:
-    """v -> d2V v with d2V_jl = -k (k - 1) q_j q_l sum_n tE_jn w2_n E_ln + [j = l] diag_j."""
-    w2 = te_t2 * np.exp((k - 2) * logM) if k > 2 else te_t2  # (..., n): t e^{-t} M^{k-2}
+def _operator(q: Any, k: int, E: Any, tw2: Any, diag: Any) -> Any:
+    """v -> d2V v with d2V_jl = -k (k - 1) q_j q_l sum_n E_jn tw2_n E_ln + [j = l] diag_j."""
 
     def hvp(v: Any) -> Any:
         out = diag * v  # (..., J)
         if k > 1:
             u = ((q * v)[..., None, :] @ E)[..., 0, :]  # (..., n): sum_l q_l v_l e^{-t x_l}
-            out = out + (-k * (k - 1)) * q * (tE @ (w2 * u)[..., None])[..., 0]
+            out = out + (-k * (k - 1)) * q * (E @ (tw2 * u)[..., None])[..., 0]
         return out
 
     return hvp
