@@ -30,6 +30,7 @@ MODELS = ("ufm", "mlp")
 DATASETS = ("gaussian", "digits")
 ESTIMATORS = ("expected", "sampled", "exact")
 KERNELS = ("auto", "sparse", "dense")
+INITS = ("random", "theory")
 
 
 class ConfigError(InputError):
@@ -137,6 +138,7 @@ class TrainSpec:
     device: str = "auto"  # auto: cuda when available, else cpu
     estimator: str = "expected"  # expected | sampled (see pipeline.train) | exact (ufm: pipeline.exact_ufm)
     kernel: str = "auto"  # sparse | dense negatives (pipeline.train.contrastive_grad); auto: sparse on CPU
+    init: str = "random"  # random | theory: start at the theory's optimal geometry (pipeline.train)
     runs_per_batch: int = 32  # runs stacked in one task
     select: dict[str, tuple] = field(default_factory=dict)  # train only these values of some axes
 
@@ -185,6 +187,8 @@ class SweepConfig:
         """The fields that determine the store's contents and layout (compared on resume)."""
         science = {"grid": self.grid.science(), "theory": asdict(self.theory), "batch.points": self.batch.points}
         science["train"] = None if self.train is None else asdict(self.train)
+        if science["train"] is not None and science["train"]["init"] == TrainSpec.init:
+            science["train"].pop("init")  # added later: at its default, stores written before still match
         return _plain(science)
 
     def science_hash(self) -> str:
@@ -491,6 +495,10 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
             "train.estimator: 'sampled': cannot draw k = inf negatives; expected 'expected' (the k = inf limit "
             "in closed form) or a train.select.k without inf"
         )
+    init = _choice("train.init", raw.get("init", d.init), INITS, problems)
+    if estimator == "exact" and init == "theory":
+        problems.append("train.init: 'theory': the exact minimisation starts from random features, to find "
+                        "collapse rather than assume it; expected init 'random' or estimator 'expected'")  # fmt: skip
     return TrainSpec(
         model=_choice("train.model", raw.get("model", d.model), MODELS, problems),
         data=_choice("train.data", raw.get("data", d.data), DATASETS, problems),
@@ -508,6 +516,7 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
         device=device,
         estimator=estimator,
         kernel=_choice("train.kernel", raw.get("kernel", d.kernel), KERNELS, problems),
+        init=init,
         runs_per_batch=_int_field("train.runs_per_batch", raw.get("runs_per_batch", d.runs_per_batch), 1, problems),
         select=chosen,
     )

@@ -218,7 +218,7 @@ def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> pl
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("imbalance ratio R = p_major / p_minor")
-    right.set_ylabel("||G_train - G*||_F / C (G*: optimum at d)")
+    right.set_ylabel("distance to theory\n||G_train - G*||_F / C")
     curve = threshold_curve(ds).sel(point)
     for k in ds.k.values:
         R_star = float(curve.sel(k=k))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
 from pipeline.config import SweepConfig
 from pipeline.faults import failing_solver
 from pipeline.grid import Batch, Grid
+from pipeline.metrics import gram_distance
 from pipeline.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
 from pipeline.theory.cascade import cascade, distinct_directions
 from pipeline.theory.dispatch import solve
@@ -19,6 +21,7 @@ from pipeline.theory.objective import class_objective
 from pipeline.theory.problem import Problem
 from pipeline.theory.profiles import SCAN_AXIS
 from pipeline.theory.sdp import full_program_fits
+from pipeline.theory.solution import class_means
 from pipeline.theory.threshold import minority_threshold
 
 
@@ -198,23 +201,32 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
             out["status_train"][idx] = STATUS_CODE["not_applicable"]
     if not runs:
         return out
+    references: dict[float, tuple] = {}
+
+    def reference(point: dict) -> tuple[np.ndarray, float]:
+        """(G*, its objective at d < C, else NaN): the optimum a run at this point can reach: at d < C
+        the rank-d one (Burer-Monteiro), not the full-rank G. A batch shares dim."""
+        if point[scan] not in references:
+            problem, dim = problems[point[scan]], point["dim"]
+            best = solve(problem, "rank", dim=dim) if dim < problem.C else solve(problem, theory.solver)
+            references[point[scan]] = (best.G, best.objective if dim < problem.C else math.nan)
+        return references[point[scan]]
+
+    if config.train.init == "theory":
+        starts = [class_means(reference(point)[0], point["dim"]).T for _, point in where]  # (C, d) unit rows
+        runs = [replace(run, start=start) for run, start in zip(runs, starts, strict=True)]
     start = time.perf_counter()
     results = train_runs(runs, config.train)
     per_run_s = (time.perf_counter() - start) / len(runs)
-    references: dict[float, tuple] = {}
     for (idx, point), result in zip(where, results, strict=True):
         problem = problems[point[scan]]
-        C, dim = problem.C, point["dim"]
+        C = problem.C
         out["time_train"][idx] = per_run_s
         out["loss_train"][idx] = result.loss
         if result.diverged:
             out["status_train"][idx] = STATUS_CODE["diverged"]
             continue
-        if point[scan] not in references:
-            # the optimum the run can reach: at d < C the rank-d one (Burer-Monteiro), not the full-rank G
-            best = solve(problem, "rank", dim=dim) if dim < C else solve(problem, theory.solver)
-            references[point[scan]] = (best.G, best.objective if dim < C else math.nan)
-        G_theory, rank = references[point[scan]]
+        G_theory, rank = reference(point)
         out["gram_train"][(*idx, slice(0, C), slice(0, C))] = result.gram
         if grid.profile == "step":
             out["cos_major_train"][idx] = result.cos_major
@@ -232,7 +244,10 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
         out["converged_train"][idx] = -1 if result.converged is None else int(result.converged)
         out["objective_train"][idx] = class_objective(problem, result.gram)[0]  # exact at any k
         out["objective_rank"][idx] = rank
-        out["dist_to_theory"][idx] = np.linalg.norm(result.gram - G_theory) / C
+        # at d >= C the optimum is unique, so invariant under relabelling interchangeable classes; at
+        # d < C it may break their symmetry, and which of them a run merged is arbitrary
+        groups = problem.groups()[0] if point["dim"] < C else np.arange(C)
+        out["dist_to_theory"][idx] = gram_distance(result.gram, G_theory, groups)
         out["status_train"][idx] = STATUS_CODE["trained"]
     return out
 

@@ -63,6 +63,7 @@ class Run:
     seed: int
     negatives: str = "marginal"
     reduction: str = "sum"
+    start: np.ndarray | None = None  # (C, dim) unit class vectors to start from (train.init: theory)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class RunResult:
     labels: np.ndarray  # (N,)
     diverged: bool
     within: WithinClass | None = None  # within-class measures (None when diverged)
-    grad_norm: float = math.nan  # normalised Riemannian gradient norm of the exact loss (ufm; NaN: not evaluated)
+    grad_norm: float = math.nan  # ufm: normalised Riemannian gradient norm of the exact loss; mlp: parameter space
     loss_change: float = math.nan  # relative loss change over the last 10% of steps (NaN: exact runs)
     converged: bool | None = None  # pipeline.metrics.stationary (None where neither measure exists)
 
@@ -319,16 +320,19 @@ def _exact_run(run: Run, spec: TrainSpec) -> RunResult:
 
 
 def _measured(run: Run, H: np.ndarray, y: np.ndarray, loss: float, grad_norm: float = math.nan,
-              loss_change: float = math.nan) -> RunResult:  # fmt: skip
-    """A run's result from its final unit features H (N, d): class-mean Gram, cosines, within-class measures."""
+              loss_change: float = math.nan, grad_decides: bool = True) -> RunResult:  # fmt: skip
+    """A run's result from its final unit features H (N, d): class-mean Gram, cosines, within-class measures.
+
+    ``grad_decides``: stationarity by the gradient norm (free features), else by the loss change (an
+    encoder, whose parameter-space norm has no scale-free tolerance)."""
     C = run.p.size
     if not (np.all(np.isfinite(H)) and np.isfinite(loss)):
         return RunResult(np.full((C, C), np.nan), math.nan, math.nan, math.nan, math.nan, float(loss), H, y, True)
     G = class_mean_gram(H, y, C)
     a, b_cos, c = group_cosines(G, run.n_major) if run.n_major is not None else (math.nan,) * 3
     within = within_class(H, y, C)
-    return RunResult(G, a, b_cos, c, within.nc1, float(loss), H, y, False, within, grad_norm, loss_change,
-                     stationary(grad_norm, loss_change))  # fmt: skip
+    converged = stationary(grad_norm if grad_decides else math.nan, loss_change)
+    return RunResult(G, a, b_cos, c, within.nc1, float(loss), H, y, False, within, grad_norm, loss_change, converged)
 
 
 def _train_stack(
@@ -358,6 +362,14 @@ def _train_stack(
         if spec.model == "ufm":
             return W
         return torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2
+
+    if spec.init == "theory":
+        targets = torch.tensor(np.stack([r.start[y] for r in runs]), dtype=torch.float32, device=device)  # (B, N, d)
+        if spec.model == "ufm":
+            with torch.no_grad():
+                W.copy_(targets)
+        else:
+            fit_to_targets(embeddings, params, targets)
 
     offsets = (torch.arange(B, device=device) * N)[:, None]  # (B, 1): rows of run b in the flat (B * N, d)
     p_runs = np.stack([r.p for r in runs])  # (B, C) float64
@@ -406,7 +418,9 @@ def _train_stack(
     tail = max(1, spec.steps // 10)
     tail_loss = torch.zeros(B, device=device)
     halves = torch.zeros(2, B, device=device)  # the tail's two halves: the loss change over the tail
-    for step in range(spec.steps):
+
+    def gradient() -> torch.Tensor:
+        """The training objective of one fresh batch per run (B,); its gradient left in the parameters."""
         place = torch.randint(n, (B, M), device=device)  # (B, M): each anchor's sample in its class
         shift = torch.randint(1, n, (B, M), device=device) if n > 1 else 0
         i_a = first_row_a + place  # (B, M) flat rows
@@ -424,6 +438,10 @@ def _train_stack(
         else:
             optimizer.zero_grad(set_to_none=True)
             H.backward(grad_H)
+        return per_run
+
+    for step in range(spec.steps):
+        per_run = gradient()
         optimizer.step()
         schedule.step()
         if step >= spec.steps - tail:
@@ -435,8 +453,56 @@ def _train_stack(
     first, second = (h.cpu().numpy().astype(np.float64) / max(1, n_h) for h, n_h in zip(
         halves, (tail - tail // 2, tail // 2), strict=True))  # fmt: skip
     change = np.where(tail >= 2, (first - second) / np.maximum(np.abs(second), 1e-300), np.nan)  # (B,)
-    return [_measured(run, F[b], y, tail_loss[b], _stationarity(run, spec, F[b]), float(change[b]))
+    if spec.model == "mlp":
+        grad_norm = parameter_grad_norm(gradient, params) / p_runs.min(axis=1)  # (B,)
+    else:
+        grad_norm = np.array([_stationarity(run, spec, F[b]) for b, run in enumerate(runs)])
+    return [_measured(run, F[b], y, tail_loss[b], float(grad_norm[b]), float(change[b]), spec.model == "ufm")
             for b, run in enumerate(runs)]  # fmt: skip
+
+
+GRAD_BATCHES = 32  # fresh batches over which an encoder's final gradient is averaged
+
+
+def parameter_grad_norm(gradient: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> np.ndarray:
+    """|E grad_theta L| per run (B,): the norm over an encoder's parameters of its training objective's
+    gradient at the final parameters, from ``GRAD_BATCHES`` fresh batches.
+
+    The squared norm of the batch mean is debiased by the batches' variance (E |mean|^2 = |g|^2 +
+    tr Sigma / T): sqrt(max(0, |mean|^2 - sum_t |g_t - mean|^2 / (T (T - 1)))). No step is taken.
+    """
+    batches = []
+    for _ in range(GRAD_BATCHES):
+        gradient()
+        batches.append(torch.cat([p.grad.reshape(p.shape[0], -1) for p in params], dim=1).double())  # (B, P)
+    g = torch.stack(batches)  # (T, B, P)
+    mean = g.mean(0)  # (B, P)
+    T = g.shape[0]
+    noise = ((g - mean) ** 2).sum((0, 2)) / (T * (T - 1))  # (B,)
+    return (mean.pow(2).sum(1) - noise).clamp_min(0.0).sqrt().cpu().numpy()
+
+
+PREFIT_STEPS = 2000  # full-batch Adam steps that bring an encoder to the theory's geometry (train.init: theory)
+PREFIT_LR = 1e-2
+
+
+def fit_to_targets(embeddings: Callable[[], torch.Tensor], params: list[torch.Tensor], targets: torch.Tensor) -> float:
+    """Fit an encoder so that its normalised features are ``targets`` (B, N, d), unit rows: the start of
+    ``train.init: theory`` (each sample at its class's optimal vector, no within-class spread).
+
+    Full-batch Adam on the mean of 1 - cos(f(x_s), target_s), learning rate cosine-decayed from
+    ``PREFIT_LR`` over ``PREFIT_STEPS``; returns that mean at the end (0: every sample on its target).
+    """
+    optimizer = torch.optim.Adam(params, lr=PREFIT_LR)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, PREFIT_STEPS)
+    for _ in range(PREFIT_STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        miss = 1.0 - (torch.nn.functional.normalize(embeddings(), dim=-1) * targets).sum(-1).mean()
+        miss.backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        return float(1.0 - (normalize(embeddings())[0] * targets).sum(-1).mean())
 
 
 def _stationarity(run: Run, spec: TrainSpec, H: np.ndarray) -> float:

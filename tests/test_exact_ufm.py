@@ -80,6 +80,12 @@ def test_exact_estimator_in_training_and_its_config():
     with pytest.raises(ConfigError, match=r"train\.estimator: 'exact'"):
         validate({"store": "x.zarr", "grid": {"loss": ["infonce(tau=1)"], "R": [2]},
                   "train": {"model": "mlp", "estimator": "exact"}})  # fmt: skip
+    base = {"store": "x.zarr", "grid": {"loss": ["infonce(tau=1)"], "R": [2]}}
+    with pytest.raises(ConfigError, match=r"train\.init: 'theory'.*estimator 'expected'"):
+        validate({**base, "train": {"estimator": "exact", "init": "theory"}})
+    with pytest.raises(ConfigError, match=r"train\.init: 'warm'.*random, theory"):
+        validate({**base, "train": {"init": "warm"}})
+    assert validate({**base, "train": {"init": "theory"}}).train.init == "theory"
 
 
 def test_stochastic_runs_carry_their_stationarity():
