@@ -14,7 +14,7 @@ Three exact routes, picked by :func:`expected_loss` (``method='auto'``):
 - psi = log1p, the transform (:mod:`pipeline.theory.transform`): a one-dimensional integral whose cost does
   not depend on k, so k = 65536 costs what k = 1 does.
 - the enumeration over the binom(k + J - 1, J - 1) count vectors n: any psi; used by ``auto`` where it
-  has fewer terms than the transform's ~250 nodes per category (k <= 35 for three categories), and
+  has fewer count vectors than the transform has nodes, ~250 (k <= 20 for three categories), and
   kept as the independent check (``Problem.expectation`` selects a route).
 
 ``k = inf`` is the large-k limit, renormalised so that it stays finite and has the same minimisers:
@@ -67,9 +67,11 @@ def multinomial_weights(N: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 Method = Literal["auto", "transform", "enumerate"]
 
-# the enumeration is used by ``auto`` while it has at most this many count vectors per category of
-# an anchor: about the transform's node count (~250), so each route runs where it is cheaper
-ENUMERATION_TERMS_PER_CATEGORY = 250
+# the enumeration is used by ``auto`` while an anchor has at most this many count vectors: each costs
+# J terms, as each of the transform's ~160-250 nodes does, so each route runs where it is cheaper
+# (also for the sample-level loss, whose J is every sample: binom(k + J - 1, J - 1) <= 250 J there
+# would enumerate J times more terms than the transform evaluates)
+ENUMERATION_MAX_COUNT_VECTORS = 250
 
 
 def n_count_vectors(k: float, J: int) -> float:
@@ -84,8 +86,9 @@ def linear_scale(k: float, rho: float) -> float:
 
 
 def expectation_terms(k: float, J: int) -> float:
-    """Terms per anchor of the route ``auto`` takes for log1p psi: count vectors or quadrature nodes."""
-    return min(n_count_vectors(k, J), ENUMERATION_TERMS_PER_CATEGORY * J)
+    """Terms per anchor of the route ``auto`` takes for log1p psi: count vectors or quadrature nodes,
+    each J numbers."""
+    return min(n_count_vectors(k, J), ENUMERATION_MAX_COUNT_VECTORS) * J
 
 
 def choose_method(loss: Loss, k: float, J: int, method: Method = "auto") -> str:
@@ -99,7 +102,7 @@ def choose_method(loss: Loss, k: float, J: int, method: Method = "auto") -> str:
             raise InputError("k", "inf", "a finite k for method 'enumerate'")
         return "limit"
     if method == "auto":
-        return "enumerate" if n_count_vectors(k, J) <= ENUMERATION_TERMS_PER_CATEGORY * J else "transform"
+        return "enumerate" if n_count_vectors(k, J) <= ENUMERATION_MAX_COUNT_VECTORS else "transform"
     return method
 
 
