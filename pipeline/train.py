@@ -47,6 +47,7 @@ from pipeline.config import TrainSpec
 from pipeline.metrics import WithinClass, class_mean_gram, group_cosines, stationary, within_class
 from pipeline.theory.losses import Loss
 from pipeline.theory.objective import choose_method, count_vectors, linear_scale, multinomial_weights
+from pipeline.theory.problem import Problem
 from pipeline.theory.transform import nodes as transform_nodes
 from pipeline.theory.transform import transform_terms
 
@@ -385,10 +386,8 @@ def _train_stack(
     rows = torch.arange(B, device=device)[:, None]  # (B, 1)
     w = w_class[rows, y_a]  # (B, M)
     # class distribution of one negative, by run and anchor class
-    q_neg = np.repeat(p_runs[:, None, :], C, axis=1)  # (B, C anchor, C negative)
-    if first.negatives == "other":
-        q_neg *= 1 - np.eye(C)  # the anchor's class removed
-        q_neg /= q_neg.sum(-1, keepdims=True)
+    q_neg = np.stack([Problem.create(r.loss, r.p, r.k, r.negatives, r.reduction).negative_distribution()
+                      for r in runs])  # (B, C anchor, C negative)  # fmt: skip
     if spec.estimator == "sampled":
         objective = Objective(loss_fn, rho, k, w)
         if first.negatives == "other":  # one alias table per run and anchor class
