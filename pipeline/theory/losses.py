@@ -135,6 +135,13 @@ class Loss:
             return e, e / self.param
         return self.phi(t), self.dphi(t)
 
+    def phi_terms(self, t: Any) -> tuple[Any, Any, Any]:
+        """phi(t), phi'(t) and phi''(t) together (one exponential for ``exp``)."""
+        if self.phi_kind == "exp":
+            e = _exp(t / self.param)
+            return e, e / self.param, e / self.param**2
+        return self.phi(t), self.dphi(t), self.d2phi(t)
+
     def d2phi(self, t: Any) -> Any:
         if self.phi_kind == "exp":
             return _exp(t / self.param) / self.param**2

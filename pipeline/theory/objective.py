@@ -142,19 +142,19 @@ def expected_loss(
     """
     route = choose_method(loss, k, cos.shape[1], method)
     z = cos - 1.0  # (A, J), argument of phi
-    phi, dphi = loss.phi_dphi(z)  # (A, J)
+    phi, dphi, d2phi = loss.phi_terms(z) if hessian else (*loss.phi_dphi(z), None)  # (A, J) each
     if route == "linear":
         scale = w[:, None] * q * linear_scale(k, rho)  # (A, J)
         value = (scale * phi).sum()
         grad = scale * dphi
         hess = None
         if hessian == "operator":
-            diag = scale * loss.d2phi(z)  # (A, J)
+            diag = scale * d2phi  # (A, J)
             return value, grad, lambda v: diag * v
         if hessian:
             A, J = cos.shape
             hess = np.zeros((A, J, J), dtype=cos.dtype)
-            hess[:, np.arange(J), np.arange(J)] = scale * loss.d2phi(z)
+            hess[:, np.arange(J), np.arange(J)] = scale * d2phi
         return value, grad, hess
     if route == "enumerate":
         return _enumerated(loss, int(k), rho, w, q, z, phi, dphi, hessian)
@@ -175,13 +175,13 @@ def expected_loss(
     grad = w[:, None] * d_x * (x_scale * dphi)  # (A, J)
     hess = None
     if hessian == "operator":
-        curvature = w[:, None] * x_scale * d_x * loss.d2phi(z)  # (A, J)
+        curvature = w[:, None] * x_scale * d_x * d2phi  # (A, J)
         outer = w[:, None] * x_scale**2 * dphi  # (A, J)
         return value, grad, lambda v: outer * d2_x(dphi * v) + curvature * v
     if hessian:
         hess = x_scale**2 * d2_x * (dphi[:, :, None] * dphi[:, None, :])  # (A, J, J)
         J = cos.shape[1]
-        hess.reshape(-1, J * J)[:, :: J + 1] += x_scale * d_x * loss.d2phi(z)  # the diagonal, as a view
+        hess.reshape(-1, J * J)[:, :: J + 1] += x_scale * d_x * d2phi  # the diagonal, as a view
         hess *= w[:, None, None]
     return value, grad, hess
 

@@ -123,7 +123,9 @@ class GroupModel:
         last = self._last
         if last is not None and last[0] == key and (last[3] is not None or not hessian):
             return last[1:]
-        cos = np.concatenate([np.ones((self.m, 1), dtype=S.dtype), S], axis=1)  # (m, m + 1)
+        cos = np.empty((self.m, self.m + 1), dtype=S.dtype)  # (m, m + 1): [own class, groups]
+        cos[:, 0] = 1.0
+        cos[:, 1:] = S
         problem = self.problem
         value, grad, hess = expected_loss(
             problem.loss, problem.k, problem.rho, self._w, self._q, cos, hessian, problem.expectation
