@@ -47,7 +47,7 @@ from pipeline.config import TrainSpec
 from pipeline.metrics import WithinClass, class_mean_gram, group_cosines, stationary, within_class
 from pipeline.theory.losses import Loss
 from pipeline.theory.objective import choose_method, count_vectors, linear_scale, multinomial_weights
-from pipeline.theory.problem import Problem
+from pipeline.theory.problem import negative_distribution
 from pipeline.theory.transform import nodes as transform_nodes
 from pipeline.theory.transform import transform_terms
 
@@ -365,12 +365,15 @@ def _train_stack(
         return torch.relu(torch.einsum("ni,bih->bnh", X_t, W1) + b1) @ W2
 
     if spec.init == "theory":
+        if any(r.start is None for r in runs):
+            raise ValueError("train.init 'theory' needs every run's start (its optimal class vectors)")
         targets = torch.tensor(np.stack([r.start[y] for r in runs]), dtype=torch.float32, device=device)  # (B, N, d)
         if spec.model == "ufm":
-            with torch.no_grad():
-                W.copy_(targets)
-        else:
-            fit_to_targets(embeddings, params, targets)
+            with torch.no_grad():  # at the random start's norm sqrt(d): Adam's steps on the sphere alike
+                W.copy_(targets * math.sqrt(d))
+        elif (miss := fit_to_targets(embeddings, params, targets)) > PREFIT_MISS_TOL:
+            warnings.warn(f"train.init 'theory': the encoder fits the optimal class vectors only to a mean "
+                          f"1 - cos of {miss:.2g}: its start is not the theory's geometry", stacklevel=2)  # fmt: skip
 
     offsets = (torch.arange(B, device=device) * N)[:, None]  # (B, 1): rows of run b in the flat (B * N, d)
     p_runs = np.stack([r.p for r in runs])  # (B, C) float64
@@ -386,8 +389,7 @@ def _train_stack(
     rows = torch.arange(B, device=device)[:, None]  # (B, 1)
     w = w_class[rows, y_a]  # (B, M)
     # class distribution of one negative, by run and anchor class
-    q_neg = np.stack([Problem.create(r.loss, r.p, r.k, r.negatives, r.reduction).negative_distribution()
-                      for r in runs])  # (B, C anchor, C negative)  # fmt: skip
+    q_neg = np.stack([negative_distribution(r.p, r.negatives) for r in runs])  # (B, C anchor, C negative)
     if spec.estimator == "sampled":
         objective = Objective(loss_fn, rho, k, w)
         if first.negatives == "other":  # one alias table per run and anchor class
@@ -483,6 +485,7 @@ def parameter_grad_norm(gradient: Callable[[], torch.Tensor], params: list[torch
 
 PREFIT_STEPS = 2000  # full-batch Adam steps that bring an encoder to the theory's geometry (train.init: theory)
 PREFIT_LR = 1e-2
+PREFIT_MISS_TOL = 1e-3  # a fit that misses the targets by more is reported (a warning)
 
 
 def fit_to_targets(embeddings: Callable[[], torch.Tensor], params: list[torch.Tensor], targets: torch.Tensor) -> float:

@@ -77,6 +77,16 @@ def check_ratio(value: Any, field: str = "R") -> float:
     return value
 
 
+def negative_distribution(p: np.ndarray, negatives: str) -> np.ndarray:
+    """(C, C) matrix q for proportions p (C,): row c is the distribution of a negative's class for
+    anchor class c, p itself (``marginal``) or p without class c, renormalised (``other``)."""
+    q = np.tile(p, (p.size, 1))  # (C, C)
+    if negatives == "other":
+        np.fill_diagonal(q, 0.0)
+        q /= q.sum(axis=1, keepdims=True)
+    return q
+
+
 def two_group_proportions(n_major: int, n_minor: int, R: float) -> np.ndarray:
     """Per-class proportions, majority classes first, with p_major / p_minor = R.
 
@@ -191,11 +201,7 @@ class Problem:
 
     def negative_distribution(self) -> np.ndarray:
         """(C, C) matrix q: row c is the distribution of a negative's class for anchor class c."""
-        q = np.tile(self.p, (self.C, 1))  # (C, C)
-        if self.negatives == "other":
-            np.fill_diagonal(q, 0.0)
-            q /= q.sum(axis=1, keepdims=True)
-        return q
+        return negative_distribution(self.p, self.negatives)
 
     def groups(self, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Group classes of equal proportion.

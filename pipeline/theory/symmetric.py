@@ -273,9 +273,19 @@ class _TwoGroup:
             d = self.derivatives(u, v)
             return sum(d["u_terms"]), d["Fuu"]
 
-        # F_u changes sign once, from - to +: Newton from u0 evaluates an end of [0, sqrt(K_A)] only if
-        # it heads there (the end is then the minimiser, or a bracket end)
-        return _rtsafe(f, 0.0, u_max, min(max(u0, 0.0), u_max), ends_known=False)
+        u0 = min(max(u0, 0.0), u_max)
+        if self.model.problem.loss.phi_kind == "exp":
+            # F_u is strictly increasing: Newton from u0 evaluates an end of [0, sqrt(K_A)] only if it
+            # heads there (the end is then the minimiser, or a bracket end)
+            return _rtsafe(f, 0.0, u_max, u0, ends_known=False)
+        # hinge-type phi: F_u can vanish on an interval; the end on u0's side is checked first, so the
+        # smallest (largest) minimiser on a flat stretch is the one returned, whatever u0 is
+        if f(u0)[0] < 0:
+            if f(u_max)[0] <= 0:
+                return u_max
+        elif f(0.0)[0] >= 0:
+            return 0.0
+        return _rtsafe(f, 0.0, u_max, u0)
 
     def v_condition(self, v: float, u0: float = 0.5) -> tuple[float, float, float]:
         """(F_v, dF_v/dv along u*(v), u*(v)): the reduced condition in v, u kept optimal."""

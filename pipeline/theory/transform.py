@@ -117,9 +117,11 @@ def transform_terms(
     V : (...,) E log(1 + S); dV : (..., J) dV/dx_j; d2V : (..., J, J), a function or None.
     """
     xp = _xp(x)
-    if t is None:
+    if t is None and xp is np:
         t, e, w, w2 = _rule(*_node_range(k, float(np.real(x).max()), h), h)
     else:
+        if t is None:
+            t = nodes(k, float(x.real.max() if x.is_complex() else x.max()), h)
         if xp is not np and not isinstance(t, xp.Tensor):
             t = xp.tensor(np.array(t), dtype=x.dtype, device=x.device)
         t, e, w, w2 = _weights(t, h)
@@ -146,7 +148,7 @@ def transform_terms(
     if hessian == "operator":
         return V, dV, _operator(q, k, E, tw2, diag)
     d2V = (E * tw2[..., None, :]) @ xp.swapaxes(E, -1, -2)  # (..., J, J): int t e^{-t (1 + x_j + x_l)} M^{k-2} dt
-    d2V *= (-k * (k - 1)) * (q[..., :, None] * q[..., None, :])
+    d2V = d2V * ((-k * (k - 1)) * (q[..., :, None] * q[..., None, :]))  # (..., J, J), broadcast over q
     J = x.shape[-1]
     d2V.reshape(*d2V.shape[:-2], J * J)[..., :: J + 1] += diag
     return V, dV, d2V
