@@ -113,9 +113,9 @@ VARIABLES: dict[str, Variable] = {
     "objective_train": Variable((), "float64", "class-collapsed loss L(G) at the trained Gram matrix", "nats", "train"),
     "objective_rank": Variable((), "float64", "rank-dim optimum of L (Burer-Monteiro; NaN when dim >= C)", "nats", "train"),
     "dist_to_theory": Variable((), "float64", "||G_train - G*||_F / C, G* the optimum at the run's dim: the rank-dim optimum (Burer-Monteiro) when dim < C, else the full-rank G; at dim < C the least over relabellings of equal-proportion classes", "1", "train"),
-    "grad_norm_train": Variable((), "float64", "stationarity: ufm, the normalised Riemannian gradient norm of the exact sample-level loss at the end, sqrt(sum_s |grad_s|^2 / w_s^2) / p_min; mlp, the Euclidean norm over the encoder's parameters of the training objective's gradient at the end (32 fresh batches, debiased by their variance) / p_min", "1", "train", since=2),
+    "grad_norm_train": Variable((), "float64", "stationarity: ufm, the normalised Riemannian gradient norm of the exact sample-level loss at the end, sqrt(sum_s |grad_s|^2 / w_s^2) / p_min (while (C n)^2 n <= 2e6, n samples a class); mlp and larger ufm, the Euclidean norm over the encoder's parameters of the training objective's gradient at the end (32 fresh batches, debiased by their variance) / p_min", "1", "train", since=2),
     "loss_change_train": Variable((), "float64", "relative change of the training loss over the last 10% of steps, (first half - second half) / |second half|", "1", "train", since=2),
-    "converged_train": Variable((), "int8", "1 where the run is stationary (see attrs: grad_norm_train <= grad_tol; mlp: |loss_change_train| <= loss_change_tol), 0 where not, -1 unknown", "1", "train", since=2),
+    "converged_train": Variable((), "int8", "1 where the run is stationary (see attrs: grad_norm_train <= grad_tol where it is the exact loss's; mlp and larger ufm: |loss_change_train| <= loss_change_tol), 0 where not, -1 unknown", "1", "train", since=2),
     "status_train": Variable((), "int8", "training status", "1", "train"),
     "time_train": Variable((), "float64", "training wall time per run (batch time / runs)", "s", "train"),
 }  # fmt: skip

@@ -454,11 +454,12 @@ def _train_stack(
     first, second = (h.cpu().numpy().astype(np.float64) / max(1, n_h) for h, n_h in zip(
         halves, (tail - tail // 2, tail // 2), strict=True))  # fmt: skip
     change = np.where(tail >= 2, (first - second) / np.maximum(np.abs(second), 1e-300), np.nan)  # (B,)
-    if spec.model == "mlp":
-        grad_norm = parameter_grad_norm(gradient, params) / p_runs.min(axis=1)  # (B,)
-    else:
+    exact = spec.model == "ufm" and N * n * N <= EXACT_MAX_TERMS  # the exact loss's norm is affordable
+    if exact:
         grad_norm = np.array([_stationarity(run, spec, F[b]) for b, run in enumerate(runs)])
-    return [_measured(run, F[b], y, tail_loss[b], float(grad_norm[b]), float(change[b]), spec.model == "ufm")
+    else:  # an encoder, or free features too many for the exact loss: the parameter-space norm
+        grad_norm = parameter_grad_norm(gradient, params) / p_runs.min(axis=1)  # (B,)
+    return [_measured(run, F[b], y, tail_loss[b], float(grad_norm[b]), float(change[b]), exact)
             for b, run in enumerate(runs)]  # fmt: skip
 
 
@@ -510,7 +511,8 @@ def fit_to_targets(embeddings: Callable[[], torch.Tensor], params: list[torch.Te
 def _stationarity(run: Run, spec: TrainSpec, H: np.ndarray) -> float:
     """Normalised Riemannian gradient norm of the exact sample-level loss at a free-feature run's end
     (:mod:`pipeline.exact_ufm`); NaN for mlp, diverged runs, and where the exact loss is too large
-    to evaluate (pairs x samples above EXACT_MAX_TERMS)."""
+    to evaluate (pairs x samples above EXACT_MAX_TERMS: the trainer reports the parameter-space norm
+    there)."""
     from pipeline.exact_ufm import SampleLoss
 
     n = spec.samples_per_class

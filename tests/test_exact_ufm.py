@@ -95,6 +95,10 @@ def test_stochastic_runs_carry_their_stationarity():
     assert short.grad_norm > 1e-6 and short.converged is False
     exact = train_runs([Run(INFONCE1, p, 2, 2, 4, 0)], TrainSpec(estimator="exact", samples_per_class=2))[0]
     assert exact.converged and exact.grad_norm < 1e-6 * short.grad_norm
+    # too many samples for the exact loss ((4 n)^2 n > 2e6): the parameter-space norm, decided by the loss change
+    many = train_runs([Run(INFONCE1, p, 2, 2, 4, 0)], TrainSpec(steps=200, samples_per_class=80))[0]
+    assert 0 < many.grad_norm < math.inf
+    assert many.converged == (abs(many.loss_change) <= 1e-3)
 
 
 def test_phase_labels_split_not_converged_from_disagreement():
