@@ -340,8 +340,9 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
     if has_training(ds):
         runs = phase_counts(ds, train_phase(ds))
         lines += ["", f"Training runs (collapse measured as c_train >= 1 - {COLLAPSE_TOL:g}; a run contradicting "
-                  f"the theory is a disagreement where it is stationary (free features: normalised gradient norm "
-                  f"<= {GRAD_NORM_TOL:g}; mlp: |loss change over the last 10% of steps| <= {LOSS_CHANGE_TOL:g}), "
+                  f"the theory is a disagreement where it is stationary (free features: the exact loss's normalised "
+                  f"gradient norm <= {GRAD_NORM_TOL:g}; mlp, and free features too many for the exact loss: |loss "
+                  f"change over the last 10% of steps| <= {LOSS_CHANGE_TOL:g}), "
                   "not_converged where it is not):", "",
                   "| phase | runs |", "|---|---|"]  # fmt: skip
         lines += [f"| {name} | {runs[name]} |" for name in PHASES]
