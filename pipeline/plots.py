@@ -23,6 +23,7 @@ import xarray as xr
 from pipeline.analysis import (
     PHASE_CODE,
     PHASES,
+    UNRESOLVED_RTOL,
     agreement,
     gram_points,
     has_training,
@@ -158,29 +159,34 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
 
 def _training_markers(ds: xr.Dataset, ax: plt.Axes, point: dict, x_k: np.ndarray) -> dict[str, np.ndarray]:
     """Mark trained (k, R) cells: circles where every trained run agrees with theory, crosses where a
-    stationary run disagrees, triangles where the only disagreeing runs are not stationary.
+    stationary run disagrees, triangles where the only disagreeing runs are not stationary, diamonds
+    where they are stationary within UNRESOLVED_RTOL of the optimum's objective (``unresolved``).
 
     Uses the largest trained dim; returns the marked (k, R) pairs per outcome. ``x_k`` gives the
     axis position of each k (:func:`k_axis`).
     """
     phase = train_phase(ds).sel(point)  # (R, k, dim, seed)
-    outcomes = ("minority_collapse", "no_collapse", "disagreement", "not_converged")
+    outcomes = ("minority_collapse", "no_collapse", "disagreement", "not_converged", "unresolved")
     trained = phase.isin([PHASE_CODE[name] for name in outcomes])
     dims = [d for d in phase.dim.values if bool(trained.sel(dim=d).any())]
-    marks = {"agree": np.empty((0, 2)), "disagree": np.empty((0, 2)), "not_converged": np.empty((0, 2))}
+    marks = {name: np.empty((0, 2)) for name in ("agree", "disagree", "not_converged", "unresolved")}
     if not dims:
         return marks
     dim = max(dims)
     phase, trained = phase.sel(dim=dim), trained.sel(dim=dim)
     disagree = (phase == PHASE_CODE["disagreement"]).any("seed") & trained.any("seed")
     unconverged = (phase == PHASE_CODE["not_converged"]).any("seed") & trained.any("seed") & ~disagree
-    agree = trained.any("seed") & ~disagree & ~unconverged
+    unresolved = (phase == PHASE_CODE["unresolved"]).any("seed") & trained.any("seed") & ~disagree & ~unconverged
+    agree = trained.any("seed") & ~disagree & ~unconverged & ~unresolved
     grid_R, grid_k = xr.broadcast(ds.R, ds.k)
-    labels = {"agree": "agrees", "disagree": "disagrees (stationary)", "not_converged": "not stationary"}
+    labels = {"agree": "agrees", "disagree": "disagrees (stationary)", "not_converged": "not stationary",
+              "unresolved": f"differs within {UNRESOLVED_RTOL:g} of L*"}  # fmt: skip
     for name, mask, style in (("agree", agree, dict(marker="o", mfc="none", mec="white", ms=3.5, mew=0.8)),
                               ("disagree", disagree, dict(marker="x", color="#CC79A7", ms=4.5, mew=1.2)),
                               ("not_converged", unconverged, dict(marker="^", mfc="none", mec="#E69F00", ms=3.5,
-                                                                  mew=0.9))):  # fmt: skip
+                                                                  mew=0.9)),
+                              ("unresolved", unresolved, dict(marker="D", mfc="none", mec="#56B4E9", ms=3.0,
+                                                              mew=0.9))):  # fmt: skip
         m = mask.transpose("R", "k").values
         pts = np.column_stack([grid_k.transpose("R", "k").values[m], grid_R.transpose("R", "k").values[m]])
         marks[name] = pts
@@ -331,7 +337,8 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
     lines = [f"# {ds.attrs.get('title', 'clphase results')}", "",
              f"Conventions: {ds.attrs.get('conventions', '')}", "",
              "| phase | theory points |", "|---|---|"]  # fmt: skip
-    lines += [f"| {name} | {counts[name]} |" for name in PHASES if name not in ("disagreement", "not_converged")]
+    lines += [f"| {name} | {counts[name]} |" for name in PHASES
+              if name not in ("disagreement", "not_converged", "unresolved")]  # fmt: skip
     lines += ["", "| loss | K_A | K_B | k | R* | status |", "|---|---|---|---|---|---|"]
     for row in rows:
         R_star = "inf" if np.isinf(row["R_star"]) else ("" if np.isnan(row["R_star"]) else f"{row['R_star']:.4g}")
@@ -342,8 +349,9 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
         lines += ["", f"Training runs (collapse measured as c_train >= 1 - {COLLAPSE_TOL:g}; a run contradicting "
                   f"the theory is a disagreement where it is stationary (free features: the exact loss's normalised "
                   f"gradient norm <= {GRAD_NORM_TOL:g}; mlp, and free features too many for the exact loss: |loss "
-                  f"change over the last 10% of steps| <= {LOSS_CHANGE_TOL:g}), "
-                  "not_converged where it is not):", "",
+                  f"change over the last 10% of steps| <= {LOSS_CHANGE_TOL:g}), not_converged where it is not, "
+                  f"and unresolved where it is stationary and its geometry's exact objective is within "
+                  f"{UNRESOLVED_RTOL:g} (relative) of the optimum's, a gap training does not resolve):", "",
                   "| phase | runs |", "|---|---|"]  # fmt: skip
         lines += [f"| {name} | {runs[name]} |" for name in PHASES]
     if skipped:

@@ -122,3 +122,13 @@ def test_phase_labels_split_not_converged_from_disagreement():
     assert labels == ["not_converged", "disagreement", "minority_collapse", "no_collapse", "disagreement"]
     old = ds.drop_vars("converged_train")  # a store from before stationarity: contradictions are disagreements
     assert [names[int(x)] for x in train_phase(old).values][:2] == ["disagreement", "disagreement"]
+    # the same runs with their exact objectives: stationary contradictions within 1e-5 of L* are
+    # unresolved (5e-6 above 0.7 here), 1e-3 above stays a disagreement; not stationary stays so
+    L_star = 0.7
+    gaps = [1e-9, 5e-6, 0.0, 0.0, 1e-3]
+    exact = ds.assign(objective_train=(run, [L_star + g for g in gaps]), objective_theory=(run, [L_star] * 5),
+                      objective_rank=(run, [np.nan] * 5))  # fmt: skip
+    labels = [names[int(x)] for x in train_phase(exact).values]
+    assert labels == ["not_converged", "unresolved", "minority_collapse", "no_collapse", "disagreement"]
+    rank = exact.assign(objective_rank=(run, [np.nan, L_star - 1e-3, np.nan, np.nan, np.nan]))  # d < C: vs its optimum
+    assert names[int(train_phase(rank).values[1])] == "disagreement"
