@@ -83,10 +83,14 @@ def theory_phase(ds: xr.Dataset) -> xr.DataArray:
     return code.rename("phase_theory")
 
 
+def theory_done(ds: xr.Dataset) -> xr.DataArray:
+    """True at theory points solved without error (pending and failed ones are never drawn as values)."""
+    return (ds.done_theory == 1) & (ds.status_theory != STATUS_CODE["error"])
+
+
 def minor_cosine(ds: xr.Dataset) -> xr.DataArray:
     """Theory minority cosine c with pending and failed points as NaN (never drawn as values)."""
-    ok = (ds.done_theory == 1) & (ds.status_theory != STATUS_CODE["error"])
-    return ds.cos_minor_theory.where(ok)
+    return ds.cos_minor_theory.where(theory_done(ds))
 
 
 def threshold_curve(ds: xr.Dataset) -> xr.DataArray:
@@ -216,8 +220,7 @@ def profile_of(ds: xr.Dataset) -> str:
 
 def distinct_directions(ds: xr.Dataset) -> xr.DataArray:
     """Distinct class directions per theory point, NaN where pending, failed or a merge is undecided."""
-    ok = (ds.done_theory == 1) & (ds.status_theory != STATUS_CODE["error"])
-    return ds.directions_theory.where(ok)
+    return ds.directions_theory.where(theory_done(ds))
 
 
 def onset_curve(ds: xr.Dataset) -> xr.DataArray:

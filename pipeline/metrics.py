@@ -112,9 +112,9 @@ def etf_distance(G: np.ndarray) -> float:
 RANK_RTOL = 1e-6
 # stationarity of a trained run (``converged_train``): free features by the normalised gradient norm
 # of the exact loss (pipeline.exact_ufm.SampleLoss.grad_norm; a geometry error delta in the minority
-# block gives ~delta); mlp, whose parameter-space gradient norm (reported too) has no scale-free
-# tolerance, by the relative change of its training loss over the last 10% of steps (a weaker test:
-# a slow drift passes it)
+# block gives ~delta); mlp and free features too many for the exact loss, whose parameter-space
+# gradient norm (reported too) has no scale-free tolerance, by the relative change of the training
+# loss over the last 10% of steps (a weaker test: a slow drift passes it)
 GRAD_NORM_TOL = 1e-6
 LOSS_CHANGE_TOL = 1e-3
 

@@ -79,7 +79,7 @@ class RunResult:
     labels: np.ndarray  # (N,)
     diverged: bool
     within: WithinClass | None = None  # within-class measures (None when diverged)
-    grad_norm: float = math.nan  # ufm: normalised Riemannian gradient norm of the exact loss; mlp: parameter space
+    grad_norm: float = math.nan  # exact loss's normalised Riemannian norm (ufm), else parameter space
     loss_change: float = math.nan  # relative loss change over the last 10% of steps (NaN: exact runs)
     converged: bool | None = None  # pipeline.metrics.stationary (None where neither measure exists)
 
@@ -324,8 +324,8 @@ def _measured(run: Run, H: np.ndarray, y: np.ndarray, loss: float, grad_norm: fl
               loss_change: float = math.nan, grad_decides: bool = True) -> RunResult:  # fmt: skip
     """A run's result from its final unit features H (N, d): class-mean Gram, cosines, within-class measures.
 
-    ``grad_decides``: stationarity by the gradient norm (free features), else by the loss change (an
-    encoder, whose parameter-space norm has no scale-free tolerance)."""
+    ``grad_decides``: stationarity by the gradient norm (the exact loss's, free features), else by the
+    loss change (a parameter-space norm has no scale-free tolerance)."""
     C = run.p.size
     if not (np.all(np.isfinite(H)) and np.isfinite(loss)):
         return RunResult(np.full((C, C), np.nan), math.nan, math.nan, math.nan, math.nan, float(loss), H, y, True)
@@ -498,26 +498,26 @@ def fit_to_targets(embeddings: Callable[[], torch.Tensor], params: list[torch.Te
     """
     optimizer = torch.optim.Adam(params, lr=PREFIT_LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, PREFIT_STEPS)
+
+    def miss() -> torch.Tensor:  # mean 1 - cos over runs and samples, attached to the parameters
+        return 1.0 - (torch.nn.functional.normalize(embeddings(), dim=-1) * targets).sum(-1).mean()
+
     for _ in range(PREFIT_STEPS):
         optimizer.zero_grad(set_to_none=True)
-        miss = 1.0 - (torch.nn.functional.normalize(embeddings(), dim=-1) * targets).sum(-1).mean()
-        miss.backward()
+        miss().backward()
         optimizer.step()
         schedule.step()
     with torch.no_grad():
-        return float(1.0 - (normalize(embeddings())[0] * targets).sum(-1).mean())
+        return float(miss())
 
 
 def _stationarity(run: Run, spec: TrainSpec, H: np.ndarray) -> float:
     """Normalised Riemannian gradient norm of the exact sample-level loss at a free-feature run's end
-    (:mod:`pipeline.exact_ufm`); NaN for mlp, diverged runs, and where the exact loss is too large
-    to evaluate (pairs x samples above EXACT_MAX_TERMS: the trainer reports the parameter-space norm
-    there)."""
+    (:mod:`pipeline.exact_ufm`); NaN for a diverged run. The trainer asks only where the exact loss
+    is affordable (pairs x samples <= EXACT_MAX_TERMS)."""
     from pipeline.exact_ufm import SampleLoss
 
-    n = spec.samples_per_class
-    N = run.p.size * n
-    if spec.model != "ufm" or not np.all(np.isfinite(H)) or N * n * N > EXACT_MAX_TERMS:
+    if not np.all(np.isfinite(H)):
         return math.nan
-    problem = SampleLoss.build(run.loss, run.p, n, run.k, run.negatives, run.reduction)
+    problem = SampleLoss.build(run.loss, run.p, spec.samples_per_class, run.k, run.negatives, run.reduction)
     return problem.grad_norm(H.T)

@@ -56,6 +56,15 @@ def _integer(field: str, value: Any, minimum: int) -> int:
     return int(number)
 
 
+def _ratio(field: str, value: Any, meaning: str) -> float:
+    """An imbalance ratio: a finite number >= 1."""
+    allowed = f"a finite number >= 1 ({meaning})"
+    number = _number(field, value, allowed)
+    if number < 1:
+        raise InputError(field, value, allowed)
+    return number
+
+
 def _fmt(x: float) -> str:
     return f"{x:g}" if float(x).is_integer() or abs(x) >= 1e-3 else f"{x:.6g}"
 
@@ -107,10 +116,7 @@ class Step(Profile):
         object.__setattr__(self, "K_A", _integer("K_A", self.K_A, 1))
         object.__setattr__(self, "K_B", _integer("K_B", self.K_B, 1))
         if self.R is not None:
-            R = _number("R", self.R, "a finite number >= 1 (R = p_major / p_minor)")
-            if R < 1:
-                raise InputError("R", self.R, "a finite number >= 1 (R = p_major / p_minor)")
-            object.__setattr__(self, "R", R)
+            object.__setattr__(self, "R", _ratio("R", self.R, "R = p_major / p_minor"))
 
     @property
     def C(self) -> int:
@@ -145,10 +151,7 @@ class Exp(Profile):
     def __post_init__(self) -> None:
         object.__setattr__(self, "C", _integer("C", self.C, 2))
         if self.rho is not None:
-            rho = _number("rho", self.rho, "a finite number >= 1 (rho = p_0 / p_{C-1})")
-            if rho < 1:
-                raise InputError("rho", self.rho, "a finite number >= 1 (rho = p_0 / p_{C-1})")
-            object.__setattr__(self, "rho", rho)
+            object.__setattr__(self, "rho", _ratio("rho", self.rho, "rho = p_0 / p_{C-1}"))
 
     def with_rho(self, rho: float) -> Exp:
         return Exp(self.C, rho)
