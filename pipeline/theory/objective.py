@@ -157,7 +157,7 @@ def expected_loss(
             hess[:, np.arange(J), np.arange(J)] = scale * d2phi
         return value, grad, hess
     if route == "enumerate":
-        return _enumerated(loss, int(k), rho, w, q, z, phi, dphi, hessian)
+        return _enumerated(loss, int(k), rho, w, q, z, phi, dphi, d2phi, hessian)
     if route == "limit":
         # sum: log sum_j q_j phi_j (L - log k); mean: log(1 + sum_j q_j phi_j); both psi(rho' E X)
         m1 = (q * phi).sum(axis=1)  # (A,) E[phi]
@@ -186,24 +186,52 @@ def expected_loss(
     return value, grad, hess
 
 
-def _enumerated(loss, k, rho, w, q, z, phi, dphi, hessian):
+def enumeration_weights(k: int, w: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The count vectors N (M, J) as floats and their weights P (A, M), w_a Mult(n; k, q_a); read-only."""
+    return _table(k, w, q)[:2]
+
+
+# tables with at most this many count vectors are remembered (a solver evaluates one problem many
+# times, and the gammaln and xlogy terms are most of a small enumeration's cost)
+_TABLE_MAX_COUNT_VECTORS = 4 * ENUMERATION_MAX_COUNT_VECTORS
+
+
+def _table(k: int, w: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(N, P) of :func:`enumeration_weights` and, for a remembered table, NN (M, J, J) = n_j n_l."""
+    w, q = np.ascontiguousarray(w, dtype=float), np.ascontiguousarray(q, dtype=float)
+    if n_count_vectors(k, q.shape[1]) <= _TABLE_MAX_COUNT_VECTORS:
+        return _remembered_table(k, q.shape, w.tobytes(), q.tobytes())
+    N = count_vectors(k, q.shape[1]).astype(float)  # (M, J)
+    return N, multinomial_weights(N, q) * w[:, None], None
+
+
+@lru_cache(maxsize=32)
+def _remembered_table(k: int, shape: tuple[int, int], w_bytes: bytes, q_bytes: bytes) -> tuple[np.ndarray, ...]:
+    w, q = np.frombuffer(w_bytes), np.frombuffer(q_bytes).reshape(shape)
+    N = count_vectors(k, shape[1]).astype(float)  # (M, J)
+    table = (N, multinomial_weights(N, q) * w[:, None], np.einsum("mj,ml->mjl", N, N))
+    for x in table:
+        x.flags.writeable = False
+    return table
+
+
+def _enumerated(loss, k, rho, w, q, z, phi, dphi, d2phi, hessian):
     """The expectation as a sum over every count vector n (any psi; binom(k + J - 1, J - 1) terms)."""
-    N = count_vectors(k, z.shape[1]).astype(float)  # (M, J)
-    P = multinomial_weights(N, q) * w[:, None]  # (A, M)
+    N, P, NN = _table(k, w, q)  # (M, J), (A, M), (M, J, J) or None
     S = rho * phi @ N.T  # (A, M), inner sum per anchor and count vector
     value = (P * loss.psi(S)).sum()
-    Pd = P * loss.dpsi(S)  # (A, M)
-    grad = rho * (Pd @ N) * dphi  # (A, J)
+    PdN = (P * loss.dpsi(S)) @ N  # (A, J)
+    grad = rho * PdN * dphi  # (A, J)
     hess = None
     if hessian == "operator":
-        Pdd, first = rho**2 * P * loss.d2psi(S), rho * (Pd @ N) * loss.d2phi(z)  # (A, M), (A, J)
+        Pdd, first = rho**2 * P * loss.d2psi(S), rho * PdN * d2phi  # (A, M), (A, J)
         return value, grad, lambda v: dphi * ((Pdd * ((dphi * v) @ N.T)) @ N) + first * v
     if hessian:
         Pdd = P * loss.d2psi(S)  # (A, M)
-        NN = np.einsum("mj,ml->mjl", N, N)  # (M, J, J)
+        NN = np.einsum("mj,ml->mjl", N, N) if NN is None else NN  # (M, J, J)
         hess = rho**2 * np.einsum("am,mjl->ajl", Pdd, NN) * dphi[:, :, None] * dphi[:, None, :]
         idx = np.arange(z.shape[1])
-        hess[:, idx, idx] += rho * (Pd @ N) * loss.d2phi(z)
+        hess[:, idx, idx] += rho * PdN * d2phi
     return value, grad, hess
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.metrics import group_cosines
 from pipeline.theory.losses import Loss
-from pipeline.theory.objective import certificate, count_vectors, linear_scale, multinomial_weights, n_count_vectors
+from pipeline.theory.objective import certificate, count_vectors, enumeration_weights, linear_scale, n_count_vectors
 from pipeline.theory.problem import Problem
 from pipeline.theory.rank import refine
 from pipeline.theory.solution import Solution, class_means
@@ -143,9 +143,7 @@ DPP_MAX_TERMS = 3000
 
 def term_weights(problem: Problem) -> np.ndarray:
     """(C * M,) weights p_c Mult(n; k, q^(c)) of the InfoNCE terms, anchor-major."""
-    N = count_vectors(problem.k, problem.C).astype(float)  # (M, C)
-    P = multinomial_weights(N, problem.negative_distribution()) * problem.p[:, None]  # (C, M)
-    return P.reshape(-1)
+    return enumeration_weights(problem.k, problem.p, problem.negative_distribution())[1].reshape(-1)  # (C, M) flat
 
 
 @lru_cache(maxsize=16)
