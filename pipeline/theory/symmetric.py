@@ -67,6 +67,7 @@ class GroupModel:
     label: np.ndarray  # (C,) group of each class
     K: np.ndarray  # (m,) group sizes
     pi: np.ndarray  # (m,) per-class proportion of each group
+    two: tuple[int, int, float] | None = None  # (K_A, K_B, R) of Problem.two_groups: majority and minority blocks
 
     @classmethod
     def from_problem(cls, problem: Problem) -> GroupModel:
@@ -76,7 +77,7 @@ class GroupModel:
             return cls(problem, *problem.groups())
         K_A, K_B, _ = two
         label = np.array([0] * K_A + [1] * K_B)
-        return cls(problem, label, np.array([K_A, K_B]), problem.p[[0, K_A]])
+        return cls(problem, label, np.array([K_A, K_B]), problem.p[[0, K_A]], two)
 
     def __post_init__(self) -> None:
         m, K, pi = self.m, self.K, self.pi
@@ -92,6 +93,8 @@ class GroupModel:
         self._q = q
         self._w = K * pi  # (m,) weight of each anchor group
         self._to_S, self._to_S2 = _symmetric_maps(m)
+        n_cat = np.tile(K.astype(float), (m, 1)) - np.eye(m)  # (m, m): classes per category
+        self._per_class = K[:, None] * np.where(n_cat > 0, n_cat, 1)  # (m, m): the divisors of class_gradient
         self._last: tuple | None = None  # (key of S, value, grad, hess) of the last expectation
 
     @property
@@ -142,10 +145,8 @@ class GroupModel:
         By exchangeability dL/dG[c, j] is the group derivative for (group of c, category of j)
         divided by K_g times the number of classes in that category.
         """
-        m = self.m
         value, grad, _ = self._expectation(np.asarray(S, dtype=float))
-        n_cat = np.tile(self.K.astype(float), (m, 1)) - np.eye(m)  # (m, m): classes per category
-        per_class = grad[:, 1:] / (self.K[:, None] * np.where(n_cat > 0, n_cat, 1))  # (m, m)
+        per_class = grad[:, 1:] / self._per_class  # (m, m)
         D = per_class[self.label][:, self.label]  # (C, C)
         np.fill_diagonal(D, (grad[:, 0] / self.K)[self.label])
         return float(value), D
@@ -214,14 +215,16 @@ class _TwoGroup:
         self._cache: dict[tuple[float, float], dict[str, float]] = {}  # (u, v) -> derivatives
         self.K_A, self.K_B = (int(x) for x in self.model.K)
         self.kappa = math.sqrt(self.K_A * self.K_B)
+        self.u_max, self.v_max = math.sqrt(self.K_A), math.sqrt(self.K_B)  # a = 1, c = 1
 
     def cosines(self, u: float, v: float) -> tuple[float, float, float]:
         """(a, b, c) in [-1, 1]; exactly 1 at u = sqrt(K_A), v = sqrt(K_B) (their squares are K (1 +- eps))."""
-        a = (u * u - 1) / (self.K_A - 1) if self.K_A > 1 else math.nan
-        c = (v * v - 1) / (self.K_B - 1) if self.K_B > 1 else math.nan
-        a = 1.0 if self.K_A > 1 and u >= math.sqrt(self.K_A) else a
-        c = 1.0 if self.K_B > 1 and v >= math.sqrt(self.K_B) else c
-        return tuple(min(1.0, max(-1.0, x)) if not math.isnan(x) else x for x in (a, -u * v / self.kappa, c))
+        a = c = math.nan
+        if self.K_A > 1:
+            a = 1.0 if u >= self.u_max else min(1.0, max(-1.0, (u * u - 1) / (self.K_A - 1)))
+        if self.K_B > 1:
+            c = 1.0 if v >= self.v_max else min(1.0, max(-1.0, (v * v - 1) / (self.K_B - 1)))
+        return a, min(1.0, max(-1.0, -u * v / self.kappa)), c
 
     def S(self, u: float, v: float) -> np.ndarray:
         a, b, c = self.cosines(u, v)
@@ -240,13 +243,16 @@ class _TwoGroup:
         return cache[(u, v)]
 
     def _derivatives(self, u: float, v: float) -> dict[str, float]:
-        _, dS, d2S = self.model.evaluate(self.S(u, v), hessian=True)
-        dS, d2S = dS.tolist(), d2S.tolist()  # Python floats: the same doubles, cheaper scalar arithmetic
-        La, Lb, Lc = dS[0][0], dS[0][1], dS[1][1]
-        H = {
-            "aa": d2S[0][0][0][0], "ab": d2S[0][0][0][1], "ac": d2S[0][0][1][1],
-            "bb": d2S[0][1][0][1], "bc": d2S[0][1][1][1], "cc": d2S[1][1][1][1],
-        }  # fmt: skip
+        _, grad, hess = self.model._expectation(self.S(u, v), hessian=True)
+        # the entries of GroupModel.evaluate's dS and d2S that two groups use, read off the category
+        # derivatives (anchor, category 1 + group): a = S[A, A] is category 1 of anchor A, c = S[B, B]
+        # category 2 of anchor B, and b = S[A, B] both category 2 of A and category 1 of B; no anchor
+        # sees both a and c. Python floats: the same doubles (a sum of two terms is the same in any
+        # order), cheaper scalar arithmetic
+        (_, La, LAb), (_, LBb, Lc) = grad.tolist()
+        (_, (_, aa, ab), (_, _, bb_A)), (_, (_, bb_B, bc), (_, _, cc)) = hess.tolist()
+        Lb = LAb + LBb
+        H = {"aa": aa, "ab": ab, "ac": 0.0, "bb": bb_A + bb_B, "bc": bc, "cc": cc}
         a_u = 2 * u / (self.K_A - 1) if self.K_A > 1 else 0.0
         a_uu = 2 / (self.K_A - 1) if self.K_A > 1 else 0.0
         c_v = 2 * v / (self.K_B - 1) if self.K_B > 1 else 0.0
@@ -267,7 +273,7 @@ class _TwoGroup:
         """argmin_u F(u, v): the unique sign change of F_u on [0, sqrt(K_A)] (F convex in u^2)."""
         if self.K_A == 1:
             return 1.0
-        u_max = math.sqrt(self.K_A)
+        u_max = self.u_max
 
         def f(u: float) -> tuple[float, float]:
             d = self.derivatives(u, v)
@@ -292,7 +298,7 @@ class _TwoGroup:
         u = self.u_star(v, u0)
         d = self.derivatives(u, v)
         Fv = sum(d["v_terms"])
-        if self.K_A > 1 and 0 < u < math.sqrt(self.K_A) and d["Fuu"] > 0:
+        if self.K_A > 1 and 0 < u < self.u_max and d["Fuu"] > 0:
             dFv = d["Fvv"] - d["Fuv"] * d["Fuv"] / d["Fuu"]  # implicit du*/dv
         else:
             dFv = d["Fvv"]
@@ -304,7 +310,7 @@ class _TwoGroup:
 
     def _newton(self, u: float, v: float) -> tuple[float, float] | None:
         """Joint Newton on (F_u, F_v) = 0 inside the box; None if it does not converge there."""
-        u_max, v_max = math.sqrt(self.K_A), math.sqrt(self.K_B)
+        u_max, v_max = self.u_max, self.v_max
         for _ in range(40):
             d = self.derivatives(u, v)
             r_u, r_v = self.residuals(d)
@@ -331,7 +337,7 @@ class _TwoGroup:
         ``CRITERION_RTOL`` (module constant), so ``CRITERION_RTOL * (|dL/dc| + |dL/db db/dc|)``
         bounds the error of g: its sign means something only beyond that.
         """
-        v_max = math.sqrt(self.K_B)
+        v_max = self.v_max
         u = self.u_star(v_max)
         d = self.derivatives(u, v_max)
         repulsion, pull = d["Lc"], d["Lb"] * d["db_dc"]
@@ -351,7 +357,7 @@ class _TwoGroup:
             v = 1.0
             u = self.u_star(v)
         else:
-            v_max = math.sqrt(self.K_B)
+            v_max = self.v_max
             criterion, criterion_error, u_at_max = self.criterion_at_collapse()
             if criterion <= criterion_error:
                 collapsed = True if criterion < -criterion_error else None
@@ -374,7 +380,7 @@ class _TwoGroup:
         d = self.derivatives(u, v)
         r_u, r_v = self.residuals(d)
         residuals = []
-        if self.K_A > 1 and 0 < u < math.sqrt(self.K_A):
+        if self.K_A > 1 and 0 < u < self.u_max:
             residuals.append(r_u)
         if self.K_B > 1:
             residuals.append(0.0 if collapsed is not False else r_v)
@@ -485,7 +491,7 @@ def solve_symmetric(problem: Problem, dim: int | None = None) -> Solution:
     """
     start = time.perf_counter()
     model = GroupModel.from_problem(problem)
-    two = problem.two_groups()
+    two = model.two
     a = b = c = criterion = criterion_error = math.nan
     collapsed: bool | None = None
     kkt = math.nan

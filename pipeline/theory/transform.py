@@ -64,7 +64,7 @@ def _node_range(k: float, x_max: float, h: float) -> tuple[int, int]:
 
 @lru_cache(maxsize=256)
 def _rule(lo: int, hi: int, h: float) -> tuple[np.ndarray, ...]:
-    """Nodes t = e^{h i}, i = lo..hi, and their weights (read-only, shared by every call)."""
+    """:func:`_weights` of the nodes t = e^{h i}, i = lo..hi (read-only, shared by every call)."""
     rule = _weights(np.exp(h * np.arange(lo, hi + 1)), h)
     for a in rule:
         a.flags.writeable = False
@@ -72,20 +72,22 @@ def _rule(lo: int, hi: int, h: float) -> tuple[np.ndarray, ...]:
 
 
 def _weights(t: Any, h: float) -> tuple[Any, ...]:
-    """(t, e, w, w2) for nodes t (n,): the trapezoid weights in u = log t, the factor e^{-t} included.
+    """(t, -t, e, W) for nodes t (n,): the trapezoid weights in u = log t, the factor e^{-t} included.
 
-    ``e = h e^{-t}`` (the value: its integrand has no factor t), ``w = w2 = h t e^{-t}`` (the measure
-    dt = t du). The first node stands for itself and the geometric tail below it, a factor
-    ``1 / (1 - e^{-p h})`` with p = 1 for ``e`` and ``w`` (integrands ~ t) and p = 2 for ``w2`` (the
-    Hessian's, ~ t^2).
+    ``e = h e^{-t}`` (the value: its integrand has no factor t); ``W`` (n, 2) holds ``h t e^{-t}``
+    (the gradient's, with the measure dt = t du) and ``h t^2 e^{-t}`` (the Hessian's, one more t), so
+    that one product gives both. The first node stands for itself and the geometric tail below it,
+    a factor ``1 / (1 - e^{-p h})`` with p = 1 for ``e`` and the gradient's weights (integrands ~ t)
+    and p = 2 for the Hessian's (~ t^2).
     """
+    xp = _xp(t)
     r = math.exp(-h)
-    e = (t * -1.0).exp() * h if hasattr(t, "exp") else np.exp(-t) * h  # (n,)
+    e = xp.exp(-t) * h  # (n,)
     e[0] /= 1.0 - r
     w = t * e  # (n,)
-    w2 = w * 1.0  # (n,)
+    w2 = t * w  # (n,)
     w2[0] *= (1.0 - r) / (1.0 - r * r)
-    return t, e, w, w2
+    return t, -t, e, xp.stack([w, w2], -1)
 
 
 def _xp(x: Any) -> Any:
@@ -118,14 +120,14 @@ def transform_terms(
     """
     xp = _xp(x)
     if t is None and xp is np:
-        t, e, w, w2 = _rule(*_node_range(k, float(np.real(x).max()), h), h)
+        t, neg_t, e, W = _rule(*_node_range(k, float(np.real(x).max()), h), h)
     else:
         if t is None:
             t = nodes(k, float(x.real.max() if x.is_complex() else x.max()), h)
         if xp is not np and not isinstance(t, xp.Tensor):
             t = xp.tensor(np.array(t), dtype=x.dtype, device=x.device)
-        t, e, w, w2 = _weights(t, h)
-    tx = x[..., None] * -t  # (..., J, n)
+        t, neg_t, e, W = _weights(t, h)
+    tx = x[..., None] * neg_t  # (..., J, n)
     E = xp.exp(tx)  # (..., J, n): e^{-t x_j}
     M = (q[..., None, :] @ E)[..., 0, :]  # (..., n)
     near_one = (q[..., None, :] @ xp.expm1(tx))[..., 0, :]  # (..., n): M - 1 without cancellation
@@ -137,18 +139,18 @@ def transform_terms(
     else:
         logM = xp.where(big, xp.log1p(xp.where(big, near_one, 0.0)), xp.log(xp.where(big, 1.0, M) + 1e-300))
     V = -(xp.expm1(k * logM) @ e)  # (...,)
-    Mk1 = xp.exp((k - 1) * logM) if k > 1 else None  # (..., n): M^{k-1}
-    w1 = w * Mk1 if k > 1 else w  # (..., n): t e^{-t} M^{k-1} h
-    dV = k * q * (E @ w1[..., None])[..., 0]  # (..., J): k q_j int e^{-t (1 + x_j)} M^{k-1} dt
+    # (..., J, 2): int e^{-t (1 + x_j)} M^{k-1} dt and int t e^{-t (1 + x_j)} M^{k-1} dt
+    integrals = E @ (xp.exp((k - 1) * logM)[..., None] * W if k > 1 else W)
+    kq = k * q  # (..., J)
+    dV = kq * integrals[..., 0]  # (..., J): k q_j int e^{-t (1 + x_j)} M^{k-1} dt
     if not hessian:
         return V, dV, None
-    # diag_j = -k q_j int t e^{-t (1 + x_j)} M^{k-1} dt
-    diag = -k * q * (E @ (t * (w2 * Mk1 if k > 1 else w2))[..., None])[..., 0]  # (..., J)
-    tw2 = t * (w2 * xp.exp((k - 2) * logM) if k > 2 else w2)  # (..., n): t^2 e^{-t} M^{k-2} h, with the t du
+    diag = -(kq * integrals[..., 1])  # (..., J): -k q_j int t e^{-t (1 + x_j)} M^{k-1} dt
+    tw2 = W[:, 1] * xp.exp((k - 2) * logM) if k > 2 else W[:, 1]  # (..., n): t^2 e^{-t} M^{k-2} h, with the t du
     if hessian == "operator":
         return V, dV, _operator(q, k, E, tw2, diag)
     d2V = (E * tw2[..., None, :]) @ xp.swapaxes(E, -1, -2)  # (..., J, J): int t e^{-t (1 + x_j + x_l)} M^{k-2} dt
-    d2V = d2V * ((-k * (k - 1)) * (q[..., :, None] * q[..., None, :]))  # (..., J, J), broadcast over q
+    d2V = d2V * ((1 - k) * (kq[..., :, None] * q[..., None, :]))  # (..., J, J), broadcast over q
     J = x.shape[-1]
     d2V.reshape(*d2V.shape[:-2], J * J)[..., :: J + 1] += diag
     return V, dV, d2V
