@@ -93,7 +93,7 @@ class GroupModel:
         self._q = q
         self._w = K * pi  # (m,) weight of each anchor group
         self._to_S, self._to_S2 = _symmetric_maps(m)
-        n_cat = np.tile(K.astype(float), (m, 1)) - np.eye(m)  # (m, m): classes per category
+        n_cat = K.astype(float)[None, :] - np.eye(m)  # (m, m): classes per category
         self._per_class = K[:, None] * np.where(n_cat > 0, n_cat, 1)  # (m, m): the divisors of class_gradient
         self._last: tuple | None = None  # (key of S, value, grad, hess) of the last expectation
 
