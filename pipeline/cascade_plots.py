@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.analysis import distinct_directions, onset_curve, onsets_table, profile_of
-from pipeline.plots import COLUMN_IN, OKABE_ITO, k_axis, k_log_axes, log_edges, save_figure, slug
+from pipeline.plots import COLUMN_IN, OKABE_ITO, curves_against_k, k_axis, k_log_axes, log_edges, save_figure, slug
 from pipeline.results import STATUS_CODE
 
 
@@ -95,26 +95,15 @@ def directions_diagram(ds: xr.Dataset, loss: str, C: int) -> tuple[plt.Figure, d
 def onsets_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     """rho*_m against k for every loss, C and m."""
     curve = onset_curve(ds).load()
-    k = curve.k.values
-    x_k, k_labels = k_axis(k)
     fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.5, 2.6), layout="constrained")
-    drawn = {}
-    markers = "osD^v<>p"
-    i = 0
-    for loss in curve.loss.values:
-        for C in curve.C.values:
-            for m in curve.onset.values:
-                if m >= C:
-                    continue
-                values = curve.sel(loss=loss, C=C, onset=m).values
-                finite = np.isfinite(values)
-                if not finite.any():
-                    continue
-                label = f"{loss}, C={C}, m={m}"
-                ax.plot(x_k[finite], values[finite], marker=markers[i % len(markers)], ms=3, lw=1, label=label)
-                drawn[label] = (k[finite], values[finite])
-                i += 1
-    k_log_axes(ax, k, x_k, k_labels)
+    series = (
+        (f"{loss}, C={C}, m={m}", curve.sel(loss=loss, C=C, onset=m).values)
+        for loss in curve.loss.values
+        for C in curve.C.values
+        for m in curve.onset.values
+        if m < C
+    )
+    drawn = curves_against_k(ax, curve.k.values, series)
     ax.set_ylabel("onset rho*_m")
     ax.set_title("cascade onsets: the m smallest classes share one direction above rho*_m")
     if drawn:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -235,31 +236,40 @@ def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> pl
     return fig
 
 
-def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
-    """R*(k) for every loss and class-count pair on one figure."""
-    curve = threshold_curve(ds).load()
-    k = curve.k.values
+def curves_against_k(ax: plt.Axes, k: np.ndarray, series: Iterable[tuple[str, np.ndarray]]) -> dict:
+    """One curve per (label, values over k) on the logarithmic k axis; k = inf is its own column,
+    with a dotted line at its value, the limit the curve approaches. Returns {label: (k, values)}
+    of what was drawn (the finite values)."""
     x_k, k_labels = k_axis(k)
-    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.5, 2.6), layout="constrained")
     drawn = {}
     markers = "osD^v<>p"
-    for i, (loss, n_major, n_minor) in enumerate(
-        (lo, a, b) for lo in curve.loss.values for a in curve.n_major.values for b in curve.n_minor.values
-    ):
-        values = curve.sel(loss=loss, n_major=n_major, n_minor=n_minor).values
-        if not np.isfinite(values).any():
-            continue
+    for label, values in series:
         finite = np.isfinite(values)
+        if not finite.any():
+            continue
+        marker = markers[len(drawn) % len(markers)]
         line = finite & np.isfinite(k)
-        label = f"{loss}, K_A={n_major}, K_B={n_minor}"
-        marker = markers[i % len(markers)]
         (handle,) = ax.plot(x_k[line], values[line], marker=marker, ms=3, lw=1, label=label)
         at_inf = finite & np.isinf(k)
-        if at_inf.any():  # R*_inf: its own column, and a dotted line that the curve approaches
+        if at_inf.any():
             ax.plot(x_k[at_inf], values[at_inf], marker=marker, ms=4, ls="none", color=handle.get_color())
             ax.axhline(values[at_inf][0], color=handle.get_color(), ls=":", lw=0.7)
         drawn[label] = (k[finite], values[finite])
     k_log_axes(ax, k, x_k, k_labels)
+    return drawn
+
+
+def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
+    """R*(k) for every loss and class-count pair on one figure."""
+    curve = threshold_curve(ds).load()
+    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.5, 2.6), layout="constrained")
+    series = (
+        (f"{loss}, K_A={n_major}, K_B={n_minor}", curve.sel(loss=loss, n_major=n_major, n_minor=n_minor).values)
+        for loss in curve.loss.values
+        for n_major in curve.n_major.values
+        for n_minor in curve.n_minor.values
+    )
+    drawn = curves_against_k(ax, curve.k.values, series)
     ax.set_ylabel("threshold R* (minority collapse)")
     ax.set_title("minority-collapse threshold R*(k): minorities merge above the curve")
     if drawn:
