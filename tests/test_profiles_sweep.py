@@ -91,6 +91,23 @@ def test_exp_store_resumes_and_plots(longtail):
     assert rows[0] == "loss,C,k,m,rho_star,apart_below,status" and len(rows) == 1 + 2 * 2 + 2 * 1
 
 
+def test_onsets_figure_draws_the_store_and_k_inf_as_its_own_column(longtail):
+    from pipeline.analysis import onset_curve
+    from pipeline.cascade_plots import onsets_figure
+
+    _, store, _ = longtail
+    ds = xr.open_zarr(store).load()
+    fig, drawn = onsets_figure(ds)
+    curve = onset_curve(ds)
+    assert drawn and any(np.isinf(k).any() for k, _ in drawn.values())
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    for label, (k, values) in drawn.items():
+        C, m = (int(part.split("=")[1]) for part in label.split(", ")[1:])
+        expected = curve.sel(loss="infonce(tau=0.5)", C=C, onset=m).values
+        np.testing.assert_array_equal(values, expected[np.isfinite(expected)])
+        assert len(lines[label].get_xdata()) == np.isfinite(k).sum()  # the curve stops before k = inf
+
+
 def test_counts_store(tmp_path):
     config = {"name": "counts", "grid": {"profile": "counts", "loss": ["infonce(tau=0.5)"], "k": [16],
               "counts": {"cifar4": [5000, 2997, 1796, 1077], "two": [10, 1]}}}  # fmt: skip
