@@ -145,9 +145,17 @@ def test_bad_profile_axes_are_config_errors(tmp_path, grid, expected):
     assert not (tmp_path / "s.zarr").exists()
 
 
-def test_store_written_before_profiles_resumes_and_is_bitwise_reproduced(tmp_path):
+# the optimal geometry and what is measured against it: main (2d96be9) stopped the joint Newton at
+# residuals below 1e-13, which left cosines up to 3e-15 from the optimum; the solver now takes them
+# to round-off, so these agree to that, and every other variable (decisions included) bitwise
+GEOMETRY = {"gram_theory", "cos_major_theory", "cos_cross_theory", "cos_minor_theory", "gap_theory",
+            "objective_theory", "criterion_theory", "dist_to_theory"}  # fmt: skip
+
+
+def test_store_written_before_profiles_resumes_and_is_reproduced(tmp_path):
     """A step store written by main (2d96be9, before profiles): no batch recomputed on resume, and a
-    fresh run of the same config writes bitwise the same values (every variable but wall times)."""
+    fresh run of the same config writes the same values (every variable but wall times): bitwise but
+    for the geometry, to 1e-14 (``GEOMETRY``)."""
     shutil.copytree(DATA / "main_store.zarr", tmp_path / "main.zarr")
     config = yaml.safe_load((DATA / "main_store.yaml").read_text())
     old_cfg = _write(tmp_path, config, "main.zarr")
@@ -170,6 +178,9 @@ def test_store_written_before_profiles_resumes_and_is_bitwise_reproduced(tmp_pat
         assert old[name].dims == new[name].dims and old[name].attrs == attrs, name
         if name.startswith("time_"):
             continue
-        assert np.array_equal(old[name].values, new[name].values, equal_nan=True), name
+        if name in GEOMETRY:
+            np.testing.assert_allclose(new[name].values, old[name].values, rtol=1e-12, atol=1e-14, err_msg=name)
+        else:
+            assert np.array_equal(old[name].values, new[name].values, equal_nan=True), name
     assert old.attrs["clphase_science"] == new.attrs["clphase_science"]
     assert old.attrs["conventions"] == new.attrs["conventions"]

@@ -205,6 +205,18 @@ def _rtsafe(
     return x
 
 
+def _log_ratio(P: float, dP: tuple[float, float], Q: float, dQ: tuple[float, float]) -> tuple[float, ...] | None:
+    """(log(P / Q), its derivatives in u and v) for P, Q > 0, else None.
+
+    P - Q = 0 and log(P / Q) = 0 have the same root and the same sign on either side, but where P and
+    Q grow exponentially (phi = exp) the logarithm is close to linear, so Newton converges in a few
+    steps from far away where it would creep on P - Q (steps of about tau).
+    """
+    if not (P > 0 and Q > 0):
+        return None
+    return math.log(P / Q), dP[0] / P - dQ[0] / Q, dP[1] / P - dQ[1] / Q
+
+
 @dataclass
 class _TwoGroup:
     """F(u, v) = L(a(u), b(u, v), c(v)) for one majority and one minority group."""
@@ -216,6 +228,7 @@ class _TwoGroup:
         self.K_A, self.K_B = (int(x) for x in self.model.K)
         self.kappa = math.sqrt(self.K_A * self.K_B)
         self.u_max, self.v_max = math.sqrt(self.K_A), math.sqrt(self.K_B)  # a = 1, c = 1
+        self.log_newton = self.model.problem.loss.phi_kind == "exp"  # P, Q > 0 inside the box
 
     def cosines(self, u: float, v: float) -> tuple[float, float, float]:
         """(a, b, c) in [-1, 1]; exactly 1 at u = sqrt(K_A), v = sqrt(K_B) (their squares are K (1 +- eps))."""
@@ -258,9 +271,18 @@ class _TwoGroup:
         c_v = 2 * v / (self.K_B - 1) if self.K_B > 1 else 0.0
         c_vv = 2 / (self.K_B - 1) if self.K_B > 1 else 0.0
         b_u, b_v, b_uv = -v / self.kappa, -u / self.kappa, -1 / self.kappa
+        bb = H["bb"]
+        # F_u = P_u - Q_u and F_v = P_v - Q_v: the repulsion within a group against the pull between the
+        # groups, and their derivatives in (u, v) (H["ac"] = 0)
+        P_u, dP_u = La * a_u, ((aa * a_u + ab * b_u) * a_u + La * a_uu, ab * b_v * a_u)
+        Q_u, dQ_u = -Lb * b_u, (-(ab * a_u + bb * b_u) * b_u, -((bb * b_v + bc * c_v) * b_u + Lb * b_uv))
+        P_v, dP_v = Lc * c_v, (bc * b_u * c_v, (cc * c_v + bc * b_v) * c_v + Lc * c_vv)
+        Q_v, dQ_v = -Lb * b_v, (-(ab * a_u + bb * b_u) * b_v - Lb * b_uv, -(bb * b_v + bc * c_v) * b_v)
         return {
             "u_terms": (La * a_u, Lb * b_u),
             "v_terms": (Lc * c_v, Lb * b_v),
+            "h_u": _log_ratio(P_u, dP_u, Q_u, dQ_u),
+            "h_v": _log_ratio(P_v, dP_v, Q_v, dQ_v),
             "Fuu": H["aa"] * a_u**2 + 2 * H["ab"] * a_u * b_u + H["bb"] * b_u**2 + La * a_uu,
             "Fuv": H["ab"] * a_u * b_v + H["ac"] * a_u * c_v + H["bb"] * b_u * b_v + H["bc"] * b_u * c_v + Lb * b_uv,
             "Fvv": H["cc"] * c_v**2 + 2 * H["bc"] * c_v * b_v + H["bb"] * b_v**2 + Lc * c_vv,
@@ -309,23 +331,35 @@ class _TwoGroup:
         return tuple(abs(sum(t)) / (sum(map(abs, t)) or 1.0) for t in (d["u_terms"], d["v_terms"]))
 
     def _newton(self, u: float, v: float) -> tuple[float, float] | None:
-        """Joint Newton on (F_u, F_v) = 0 inside the box; None if it does not converge there."""
+        """Joint Newton on (F_u, F_v) = 0 inside the box; None if it does not converge there.
+
+        For exponential phi the conditions are taken as log(P / Q) = 0 (:func:`_log_ratio`), on which
+        Newton does not creep. Once both residuals are below 1e-13, one more step takes them to
+        round-off (quadratic convergence), and the better of the two points is returned.
+        """
         u_max, v_max = self.u_max, self.v_max
+        converged: tuple[float, float, float] | None = None  # (residual, u, v) of the first point below 1e-13
         for _ in range(40):
             d = self.derivatives(u, v)
-            r_u, r_v = self.residuals(d)
-            if max(r_u, r_v) <= 1e-13:
-                return u, v
-            J = np.array([[d["Fuu"], d["Fuv"]], [d["Fuv"], d["Fvv"]]])
-            try:
-                du, dv = np.linalg.solve(J, [-sum(d["u_terms"]), -sum(d["v_terms"])])
-            except np.linalg.LinAlgError:
-                return None
+            r = max(self.residuals(d))
+            if converged is not None:
+                return (u, v) if r <= converged[0] else converged[1:]
+            if r <= 1e-13:
+                converged = (r, u, v)
+            if self.log_newton and d["h_u"] is not None and d["h_v"] is not None:
+                (hu, hu_u, hu_v), (hv, hv_u, hv_v) = d["h_u"], d["h_v"]
+            else:
+                hu, hu_u, hu_v = sum(d["u_terms"]), d["Fuu"], d["Fuv"]
+                hv, hv_u, hv_v = sum(d["v_terms"]), d["Fuv"], d["Fvv"]
+            det = hu_u * hv_v - hu_v * hv_u
+            if not det:
+                return converged[1:] if converged else None
+            du, dv = (hu_v * hv - hv_v * hu) / det, (hv_u * hu - hu_u * hv) / det  # the 2 x 2 Newton system
             scale = 1.0
             while not (0 < u + scale * du < u_max and 0 < v + scale * dv < v_max) and scale > 1e-3:
                 scale /= 2
-            if scale <= 1e-3:
-                return None
+            if scale <= 1e-3 or (converged and scale < 1.0):
+                return converged[1:] if converged else None
             u, v = u + scale * du, v + scale * dv
         return None
 
@@ -359,10 +393,12 @@ class _TwoGroup:
         else:
             v_max = self.v_max
             criterion, criterion_error, u_at_max = self.criterion_at_collapse()
+            # the joint Newton starts at the collapse point, whose derivatives the criterion left
+            start = (u_at_max, v_max) if u_at_max > 0 else (0.5, 0.9 * v_max)
             if criterion <= criterion_error:
                 collapsed = True if criterion < -criterion_error else None
                 v, u = v_max, u_at_max
-            elif self.K_A > 1 and (uv := self._newton(u_at_max if u_at_max > 0 else 0.5, 0.9 * v_max)) is not None:
+            elif self.K_A > 1 and (uv := self._newton(*start)) is not None:
                 u, v = uv
             elif self.v_condition(_V_LO * v_max)[0] >= 0:
                 # F is not convex in (u, v): (0, 0) is a saddle, so test the sign just above it
