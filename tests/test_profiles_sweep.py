@@ -145,17 +145,18 @@ def test_bad_profile_axes_are_config_errors(tmp_path, grid, expected):
     assert not (tmp_path / "s.zarr").exists()
 
 
-# the optimal geometry and what is measured against it: main (2d96be9) stopped the joint Newton at
-# residuals below 1e-13, which left cosines up to 3e-15 from the optimum; the solver now takes them
-# to round-off, so these agree to that, and every other variable (decisions included) bitwise
-GEOMETRY = {"gram_theory", "cos_major_theory", "cos_cross_theory", "cos_minor_theory", "gap_theory",
-            "objective_theory", "criterion_theory", "dist_to_theory"}  # fmt: skip
+# what the solvers determine to a tolerance, and what is measured against it: main (2d96be9) stopped
+# the joint Newton at residuals below 1e-13, which left cosines up to 3e-15 from the optimum, and the
+# solver now takes them to round-off; R* is a root in log R to 1e-12 (brentq), and moves by 2e-15
+# with the criterion's last bits. These agree to that, every other variable (decisions included) bitwise
+SOLVED = {"gram_theory", "cos_major_theory", "cos_cross_theory", "cos_minor_theory", "gap_theory",
+          "objective_theory", "criterion_theory", "dist_to_theory", "R_threshold"}  # fmt: skip
 
 
 def test_store_written_before_profiles_resumes_and_is_reproduced(tmp_path):
     """A step store written by main (2d96be9, before profiles): no batch recomputed on resume, and a
     fresh run of the same config writes the same values (every variable but wall times): bitwise but
-    for the geometry, to 1e-14 (``GEOMETRY``)."""
+    for the geometry and R*, to their solvers' tolerances (``SOLVED``)."""
     shutil.copytree(DATA / "main_store.zarr", tmp_path / "main.zarr")
     config = yaml.safe_load((DATA / "main_store.yaml").read_text())
     old_cfg = _write(tmp_path, config, "main.zarr")
@@ -178,7 +179,7 @@ def test_store_written_before_profiles_resumes_and_is_reproduced(tmp_path):
         assert old[name].dims == new[name].dims and old[name].attrs == attrs, name
         if name.startswith("time_"):
             continue
-        if name in GEOMETRY:
+        if name in SOLVED:
             np.testing.assert_allclose(new[name].values, old[name].values, rtol=1e-12, atol=1e-14, err_msg=name)
         else:
             assert np.array_equal(old[name].values, new[name].values, equal_nan=True), name

@@ -304,8 +304,15 @@ class _TwoGroup:
         u0 = min(max(u0, 0.0), u_max)
         if self.model.problem.loss.phi_kind == "exp":
             # F_u is strictly increasing: Newton from u0 evaluates an end of [0, sqrt(K_A)] only if it
-            # heads there (the end is then the minimiser, or a bracket end)
-            return _rtsafe(f, 0.0, u_max, u0, ends_known=False)
+            # heads there (the end is then the minimiser, or a bracket end). The first step is Newton's
+            # on log(P_u / Q_u) in log u, close to linear in log u however far u* is (P_u ~ u where u*
+            # is small); u0 is then a bracket end whose sign is known
+            lo, hi = 0.0, u_max
+            h = self.derivatives(u0, v)["h_u"] if u0 > 0 else None
+            if h is not None and h[1] > 0:
+                lo, hi = (u0, hi) if h[0] < 0 else (lo, u0)
+                u0 = u0 * math.exp(max(-50.0, min(-h[0] / (u0 * h[1]), 50.0)))
+            return _rtsafe(f, lo, hi, u0, ends_known=False)
         # hinge-type phi: F_u can vanish on an interval; the end on u0's side is checked first, so the
         # smallest (largest) minimiser on a flat stretch is the one returned, whatever u0 is
         if f(u0)[0] < 0:
