@@ -95,7 +95,6 @@ def directions_diagram(ds: xr.Dataset, loss: str, C: int) -> tuple[plt.Figure, d
 def onsets_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     """rho*_m against k for every loss, C and m."""
     curve = onset_curve(ds).load()
-    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.5, 2.6), layout="constrained")
     series = (
         (f"{loss}, C={C}, m={m}", curve.sel(loss=loss, C=C, onset=m).values)
         for loss in curve.loss.values
@@ -103,14 +102,11 @@ def onsets_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
         for m in curve.onset.values
         if m < C
     )
-    drawn = curves_against_k(ax, curve.k.values, series)
-    ax.set_ylabel("onset rho*_m")
-    ax.set_title("cascade onsets: the m smallest classes share one direction above rho*_m")
-    if drawn:
-        ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    else:
-        ax.text(0.5, 0.5, "no onset within the scanned rho (or undecided): see onsets.csv", ha="center",
-                transform=ax.transAxes, fontsize=7)  # fmt: skip
+    title = "cascade onsets: the m smallest classes share one direction above rho*_m"
+    fig, drawn = curves_against_k(curve.k.values, series, "onset rho*_m", title)
+    if not drawn:
+        fig.axes[0].text(0.5, 0.5, "no onset within the scanned rho (or undecided): see onsets.csv", ha="center",
+                         transform=fig.axes[0].transAxes, fontsize=7)  # fmt: skip
     return fig, drawn
 
 

@@ -236,10 +236,13 @@ def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> pl
     return fig
 
 
-def curves_against_k(ax: plt.Axes, k: np.ndarray, series: Iterable[tuple[str, np.ndarray]]) -> dict:
-    """One curve per (label, values over k) on the logarithmic k axis; k = inf is its own column,
-    with a dotted line at its value, the limit the curve approaches. Returns {label: (k, values)}
-    of what was drawn (the finite values)."""
+def curves_against_k(
+    k: np.ndarray, series: Iterable[tuple[str, np.ndarray]], ylabel: str, title: str
+) -> tuple[plt.Figure, dict]:
+    """A figure of one curve per (label, values over k) on the logarithmic k axis; k = inf is its own
+    column, with a dotted line at its value, the limit the curve approaches. Returns the figure and
+    {label: (k, values)} of what was drawn (the finite values)."""
+    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.5, 2.6), layout="constrained")
     x_k, k_labels = k_axis(k)
     drawn = {}
     markers = "osD^v<>p"
@@ -256,25 +259,24 @@ def curves_against_k(ax: plt.Axes, k: np.ndarray, series: Iterable[tuple[str, np
             ax.axhline(values[at_inf][0], color=handle.get_color(), ls=":", lw=0.7)
         drawn[label] = (k[finite], values[finite])
     k_log_axes(ax, k, x_k, k_labels)
-    return drawn
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if drawn:
+        ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig, drawn
 
 
 def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     """R*(k) for every loss and class-count pair on one figure."""
     curve = threshold_curve(ds).load()
-    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.5, 2.6), layout="constrained")
     series = (
         (f"{loss}, K_A={n_major}, K_B={n_minor}", curve.sel(loss=loss, n_major=n_major, n_minor=n_minor).values)
         for loss in curve.loss.values
         for n_major in curve.n_major.values
         for n_minor in curve.n_minor.values
     )
-    drawn = curves_against_k(ax, curve.k.values, series)
-    ax.set_ylabel("threshold R* (minority collapse)")
-    ax.set_title("minority-collapse threshold R*(k): minorities merge above the curve")
-    if drawn:
-        ax.legend(fontsize=6, ncol=1, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return fig, drawn
+    return curves_against_k(curve.k.values, series, "threshold R* (minority collapse)",
+                            "minority-collapse threshold R*(k): minorities merge above the curve")  # fmt: skip
 
 
 def gram_panels(ds: xr.Dataset, loss: str, n_major: int, n_minor: int, k: float) -> plt.Figure:
