@@ -342,7 +342,8 @@ class _TwoGroup:
 
         For exponential phi the conditions are taken as log(P / Q) = 0 (:func:`_log_ratio`), on which
         Newton does not creep. Once both residuals are below 1e-13, one more step takes them to
-        round-off (quadratic convergence), and the better of the two points is returned.
+        round-off (quadratic convergence) unless they are there already, and the better of the two
+        points is returned.
         """
         u_max, v_max = self.u_max, self.v_max
         converged: tuple[float, float, float] | None = None  # (residual, u, v) of the first point below 1e-13
@@ -351,6 +352,8 @@ class _TwoGroup:
             r = max(self.residuals(d))
             if converged is not None:
                 return (u, v) if r <= converged[0] else converged[1:]
+            if r <= 2 * _EPS:  # round-off already
+                return u, v
             if r <= 1e-13:
                 converged = (r, u, v)
             if self.log_newton and d["h_u"] is not None and d["h_v"] is not None:
