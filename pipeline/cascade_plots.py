@@ -95,15 +95,13 @@ def directions_diagram(ds: xr.Dataset, loss: str, C: int) -> tuple[plt.Figure, d
 def onsets_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     """rho*_m against k for every loss, C and m."""
     curve = onset_curve(ds).load()
-    series = (
-        (f"{loss}, C={C}, m={m}", curve.sel(loss=loss, C=C, onset=m).values)
+    panels = {
+        str(loss): [(f"C={C}, m={m}", curve.sel(loss=loss, C=C, onset=m).values)
+                    for C in curve.C.values for m in curve.onset.values if m < C]
         for loss in curve.loss.values
-        for C in curve.C.values
-        for m in curve.onset.values
-        if m < C
-    )
+    }  # fmt: skip
     title = "cascade onsets: the m smallest classes share one direction above rho*_m"
-    fig, drawn = curves_against_k(curve.k.values, series, "onset rho*_m", title)
+    fig, drawn = curves_against_k(curve.k.values, panels, "onset rho*_m", title)
     if not drawn:
         fig.axes[0].text(0.5, 0.5, "no onset within the scanned rho (or undecided): see onsets.csv", ha="center",
                          transform=fig.axes[0].transAxes, fontsize=7)  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import re
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -59,9 +58,16 @@ def log_edges(values: np.ndarray) -> np.ndarray:
     return np.exp(np.concatenate([[2 * log_v[0] - mid[0]], mid, [2 * log_v[-1] - mid[-1]]]))
 
 
+K_LABELS_MAX = 10  # the k axis labels at most about this many of its ticks, evenly spread in log k
+
+
 def k_axis(k: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Positions and tick labels of the k axis (log scale): finite k at themselves, k = inf as its
-    own column one grid step (at least x4) beyond the largest finite k, labelled with the infinity sign."""
+    own column one grid step (at least x4) beyond the largest finite k, labelled with the infinity sign.
+
+    Every k has a tick; where ticks crowd (k = 1, 2, 4, ..., 65536) a label is left blank when it is
+    closer than 1 / ``K_LABELS_MAX`` of the axis to the last one shown; the largest k is always shown.
+    """
     k = np.asarray(k, dtype=float)
     finite = k[np.isfinite(k)]
     if finite.size:
@@ -77,18 +83,27 @@ def k_axis(k: np.ndarray) -> tuple[np.ndarray, list[str]]:
         n = round(float(np.log2(v)))
         return f"$2^{{{n}}}$" if v >= 1024 and 2**n == v else f"{v:g}"
 
-    return x, [label(v) for v in k]
+    labels = [label(v) for v in k]
+    position = np.log2(x)
+    gap = (position.max() - position.min()) / K_LABELS_MAX
+    shown = position.max()  # from the right: the largest k (inf) keeps its label
+    for i in np.argsort(-position, kind="stable")[1:]:
+        if shown - position[i] < gap:
+            labels[i] = ""
+        else:
+            shown = position[i]
+    return x, labels
 
 
-def _plain_log_ticks(axis) -> None:
-    """Log-axis tick labels as plain numbers (20, 50, 100, 200), not 6x10^1: decades and the minor
-    ticks at 2 and 5 times a decade are labelled."""
+def _plain_log_ticks(axis, minor: bool = True) -> None:
+    """Log-axis tick labels as plain numbers (20, 50, 100, 200), not 6x10^1: decades and, with
+    ``minor``, the minor ticks at 2 and 5 times a decade are labelled."""
 
-    def minor(v: float, _: int) -> str:
-        return f"{v:g}" if v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else ""
+    def minor_label(v: float, _: int) -> str:
+        return f"{v:g}" if minor and v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else ""
 
     axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
+    axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor_label))
 
 
 def _mark_infinite_k(ax: plt.Axes, k: np.ndarray, x: np.ndarray) -> None:
@@ -106,7 +121,8 @@ def k_log_axes(ax: plt.Axes, k: np.ndarray, x_k: np.ndarray, labels: list[str], 
     ax.set_xticks(x_k, labels)
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     if plain_y:
-        _plain_log_ticks(ax.yaxis)
+        low, high = ax.get_ylim()
+        _plain_log_ticks(ax.yaxis, minor=high / low <= 1e3)  # the 2s and 5s crowd a wider range
     _mark_infinite_k(ax, k, x_k)
 
 
@@ -236,46 +252,70 @@ def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> pl
     return fig
 
 
+CURVES_PER_PANEL = 8  # curves against k in one panel; more: a panel per loss
+
+
 def curves_against_k(
-    k: np.ndarray, series: Iterable[tuple[str, np.ndarray]], ylabel: str, title: str
+    k: np.ndarray, panels: dict[str, list[tuple[str, np.ndarray]]], ylabel: str, title: str
 ) -> tuple[plt.Figure, dict]:
-    """A figure of one curve per (label, values over k) on the logarithmic k axis; k = inf is its own
-    column, with a dotted line at its value, the limit the curve approaches. Returns the figure and
-    {label: (k, values)} of what was drawn (the finite values)."""
-    fig, ax = plt.subplots(figsize=(COLUMN_IN * 1.5, 2.6), layout="constrained")
+    """A figure of curves against the logarithmic k axis, one curve per (label, values over k) of
+    each key of ``panels`` (a loss); k = inf is its own column, with a dotted line at its value, the
+    limit the curve approaches. Up to ``CURVES_PER_PANEL`` curves share one panel; beyond, each key
+    has its own (with its own y range), a label keeps its colour and marker in every panel and
+    appears once in the legend. Returns the figure and {"panel, label": (k, values)} of what was
+    drawn (the finite values)."""
+    panels = {name: [(label, values) for label, values in series if np.isfinite(values).any()]
+              for name, series in panels.items()}  # fmt: skip
+    if len(panels) > 1 and sum(map(len, panels.values())) <= CURVES_PER_PANEL:
+        panels = {"": [(f"{name}, {label}", values) for name, series in panels.items() for label, values in series]}
+    n_cols = min(len(panels), 3) or 1
+    n_rows = -(-len(panels) // n_cols) or 1
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(COLUMN_IN * (0.4 + 1.1 * n_cols), 0.4 + 2.2 * n_rows),
+                             layout="constrained", squeeze=False)  # fmt: skip
     x_k, k_labels = k_axis(k)
-    drawn = {}
-    markers = "osD^v<>p"
-    for label, values in series:
-        finite = np.isfinite(values)
-        if not finite.any():
-            continue
-        marker = markers[len(drawn) % len(markers)]
-        line = finite & np.isfinite(k)
-        (handle,) = ax.plot(x_k[line], values[line], marker=marker, ms=3, lw=1, label=label)
-        at_inf = finite & np.isinf(k)
-        if at_inf.any():
-            ax.plot(x_k[at_inf], values[at_inf], marker=marker, ms=4, ls="none", color=handle.get_color())
-            ax.axhline(values[at_inf][0], color=handle.get_color(), ls=":", lw=0.7)
-        drawn[label] = (k[finite], values[finite])
-    k_log_axes(ax, k, x_k, k_labels)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if drawn:
-        ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    drawn, styles = {}, {}  # styles: label -> (colour, marker), in order of appearance
+    markers = "osD^v<>ph*"
+    n_colors = len(OKABE_ITO)  # past them, the marker changes
+    for ax, (panel, series) in zip(axes.flat, panels.items(), strict=False):  # spare axes are hidden
+        for label, values in series:
+            finite = np.isfinite(values)
+            i = styles.setdefault(label, len(styles))
+            style = {"color": OKABE_ITO[i % n_colors], "marker": markers[(i + i // n_colors) % len(markers)]}
+            line = finite & np.isfinite(k)
+            ax.plot(x_k[line], values[line], ms=3, lw=1, label=label, **style)
+            at_inf = finite & np.isinf(k)
+            if at_inf.any():
+                ax.plot(x_k[at_inf], values[at_inf], ms=4, ls="none", **style)
+                ax.axhline(values[at_inf][0], color=style["color"], ls=":", lw=0.7)
+            drawn[f"{panel}, {label}" if panel else label] = (k[finite], values[finite])
+        k_log_axes(ax, k, x_k, k_labels)
+        ax.set_title(panel, fontsize=8)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=9)
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), fontsize=6, frameon=False, loc="outside right center")
     return fig, drawn
 
 
 def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
-    """R*(k) for every loss and class-count pair on one figure."""
+    """R*(k) for every loss and class-count pair (a panel per loss when there are many)."""
     curve = threshold_curve(ds).load()
-    series = (
-        (f"{loss}, K_A={n_major}, K_B={n_minor}", curve.sel(loss=loss, n_major=n_major, n_minor=n_minor).values)
+    panels = {
+        str(loss): [
+            (f"K_A={n_major}, K_B={n_minor}", curve.sel(loss=loss, n_major=n_major, n_minor=n_minor).values)
+            for n_major in curve.n_major.values
+            for n_minor in curve.n_minor.values
+        ]
         for loss in curve.loss.values
-        for n_major in curve.n_major.values
-        for n_minor in curve.n_minor.values
-    )
-    return curves_against_k(curve.k.values, series, "threshold R* (minority collapse)",
+    }
+    return curves_against_k(curve.k.values, panels, "threshold R* (minority collapse)",
                             "minority-collapse threshold R*(k): minorities merge above the curve")  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from pipeline.analysis import PHASE_CODE, phase_counts, select, theory_phase
 from pipeline.config import validate
 from pipeline.graph import compute_and_write
 from pipeline.grid import Grid
-from pipeline.plots import phase_diagram, thresholds_figure, write_figures
+from pipeline.plots import curves_against_k, k_axis, phase_diagram, thresholds_figure, write_figures
 from pipeline.store import init_store, open_results
 
 
@@ -63,6 +63,29 @@ def test_thresholds_figure_matches_store(partial_store):
         loss = label.split(", ")[0]
         stored = ds.R_threshold.sel(loss=loss, n_major=2, n_minor=2).values
         np.testing.assert_array_equal(R_star, stored[np.isfinite(stored)])
+
+
+def test_curves_against_k_share_a_panel_until_crowded():
+    k = np.array([1.0, 4.0, 16.0, np.inf])
+    few = {"a": [("x", np.array([1.0, 2, 3, 4]))], "b": [("x", np.array([2.0, 3, 4, 5])), ("y", np.full(4, np.nan))]}
+    fig, drawn = curves_against_k(k, few, "y", "title")
+    assert sum(ax.get_visible() for ax in fig.axes) == 1 and set(drawn) == {"a, x", "b, x"}  # NaN: not drawn
+    many = {name: [(f"c{i}", np.arange(4.0) + i) for i in range(5)] for name in "ab"}
+    fig, drawn = curves_against_k(k, many, "y", "title")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["a", "b"] and len(drawn) == 10
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [f"c{i}" for i in range(5)]  # each label once
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in panels]
+    assert all(colours[0][f"c{i}"] == colours[1][f"c{i}"] for i in range(5))  # a label keeps its colour
+    np.testing.assert_array_equal(drawn["b, c3"][1], np.arange(4.0) + 3)
+
+
+def test_k_axis_labels_thin_out_where_they_crowd():
+    k = np.array([1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096, 16384, 65536, np.inf])
+    x, labels = k_axis(k)
+    assert x[-1] == 4 * 65536 and labels[-1] == "∞" and labels[0] == "1"
+    assert [label for label in labels if label][:4] == ["1", "4", "16", "64"]  # 2, 8 and 32 blank
+    assert k_axis(np.array([1.0, 2, 4, 8, 16]))[1] == ["1", "2", "4", "8", "16"]  # room for all
 
 
 def test_phase_labels(partial_store):

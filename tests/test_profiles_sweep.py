@@ -98,14 +98,15 @@ def test_onsets_figure_draws_the_store_and_k_inf_as_its_own_column(longtail):
     _, store, _ = longtail
     ds = xr.open_zarr(store).load()
     fig, drawn = onsets_figure(ds)
-    curve = onset_curve(ds)
+    onsets = onset_curve(ds)
     assert drawn and any(np.isinf(k).any() for k, _ in drawn.values())
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     for label, (k, values) in drawn.items():
         C, m = (int(part.split("=")[1]) for part in label.split(", ")[1:])
-        expected = curve.sel(loss="infonce(tau=0.5)", C=C, onset=m).values
+        expected = onsets.sel(loss="infonce(tau=0.5)", C=C, onset=m).values
         np.testing.assert_array_equal(values, expected[np.isfinite(expected)])
-        assert len(lines[label].get_xdata()) == np.isfinite(k).sum()  # the curve stops before k = inf
+        curve = lines[label.split(", ", 1)[1]]  # the panel is the loss; the line, C and m
+        assert len(curve.get_xdata()) == np.isfinite(k).sum()  # it stops before k = inf
 
 
 def test_counts_store(tmp_path):
