@@ -217,3 +217,14 @@ def test_bad_k_is_refused(bad):
 def test_k_inf_is_accepted_in_every_spelling():
     assert check_k("inf") == check_k(".inf") == check_k(math.inf) == math.inf
     assert check_k(65536.0) == 65536 and isinstance(check_k(65536.0), int)
+
+
+def test_the_large_k_limit_needs_minority_negatives_among_the_k():
+    """Where R* is large the minority class is rarely among the k negatives until k p_minor >> 1:
+    infonce(tau=0.1), K_A = 1, K_B = 2 sits at half its limit from k = 1024 to 65536 (README) and
+    reaches R*_inf at k ~ 1e12, which the transform evaluates at the same cost."""
+    R = {k: minority_threshold("infonce(tau=0.1)", 1, 2, k).R_star for k in (1024, 65536, 2**40, math.inf)}
+    assert R[65536] == pytest.approx(R[1024], rel=2e-3)  # the plateau
+    assert R[65536] == pytest.approx(R[math.inf] / 2, rel=1e-2)
+    assert R[2**40] == pytest.approx(R[math.inf], rel=1e-3)
+
