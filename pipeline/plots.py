@@ -66,7 +66,8 @@ def k_axis(k: np.ndarray) -> tuple[np.ndarray, list[str]]:
     own column one grid step (at least x4) beyond the largest finite k, labelled with the infinity sign.
 
     Every k has a tick; where ticks crowd (k = 1, 2, 4, ..., 65536) a label is left blank when it is
-    closer than 1 / ``K_LABELS_MAX`` of the axis to the last one shown; the largest k is always shown.
+    closer than 1 / ``K_LABELS_MAX`` of the axis to the last one shown, from the right; the largest
+    and the smallest k are always shown.
     """
     k = np.asarray(k, dtype=float)
     finite = k[np.isfinite(k)]
@@ -84,12 +85,15 @@ def k_axis(k: np.ndarray) -> tuple[np.ndarray, list[str]]:
         return f"$2^{{{n}}}$" if v >= 1024 and 2**n == v else f"{v:g}"
 
     labels = [label(v) for v in k]
+    if k.size < 3:
+        return x, labels
     position = np.log2(x)
     gap = (position.max() - position.min()) / K_LABELS_MAX
-    shown = position.max()  # from the right: the largest k (inf) keeps its label
-    for i in np.argsort(-position, kind="stable")[1:]:
-        if shown - position[i] < gap:
-            labels[i] = ""
+    order = np.argsort(-position, kind="stable")  # from the right: the largest k (inf) keeps its label
+    smallest, shown = order[-1], position[order[0]]
+    for i in order[1:-1]:
+        if shown - position[i] < gap or position[i] - position[smallest] < gap:
+            labels[i] = ""  # too close to the last label shown, or to the smallest k's, always shown
         else:
             shown = position[i]
     return x, labels
@@ -260,10 +264,10 @@ def curves_against_k(
 ) -> tuple[plt.Figure, dict]:
     """A figure of curves against the logarithmic k axis, one curve per (label, values over k) of
     each key of ``panels`` (a loss); k = inf is its own column, with a dotted line at its value, the
-    limit the curve approaches. Up to ``CURVES_PER_PANEL`` curves share one panel; beyond, each key
-    has its own (with its own y range), a label keeps its colour and marker in every panel and
-    appears once in the legend. Returns the figure and {"panel, label": (k, values)} of what was
-    drawn (the finite values)."""
+    limit the curve approaches. The curves of several keys share one panel up to ``CURVES_PER_PANEL``
+    of them; beyond, each key has its own panel (with its own y range), a label keeps its colour and
+    marker in every panel and appears once in the legend. Returns the figure and
+    {"panel, label": (k, values)} of what was drawn (the finite values)."""
     panels = {name: [(label, values) for label, values in series if np.isfinite(values).any()]
               for name, series in panels.items()}  # fmt: skip
     if len(panels) > 1 and sum(map(len, panels.values())) <= CURVES_PER_PANEL:

@@ -227,4 +227,3 @@ def test_the_large_k_limit_needs_minority_negatives_among_the_k():
     assert R[65536] == pytest.approx(R[1024], rel=2e-3)  # the plateau
     assert R[65536] == pytest.approx(R[math.inf] / 2, rel=1e-2)
     assert R[2**40] == pytest.approx(R[math.inf], rel=1e-3)
-

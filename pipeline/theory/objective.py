@@ -187,37 +187,54 @@ def expected_loss(
 
 
 def enumeration_weights(k: int, w: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The count vectors N (M, J) as floats and their weights P (A, M), w_a Mult(n; k, q_a); read-only."""
-    return _table(k, w, q)[:2]
+    """The count vectors N (M, J) as floats and their weights P (A, M), w_a Mult(n; k, q_a); shared
+    and read-only for small tables (not to be written to)."""
+    return _table(k, w, q)
 
 
-# tables with at most this many count vectors are remembered (a solver evaluates one problem many
-# times, and the gammaln and xlogy terms are most of a small enumeration's cost)
-_TABLE_MAX_COUNT_VECTORS = 4 * ENUMERATION_MAX_COUNT_VECTORS
+# tables of at most this many numbers (N and P) are remembered: a solver evaluates one problem many
+# times, and the gammaln and xlogy terms are most of a small enumeration's cost
+_TABLE_MAX_ENTRIES = 250_000
 
 
-def _table(k: int, w: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(N, P) of :func:`enumeration_weights` and, for a remembered table, NN (M, J, J) = n_j n_l."""
+def _table(k: int, w: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, P) of :func:`enumeration_weights`, remembered for small tables."""
     w, q = np.ascontiguousarray(w, dtype=float), np.ascontiguousarray(q, dtype=float)
-    if n_count_vectors(k, q.shape[1]) <= _TABLE_MAX_COUNT_VECTORS:
+    A, J = q.shape
+    if n_count_vectors(k, J) * (A + J) <= _TABLE_MAX_ENTRIES:
         return _remembered_table(k, q.shape, w.tobytes(), q.tobytes())
-    N = count_vectors(k, q.shape[1]).astype(float)  # (M, J)
-    return N, multinomial_weights(N, q) * w[:, None], None
+    N = count_vectors(k, J).astype(float)  # (M, J)
+    return N, multinomial_weights(N, q) * w[:, None]
 
 
 @lru_cache(maxsize=32)
 def _remembered_table(k: int, shape: tuple[int, int], w_bytes: bytes, q_bytes: bytes) -> tuple[np.ndarray, ...]:
     w, q = np.frombuffer(w_bytes), np.frombuffer(q_bytes).reshape(shape)
     N = count_vectors(k, shape[1]).astype(float)  # (M, J)
-    table = (N, multinomial_weights(N, q) * w[:, None], np.einsum("mj,ml->mjl", N, N))
+    table = (N, multinomial_weights(N, q) * w[:, None])
     for x in table:
         x.flags.writeable = False
     return table
 
 
+def _count_products(k: int, N: np.ndarray) -> np.ndarray:
+    """NN (M, J, J) = n_j n_l, the dense Hessian's; remembered while it has at most _TABLE_MAX_ENTRIES numbers."""
+    if N.size * N.shape[1] <= _TABLE_MAX_ENTRIES:
+        return _remembered_products(k, N.shape[1])
+    return np.einsum("mj,ml->mjl", N, N)
+
+
+@lru_cache(maxsize=16)
+def _remembered_products(k: int, J: int) -> np.ndarray:
+    N = count_vectors(k, J).astype(float)  # (M, J)
+    NN = np.einsum("mj,ml->mjl", N, N)
+    NN.flags.writeable = False
+    return NN
+
+
 def _enumerated(loss, k, rho, w, q, z, phi, dphi, d2phi, hessian):
     """The expectation as a sum over every count vector n (any psi; binom(k + J - 1, J - 1) terms)."""
-    N, P, NN = _table(k, w, q)  # (M, J), (A, M), (M, J, J) or None
+    N, P = _table(k, w, q)  # (M, J), (A, M)
     S = rho * phi @ N.T  # (A, M), inner sum per anchor and count vector
     value = (P * loss.psi(S)).sum()
     PdN = (P * loss.dpsi(S)) @ N  # (A, J)
@@ -228,7 +245,7 @@ def _enumerated(loss, k, rho, w, q, z, phi, dphi, d2phi, hessian):
         return value, grad, lambda v: dphi * ((Pdd * ((dphi * v) @ N.T)) @ N) + first * v
     if hessian:
         Pdd = P * loss.d2psi(S)  # (A, M)
-        NN = np.einsum("mj,ml->mjl", N, N) if NN is None else NN  # (M, J, J)
+        NN = _count_products(k, N)  # (M, J, J)
         hess = rho**2 * np.einsum("am,mjl->ajl", Pdd, NN) * dphi[:, :, None] * dphi[:, None, :]
         idx = np.arange(z.shape[1])
         hess[:, idx, idx] += rho * PdN * d2phi

@@ -279,8 +279,8 @@ class _TwoGroup:
         P_v, dP_v = Lc * c_v, (bc * b_u * c_v, (cc * c_v + bc * b_v) * c_v + Lc * c_vv)
         Q_v, dQ_v = -Lb * b_v, (-(ab * a_u + bb * b_u) * b_v - Lb * b_uv, -(bb * b_v + bc * c_v) * b_v)
         return {
-            "u_terms": (La * a_u, Lb * b_u),
-            "v_terms": (Lc * c_v, Lb * b_v),
+            "u_terms": (P_u, -Q_u),
+            "v_terms": (P_v, -Q_v),
             "h_u": _log_ratio(P_u, dP_u, Q_u, dQ_u),
             "h_v": _log_ratio(P_v, dP_v, Q_v, dQ_v),
             "Fuu": H["aa"] * a_u**2 + 2 * H["ab"] * a_u * b_u + H["bb"] * b_u**2 + La * a_uu,
@@ -371,7 +371,7 @@ class _TwoGroup:
             if scale <= 1e-3 or (converged and scale < 1.0):
                 return converged[1:] if converged else None
             u, v = u + scale * du, v + scale * dv
-        return None
+        return converged[1:] if converged else None
 
     def criterion_at_collapse(self) -> tuple[float, float, float]:
         """(g / p_minor^2, its error bound, u*) at c = 1, with g = dL/dc + dL/db * db/dc, u* optimal for c = 1.
