@@ -152,6 +152,18 @@ def test_joint_newton_reaches_round_off_in_few_steps(loss, k, monkeypatch):
         assert max(reduced.residuals(reduced.derivatives(u, v))) <= 1e-14, R
 
 
+@pytest.mark.parametrize("R", [1.5, 3.0, 10.0])
+def test_two_groups_without_a_collapse_point_start(R):
+    """A hinge-type loss whose u* at c = 1 is 0 (no collapse-point start for the joint Newton: it
+    starts at (0.5, 0.9 v_max) and falls back to the search in v) agrees with the full SDP."""
+    problem = Problem.two_group("squared_hinge(margin=0.5)", 2, 2, R, 2)
+    reduced = _TwoGroup(GroupModel.from_problem(problem))
+    assert reduced.criterion_at_collapse()[2] == 0.0
+    symmetric, full = solve(problem, "symmetric"), solve(problem, "full")
+    assert symmetric.collapsed is False and symmetric.status == "optimal"
+    assert symmetric.objective == pytest.approx(full.objective, rel=1e-9)
+
+
 def test_symmetric_c_is_monotone_and_smooth_in_R():
     Rs = np.geomspace(1e3, 1e6, 13)
     cs = np.array([solve(Problem.two_group("infonce(tau=1)", 3, 2, R, 4), "symmetric").c for R in Rs])
