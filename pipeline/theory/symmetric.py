@@ -264,16 +264,14 @@ class _TwoGroup:
         # order), cheaper scalar arithmetic
         (_, La, LAb), (_, LBb, Lc) = grad.tolist()
         (_, (_, aa, ab), (_, _, bb_A)), (_, (_, bb_B, bc), (_, _, cc)) = hess.tolist()
-        Lb = LAb + LBb
-        H = {"aa": aa, "ab": ab, "ac": 0.0, "bb": bb_A + bb_B, "bc": bc, "cc": cc}
+        Lb, bb, ac = LAb + LBb, bb_A + bb_B, 0.0
         a_u = 2 * u / (self.K_A - 1) if self.K_A > 1 else 0.0
         a_uu = 2 / (self.K_A - 1) if self.K_A > 1 else 0.0
         c_v = 2 * v / (self.K_B - 1) if self.K_B > 1 else 0.0
         c_vv = 2 / (self.K_B - 1) if self.K_B > 1 else 0.0
         b_u, b_v, b_uv = -v / self.kappa, -u / self.kappa, -1 / self.kappa
-        bb = H["bb"]
         # F_u = P_u - Q_u and F_v = P_v - Q_v: the repulsion within a group against the pull between the
-        # groups, and their derivatives in (u, v) (H["ac"] = 0)
+        # groups, and their derivatives in (u, v) (ac = 0)
         P_u, dP_u = La * a_u, ((aa * a_u + ab * b_u) * a_u + La * a_uu, ab * b_v * a_u)
         Q_u, dQ_u = -Lb * b_u, (-(ab * a_u + bb * b_u) * b_u, -((bb * b_v + bc * c_v) * b_u + Lb * b_uv))
         P_v, dP_v = Lc * c_v, (bc * b_u * c_v, (cc * c_v + bc * b_v) * c_v + Lc * c_vv)
@@ -283,9 +281,9 @@ class _TwoGroup:
             "v_terms": (P_v, -Q_v),
             "h_u": _log_ratio(P_u, dP_u, Q_u, dQ_u),
             "h_v": _log_ratio(P_v, dP_v, Q_v, dQ_v),
-            "Fuu": H["aa"] * a_u**2 + 2 * H["ab"] * a_u * b_u + H["bb"] * b_u**2 + La * a_uu,
-            "Fuv": H["ab"] * a_u * b_v + H["ac"] * a_u * c_v + H["bb"] * b_u * b_v + H["bc"] * b_u * c_v + Lb * b_uv,
-            "Fvv": H["cc"] * c_v**2 + 2 * H["bc"] * c_v * b_v + H["bb"] * b_v**2 + Lc * c_vv,
+            "Fuu": aa * a_u**2 + 2 * ab * a_u * b_u + bb * b_u**2 + La * a_uu,
+            "Fuv": ab * a_u * b_v + ac * a_u * c_v + bb * b_u * b_v + bc * b_u * c_v + Lb * b_uv,
+            "Fvv": cc * c_v**2 + 2 * bc * c_v * b_v + bb * b_v**2 + Lc * c_vv,
             "Lb": Lb,
             "Lc": Lc,
             "db_dc": b_v / c_v if c_v else math.nan,
