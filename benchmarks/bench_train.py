@@ -28,7 +28,7 @@ from naive import naive_train
 from pipeline.config import TrainSpec
 from pipeline.theory.losses import parse_loss
 from pipeline.theory.problem import two_group_proportions
-from pipeline.train import Run, pick_device, train_runs
+from pipeline.train.trainer import Run, pick_device, train_runs
 
 
 def seconds(work: Callable[[], object]) -> float:

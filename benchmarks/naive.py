@@ -13,7 +13,7 @@ from pipeline.theory.problem import Problem
 
 if TYPE_CHECKING:  # each baseline imports its own framework: the solver one runs in fresh processes
     from pipeline.config import TrainSpec
-    from pipeline.train import Run
+    from pipeline.train.trainer import Run
 
 
 def naive_full(problem: Problem) -> tuple[float, np.ndarray]:
@@ -45,11 +45,11 @@ def naive_full(problem: Problem) -> tuple[float, np.ndarray]:
 
 def naive_train(run: Run, spec: TrainSpec) -> float:
     """The straightforward one-run UFM training loop (sampled marginal negatives): autograd through the
-    gathered rows, the same sampling, loss, Adam and schedule as :func:`pipeline.train.train_runs`.
+    gathered rows, the same sampling, loss, Adam and schedule as :func:`pipeline.train.trainer.train_runs`.
     Runs on the trainer's device. Returns the last step's loss."""
     import torch
 
-    from pipeline.train import pick_device
+    from pipeline.train.trainer import pick_device
 
     C, k, d, n = run.p.size, run.k, run.dim, spec.samples_per_class
     loss, rho = run.loss, 1.0 if run.reduction == "sum" else 1.0 / k

@@ -116,7 +116,7 @@ class TheorySpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Training settings shared by every run of a sweep (see :mod:`pipeline.train`).
+    """Training settings shared by every run of a sweep (see :mod:`pipeline.train.trainer`).
 
     The defaults bring UFM InfoNCE runs at 4 classes to the theory's geometry (c within 1e-3, also at
     c = 1 above R*) in about a second per run on a CPU.
@@ -136,9 +136,9 @@ class TrainSpec:
     input_dim: int = 32  # gaussian input dimension (digits: 64)
     noise: float = 0.5  # gaussian within-class standard deviation
     device: str = "auto"  # auto: cuda when available, else cpu
-    estimator: str = "expected"  # expected | sampled (see pipeline.train) | exact (ufm: pipeline.exact_ufm)
-    kernel: str = "auto"  # sparse | dense negatives (pipeline.train.contrastive_grad); auto: sparse on CPU
-    init: str = "random"  # random | theory: start at the theory's optimal geometry (pipeline.train)
+    estimator: str = "expected"  # expected | sampled (pipeline.train.trainer) | exact (ufm: pipeline.train.exact_ufm)
+    kernel: str = "auto"  # sparse | dense negatives (pipeline.train.objective.contrastive_grad); auto: sparse on CPU
+    init: str = "random"  # random | theory: start at the theory's optimal geometry (pipeline.train.trainer)
     runs_per_batch: int = 32  # runs stacked in one task
     select: dict[str, tuple] = field(default_factory=dict)  # train only these values of some axes
 

@@ -99,7 +99,7 @@ def train_estimate(config: SweepConfig) -> KindEstimate:
 
     from pipeline.tasks import batch_runs
     from pipeline.theory.dispatch import solve
-    from pipeline.train import train_runs
+    from pipeline.train.trainer import train_runs
 
     grid = Grid(config)
     batches = [b for b in grid.batches("train") if grid.work(b)]

@@ -111,7 +111,7 @@ def etf_distance(G: np.ndarray) -> float:
 # (the C - 1 largest) falls below this fraction of the largest: merged class means
 RANK_RTOL = 1e-6
 # stationarity of a trained run (``converged_train``): free features by the normalised gradient norm
-# of the exact loss (pipeline.exact_ufm.SampleLoss.grad_norm; a geometry error delta in the minority
+# of the exact loss (pipeline.train.exact_ufm.SampleLoss.grad_norm; a geometry error delta in the minority
 # block gives ~delta); mlp and free features too many for the exact loss, whose parameter-space
 # gradient norm (reported too) has no scale-free tolerance, by the relative change of the training
 # loss over the last 10% of steps (a weaker test: a slow drift passes it)

@@ -167,7 +167,7 @@ def _selected(config: SweepConfig, point: dict) -> bool:
 
 def batch_runs(config: SweepConfig, batch: Batch, only: np.ndarray | None = None):
     """The selected training runs of a batch: (runs, [(index, point)], {R: problem})."""
-    from pipeline.train import Run
+    from pipeline.train.trainer import Run
 
     theory = config.theory
     scan = SCAN_AXIS[config.grid.profile]
@@ -189,7 +189,7 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
     Runs share (loss, n_major, n_minor, k, dim) and differ in R and seed. Unselected points get
     status ``not_applicable``; diverged runs get ``diverged`` and NaN values.
     """
-    from pipeline.train import train_runs
+    from pipeline.train.trainer import train_runs
 
     grid = Grid(config)
     out = _empty(grid, "train", batch.shape)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, TrainSpec, validate
-from pipeline.exact_ufm import SampleLoss, fit_exact
 from pipeline.metrics import class_mean_gram, etf_gram, group_cosines, within_class
 from pipeline.theory import Problem, solve
 from pipeline.theory.losses import parse_loss
 from pipeline.theory.objective import class_objective
-from pipeline.train import Run, train_runs
+from pipeline.train.exact_ufm import SampleLoss, fit_exact
+from pipeline.train.trainer import Run, train_runs
 
 INFONCE1 = parse_loss("infonce(tau=1)")
 

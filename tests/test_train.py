@@ -15,7 +15,7 @@ from pipeline.theory.losses import parse_loss
 from pipeline.theory.objective import count_vectors
 from pipeline.theory.problem import Problem, two_group_proportions
 from pipeline.theory.threshold import minority_threshold
-from pipeline.train import (
+from pipeline.train.trainer import (
     AliasSampler,
     Objective,
     Run,
@@ -175,7 +175,7 @@ def test_cpu_stacks_split_the_runs_and_keep_their_order(monkeypatch):
     runs = [Run(INFONCE, two_group_proportions(2, 2, R), 2, 4, 4, seed=s) for R, s in ((2.0, 0), (50.0, 1), (5.0, 2))]
     spec = TrainSpec(steps=20, device="cpu")
     alone = [train_runs([r], spec)[0] for r in runs]
-    monkeypatch.setattr("pipeline.train.CPU_STACK_BYTES", 1)
+    monkeypatch.setattr("pipeline.train.trainer.CPU_STACK_BYTES", 1)
     for result, single in zip(train_runs(runs, spec), alone, strict=True):
         np.testing.assert_array_equal(result.features, single.features)
     monkeypatch.undo()
@@ -307,7 +307,7 @@ def test_theory_start_puts_an_encoder_on_the_optimum_and_a_small_step_keeps_it_t
 def test_parameter_gradient_norm_is_debiased_by_the_batch_noise():
     """The norm of a mean of noisy gradients, against the true norm: with noise 10x the signal the
     plain mean's norm is off by ~2x, the debiased one within a few per cent; no signal gives ~0."""
-    from pipeline.train import parameter_grad_norm
+    from pipeline.train.trainer import parameter_grad_norm
 
     gen = torch.Generator().manual_seed(0)
     P = 4000

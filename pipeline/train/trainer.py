@@ -46,10 +46,12 @@ import torch
 from pipeline.config import TrainSpec
 from pipeline.metrics import WithinClass, class_mean_gram, group_cosines, stationary, within_class
 from pipeline.theory.losses import Loss
-from pipeline.theory.objective import choose_method, count_vectors, linear_scale, multinomial_weights
+from pipeline.theory.objective import choose_method, count_vectors, multinomial_weights
 from pipeline.theory.problem import negative_distribution
 from pipeline.theory.transform import nodes as transform_nodes
-from pipeline.theory.transform import transform_terms
+from pipeline.train.data import make_data
+from pipeline.train.objective import Objective, contrastive_grad, normalize, normalize_backward
+from pipeline.train.sampling import AliasSampler
 
 
 @dataclass(frozen=True)
@@ -90,193 +92,8 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def make_data(spec: TrainSpec, C: int, seed: int) -> tuple[np.ndarray | None, np.ndarray]:
-    """Inputs X (N, input) (None for UFM) and labels y (N,), ``samples_per_class`` per class."""
-    n = spec.samples_per_class
-    y = np.repeat(np.arange(C), n)  # (N,)
-    if spec.model == "ufm":
-        return None, y
-    rng = np.random.default_rng(seed)
-    if spec.data == "gaussian":
-        centres = rng.standard_normal((C, spec.input_dim))  # (C, D_in)
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        X = centres[y] + spec.noise * rng.standard_normal((C * n, spec.input_dim)) / math.sqrt(spec.input_dim)
-        return X.astype(np.float32), y
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    if C > 10:
-        raise ValueError(f"digits has 10 classes; the grid point needs {C}")
-    X = np.concatenate([rng.permutation(digits.data[digits.target == c])[:n] for c in range(C)]) / 16.0
-    return X.astype(np.float32), y
-
-
 def _stack_param(runs: list[Run], device: torch.device) -> torch.Tensor:
     return torch.tensor([r.loss.param for r in runs], dtype=torch.float32, device=device).view(-1, 1, 1)
-
-
-class AliasSampler:
-    """Rows drawn from categorical class tables in O(1) per draw (Walker's alias method, per row).
-
-    ``torch.multinomial`` costs about as much as the rest of a training step at the reference shape.
-    Here each class table is built once (Vose) and spread over the class's ``n`` rows, so a draw is
-    a uniform row ``v``, one float64 uniform, and ``v`` kept or swapped for its alias (the same place
-    in the alias class). float64, because minority classes at large R have probabilities far below
-    float32's resolution of a uniform.
-
-    Parameters
-    ----------
-    q : (T, C) class probabilities of each table (rows summing to 1).
-    n : samples per class; row ``c n + i`` is sample i of class c.
-    """
-
-    def __init__(self, q: np.ndarray, n: int, device: torch.device) -> None:
-        T, C = q.shape
-        prob, alias = np.ones((T, C)), np.tile(np.arange(C), (T, 1))
-        for t in range(T):  # Vose: pair each underfull column with an overfull class
-            scaled = C * q[t] / q[t].sum()
-            small = [c for c in range(C) if scaled[c] < 1]
-            large = [c for c in range(C) if scaled[c] >= 1]
-            while small and large:
-                s, big = small.pop(), large[-1]
-                prob[t, s], alias[t, s] = scaled[s], big
-                scaled[big] -= 1 - scaled[s]
-                if scaled[big] < 1:
-                    small.append(large.pop())
-        self.N = C * n
-        place = np.arange(self.N) % n  # (N,)
-        prob_row = np.repeat(prob, n, axis=1)  # (T, N)
-        alias_row = np.repeat(alias, n, axis=1) * n + place  # (T, N)
-        self.prob = torch.tensor(prob_row.reshape(-1), dtype=torch.float64, device=device)  # (T N,)
-        self.alias = torch.tensor(alias_row.reshape(-1), device=device)  # (T N,)
-
-    def sample(self, table: torch.Tensor, k: int) -> torch.Tensor:
-        """k rows (..., k) for each entry of ``table`` (..., table indices), from that table."""
-        shape = (*table.shape, k)
-        v = torch.randint(self.N, shape, device=table.device)
-        column = v + (table * self.N)[..., None]
-        keep = torch.rand(shape, dtype=torch.float64, device=table.device) < self.prob[column]
-        return torch.where(keep, v, self.alias[column])
-
-
-def normalize(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of H (..., d) on the unit sphere: F = H r with r = 1 / |H| (..., 1)."""
-    r = torch.linalg.vector_norm(H, dim=-1, keepdim=True).clamp_min_(1e-30).reciprocal_()
-    return H * r, r
-
-
-def normalize_backward(F: torch.Tensor, r: torch.Tensor, grad_F: torch.Tensor) -> torch.Tensor:
-    """Gradient with respect to H of a function of F = H / |H|: (grad_F - F (grad_F·F)) / |H|.
-    Overwrites grad_F (the step's largest temporary) with the result."""
-    d = F.shape[-1]
-    dot = torch.bmm(grad_F.reshape(-1, 1, d), F.reshape(-1, d, 1)).view(r.shape)  # (..., 1); a fused dot
-    return grad_F.addcmul_(F, dot, value=-1.0).mul_(r)
-
-
-@dataclass(frozen=True)
-class Objective:
-    """The per-anchor loss terms of a step and their analytic derivatives in z.
-
-    Anchors are stratified (their classes ``y_a`` fixed: M / C of each class per step) and carry the
-    importance weights ``w = C p_{y_a}``; everything that depends on the anchor's class only is
-    gathered once here. ``z`` holds ``f_a·f_j - f_a·f_p`` for the K negatives of each anchor: the k
-    sampled negatives (``sampled``) or one sample of each class (``expected``, where the classes of
-    the k negatives are summed over their multinomial counts N with probabilities P).
-    """
-
-    loss: Loss  # param stacked per run, (B, 1, 1)
-    rho: float  # 1 (sum over negatives) or 1 / k (mean; 0 at k = inf)
-    k: int | float  # math.inf: the large-k limit (expected only)
-    w: torch.Tensor  # (B, M) importance weights of the anchors
-    q_a: torch.Tensor | None = None  # (B, M, C) class probabilities of a negative; None: sampled
-    counts: torch.Tensor | None = None  # (Mc, C) count vectors n; None: psi linear, transform or limit
-    P_a: torch.Tensor | None = None  # (B, M, Mc) their multinomial probabilities
-    nodes: torch.Tensor | None = None  # (n,) quadrature nodes of the transform (pipeline.theory.transform), large k
-
-    def terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-run loss (B,) (the weighted mean over anchors) and g = its derivative in z (B, M, K)."""
-        loss, rho, M = self.loss, self.rho, z.shape[1]
-        scale = self.w / M  # (B, M)
-        phi, dphi = loss.phi_dphi(z)  # (B, M, K) each
-        if self.q_a is None:  # sampled: psi(rho sum_j phi(z_j))
-            S = rho * phi.sum(-1)  # (B, M)
-            L = loss.psi(S)  # (B, M)
-            g = dphi.mul_((scale * rho * loss.dpsi(S))[..., None])
-        elif loss.psi_linear:  # expected, psi linear: E[sum_i phi] = k sum_j q_j phi(z_j)
-            factor = linear_scale(self.k, rho)  # rho k (1 at k = inf: L / k)
-            L = factor * (self.q_a * phi).sum(-1)  # (B, M)
-            g = dphi.mul_(self.q_a).mul_((scale * factor)[..., None])
-        elif math.isinf(self.k):  # expected, k = inf: log(one + sum_j q_j phi_j), one = 1 for mean
-            base = (self.q_a * phi).sum(-1) + (1.0 if rho == 0 else 0.0)  # (B, M)
-            L = base.log()
-            g = dphi.mul_(self.q_a).mul_((scale / base)[..., None])
-        elif self.nodes is not None:  # expected by the transform: cost flat in k
-            L, dV, _ = transform_terms(rho * phi, self.q_a, int(self.k), t=self.nodes)  # (B, M), (B, M, K)
-            g = dphi.mul_(dV).mul_((scale * rho)[..., None])
-        else:  # expected: sum over count vectors n of P(n) psi(rho sum_j n_j phi(z_j))
-            S = rho * phi @ self.counts.T  # (B, M, Mc)
-            L = (self.P_a * loss.psi(S)).sum(-1)  # (B, M)
-            g = dphi.mul_((self.P_a * loss.dpsi(S)) @ self.counts).mul_((scale * rho)[..., None])
-        return (self.w * L).mean(1), g
-
-
-def contrastive_grad(
-    F: torch.Tensor,
-    i_a: torch.Tensor,
-    i_p: torch.Tensor,
-    i_n: torch.Tensor,
-    terms: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    kernel: str = "sparse",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-run loss and its gradient with respect to the features, autograd kept off the gathers.
-
-    With ``z_j = f_a·f_j - f_a·f_p`` and ``g_j = dL/dz_j`` (from ``terms``), the chain
-    rule is ``dL/df_a = sum_j g_j f_j - (sum_j g_j) f_p``, ``dL/df_j = g_j f_a``, ``dL/df_p =
-    -(sum_j g_j) f_a``, scatter-added into the rows. ``kernel="sparse"`` never gathers the
-    negatives' features: the anchor-by-row incidence of the negatives is a CSR matrix with K entries a
-    row, z is its sampled product ``f_a F^T`` (SDDMM) and ``sum_j g_j f_j`` an embedding bag with
-    weights g. ``"dense"`` gathers them into a (B M, K, d) tensor and uses two batched matmuls: the
-    same numbers, more memory traffic (about 5% slower a step on CPU), and the CUDA default until
-    ``benchmarks/device_train.sh`` has checked cuSPARSE's SDDMM with repeated negatives on a GPU.
-
-    Parameters
-    ----------
-    F : (B, N, d) features, detached; rows of run b are indexed b * N + i.
-    i_a, i_p : (B, M) flat row indices of the anchors and positives.
-    i_n : (B, M, K) flat row indices of the negatives (repeats allowed).
-    terms : maps z (B, M, K) to the per-run loss (B,) and its derivative g (B, M, K) in z.
-
-    Returns
-    -------
-    per_run : (B,) loss; grad_F : (B, N, d) its gradient (of the sum over runs).
-    """
-    B, N, d = F.shape
-    M, K = i_n.shape[1:]
-    flat = F.reshape(B * N, d)
-    cols = i_n.reshape(-1)  # (B M K,)
-    f_a = flat.index_select(0, i_a.reshape(-1))  # (B M, d)
-    f_p = flat.index_select(0, i_p.reshape(-1))  # (B M, d)
-    if kernel == "sparse":
-        crow = torch.arange(0, B * M * K + 1, K, device=F.device)  # (B M + 1,)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(cols, dtype=F.dtype), (B * M, B * N))
-            z_n = torch.sparse.sampled_addmm(pattern, f_a, flat.t(), beta=0.0).values().view(B * M, K)
-    else:
-        f_n = flat.index_select(0, cols).view(B * M, K, d)  # (B M, K, d)
-        z_n = torch.bmm(f_n, f_a[:, :, None])[..., 0]  # (B M, K)
-    per_run, g = terms((z_n - (f_a * f_p).sum(-1, keepdim=True)).view(B, M, K))  # (B,), (B, M, K)
-    g = g.reshape(B * M, K)
-    g_sum = g.sum(-1, keepdim=True)  # (B M, 1)
-    if kernel == "sparse":
-        pulled = torch.nn.functional.embedding_bag(i_n.view(B * M, K), flat, per_sample_weights=g, mode="sum")
-    else:
-        pulled = torch.bmm(g[:, None, :], f_n)[:, 0]  # (B M, d): sum_j g_j f_j
-    grad = torch.zeros_like(flat)  # (B N, d)
-    grad.index_add_(0, i_a.reshape(-1), pulled.addcmul_(g_sum, f_p, value=-1.0))
-    grad.index_add_(0, i_p.reshape(-1), f_a * -g_sum)
-    grad.index_add_(0, cols, (g[:, :, None] * f_a[:, None, :]).view(B * M * K, d))
-    return per_run, grad.view(B, N, d)
 
 
 # On a CPU, stacking runs pays while the stacked feature tables stay about cache-sized; past that
@@ -313,8 +130,8 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
 
 
 def _exact_run(run: Run, spec: TrainSpec) -> RunResult:
-    """One free-feature run minimised exactly (:mod:`pipeline.exact_ufm`), measured like the others."""
-    from pipeline.exact_ufm import fit_exact
+    """One free-feature run minimised exactly (:mod:`pipeline.train.exact_ufm`), measured like the others."""
+    from pipeline.train.exact_ufm import fit_exact
 
     fit = fit_exact(run.loss, run.p, spec.samples_per_class, run.k, run.dim, run.seed, run.negatives, run.reduction)
     return _measured(run, fit.features, fit.labels, fit.loss, fit.grad_norm)
@@ -513,9 +330,9 @@ def fit_to_targets(embeddings: Callable[[], torch.Tensor], params: list[torch.Te
 
 def _stationarity(run: Run, spec: TrainSpec, H: np.ndarray) -> float:
     """Normalised Riemannian gradient norm of the exact sample-level loss at a free-feature run's end
-    (:mod:`pipeline.exact_ufm`); NaN for a diverged run. The trainer asks only where the exact loss
+    (:mod:`pipeline.train.exact_ufm`); NaN for a diverged run. The trainer asks only where the exact loss
     is affordable (pairs x samples <= EXACT_MAX_TERMS)."""
-    from pipeline.exact_ufm import SampleLoss
+    from pipeline.train.exact_ufm import SampleLoss
 
     if not np.all(np.isfinite(H)):
         return math.nan
