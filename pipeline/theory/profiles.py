@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -67,6 +68,35 @@ def _ratio(field: str, value: Any, meaning: str) -> float:
 
 def _fmt(x: float) -> str:
     return f"{x:g}" if float(x).is_integer() or abs(x) >= 1e-3 else f"{x:.6g}"
+
+
+MIN_CLASS_COUNT = 2  # the fewest training samples a class may keep (an anchor and a positive)
+
+
+def _floor(x: float) -> int:
+    """floor(x), forgiving float rounding just below an integer (n_max / 1.1 = 9.999... counts as 10)."""
+    return math.floor(x * (1 + 1e-9))
+
+
+def _checked_counts(profile: Profile, n_max: Any, count: Callable[[int], list[int]]) -> np.ndarray:
+    """``count(n_max)`` as int64 (C,), or an :class:`InputError` naming the class left with fewer than
+    :data:`MIN_CLASS_COUNT` samples and the smallest n_max that works (``count`` is nondecreasing in n_max)."""
+    n_max = _integer("train.n_max", n_max, MIN_CLASS_COUNT)
+    counts = np.array(count(n_max), dtype=np.int64)  # (C,)
+    if counts.min() >= MIN_CLASS_COUNT:
+        return counts
+    c = len(counts) - 1 - int(np.argmin(counts[::-1]))  # the fewest samples; of ties, the one nearest the tail
+    lo, hi = n_max, 2 * n_max  # count(lo) fails; double hi until it works, then bisect
+    while min(count(hi)) < MIN_CLASS_COUNT:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if min(count(mid)) >= MIN_CLASS_COUNT else (mid, hi)
+    label = profile.labels()[c]
+    name = f"class {c}" if label == f"class {c}" else f"class {c} ({label})"
+    fix = (f"an integer >= {hi}: at n_max={n_max}, {name} of {profile.spec} would keep {counts[c]} training "
+           f"sample(s), and every class needs at least {MIN_CLASS_COUNT}")  # fmt: skip
+    raise InputError("train.n_max", n_max, fix)
 
 
 class Profile:
@@ -128,6 +158,19 @@ class Step(Profile):
         p_minor = 1.0 / (self.K_A * self.R + self.K_B)
         return np.array([self.R * p_minor] * self.K_A + [p_minor] * self.K_B)  # (C,)
 
+    def integer_counts(self, n_max: int) -> np.ndarray:
+        """(C,) int64 training counts: ``n_max`` for each majority class, floor(n_max / R) for each minority class.
+
+        Raises
+        ------
+        InputError
+            ``train.n_max`` where a minority class would keep fewer than 2 samples (names the smallest n_max).
+        """
+        if self.R is None:
+            raise InputError("profile", self.spec, f"a value of R, e.g. step(K_A={self.K_A}, K_B={self.K_B}, R=100)")
+        R = self.R
+        return _checked_counts(self, n_max, lambda n: [n] * self.K_A + [_floor(n / R)] * self.K_B)
+
     @property
     def axes(self) -> dict[str, Any]:
         axes = {"K_A": self.K_A, "K_B": self.K_B}
@@ -163,6 +206,27 @@ class Exp(Profile):
         p = self.rho ** (-c / (self.C - 1))  # (C,)
         return p / p.sum()
 
+    def integer_counts(self, n_max: int) -> np.ndarray:
+        """(C,) int64 training counts of CIFAR-10/100-LT: n_c = floor(n_max rho^(-c / (C - 1))), c = 0..C-1.
+
+        Computed as CIFAR-LT's generator does, ``int(img_max * (imb_factor ** (cls_idx / (cls_num - 1.0))))``
+        with ``imb_factor = 1 / rho``, so the counts match the published datasets to the sample.
+
+        Raises
+        ------
+        InputError
+            ``train.n_max`` where the tail class would keep fewer than 2 samples (names the smallest n_max).
+
+        Examples
+        --------
+        >>> Exp(10, 100).integer_counts(5000).tolist()  # CIFAR-10-LT, imbalance 100
+        [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+        """
+        if self.rho is None:
+            raise InputError("profile", self.spec, f"a value of rho, e.g. exp(C={self.C}, rho=100)")
+        imb_factor, C = 1.0 / self.rho, self.C
+        return _checked_counts(self, n_max, lambda n: [int(n * (imb_factor ** (c / (C - 1.0)))) for c in range(C)])
+
     @property
     def axes(self) -> dict[str, Any]:
         return {"C": self.C} if self.rho is None else {"C": self.C, "rho": self.rho}
@@ -197,6 +261,26 @@ class Counts(Profile):
     def proportions(self) -> np.ndarray:
         n = np.array(self.counts)  # (C,)
         return n / n.sum()
+
+    def integer_counts(self, n_max: int) -> np.ndarray:
+        """(C,) int64 training counts: the counts as given when all are integers (``n_max`` is then ignored),
+        else proportions scaled so the largest class keeps ``n_max``: floor(n_max p_c / max p).
+
+        Raises
+        ------
+        InputError
+            ``counts[i]`` where an integer count is below 2; ``train.n_max`` where a scaled class would keep
+            fewer than 2 samples (names the smallest n_max).
+        """
+        if all(float(n).is_integer() for n in self.counts):
+            for i, n in enumerate(self.counts):
+                if n < MIN_CLASS_COUNT:
+                    fix = (f"a count >= {MIN_CLASS_COUNT} (integer counts are used as given, whatever n_max; "
+                           "every class needs an anchor and a positive)")  # fmt: skip
+                    raise InputError(f"counts[{i}]", int(n), fix)
+            return np.array(self.counts, dtype=np.int64)
+        ratio = np.array(self.counts) / max(self.counts)  # (C,) in (0, 1], the largest exactly 1
+        return _checked_counts(self, n_max, lambda n: [_floor(n * r) for r in ratio])
 
     @property
     def axes(self) -> dict[str, Any]:
