@@ -12,8 +12,9 @@ from pipeline.metrics import COLLAPSE_TOL
 from pipeline.results import STATUS_CODE
 
 # codes are positions (new labels at the end). A training run's measured collapse that contradicts
-# the theory is ``disagreement`` where the run is stationary (or its stationarity unknown),
-# ``not_converged`` where it is not (converged_train == 0), and ``unresolved`` where it is stationary
+# the theory is ``disagreement`` where the run is stationary (or, in stores written before
+# stationarity was measured, nothing says), ``not_converged`` where it is not shown stationary
+# (converged_train 0, or -1 where its test cannot tell), and ``unresolved`` where it is stationary
 # but its geometry's exact objective is within UNRESOLVED_RTOL of the optimum's
 PHASES = ("pending", "failed", "no_collapse", "minority_collapse", "disagreement", "not_applicable", "not_converged",
           "unresolved")  # fmt: skip
@@ -161,7 +162,7 @@ def train_collapsed(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
 
 def train_phase(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
     """Phase per training run: agreement with theory's collapse decision, ``disagreement``,
-    ``not_converged`` (a disagreeing run that is not stationary: converged_train == 0), or
+    ``not_converged`` (a disagreeing run not shown stationary: converged_train 0, or -1 unknown), or
     ``unresolved`` (a stationary disagreeing run whose geometry's exact objective, objective_train,
     is within ``UNRESOLVED_RTOL`` of the optimum it can reach: near R* the optimum is flat in c, and
     the trainer does not resolve gaps that small; the theory computes them exactly).
@@ -180,7 +181,9 @@ def train_phase(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
     contradicts = (measured != theory) & theory.notnull() & far
     code = xr.where(contradicts, PHASE_CODE["disagreement"], code)
     if "converged_train" in ds:
-        code = xr.where(contradicts & (ds.converged_train == 0), PHASE_CODE["not_converged"], code)
+        # not shown stationary: 0, or -1 where the test cannot tell (in-batch runs whose loss change does
+        # not resolve the minority's terms, pipeline.metrics.stationary)
+        code = xr.where(contradicts & (ds.converged_train <= 0), PHASE_CODE["not_converged"], code)
         if "objective_train" in ds:
             # the optimum the run can reach: the rank-d one at d < C (objective_rank), else L*
             best = ds.objective_rank.where(ds.objective_rank.notnull(), ds.objective_theory)

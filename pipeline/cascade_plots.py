@@ -128,6 +128,20 @@ def counts_gram(ds: xr.Dataset, loss: str, name: str) -> plt.Figure:
     return fig
 
 
+def practised_figures(ds: xr.Dataset, out: Path) -> list[Path]:
+    """The in-batch training figures (pipeline.practised_plots), where the store has a test split."""
+    from pipeline.practised_plots import has_test_split, practised_figure, practised_shapes
+
+    if not has_test_split(ds):
+        return []
+    written = []
+    for loss in map(str, ds.loss.values):
+        for shape in practised_shapes(ds):
+            name = "_".join(f"{d}{v}" for d, v in shape.items())
+            written += save_figure(practised_figure(ds, loss, shape), out, f"practised_{slug(loss)}_{name}")
+    return written
+
+
 def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, object]:
     """Every figure and table of an exp or counts store (``ds`` already selected and loaded)."""
     written: list[Path] = []
@@ -145,6 +159,7 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
                 skipped.append(f"{loss} C={C}: {n_pending} theory points pending (hatched)")
             written += save_figure(gram_against_rho(ds, loss, C), out, f"gram_rho_{slug(loss)}_C{C}")
             written += save_figure(directions_diagram(ds, loss, C)[0], out, f"directions_{slug(loss)}_C{C}")
+    written += practised_figures(ds, out)
     if "rho_onset" in ds:
         written += save_figure(onsets_figure(ds)[0], out, "onsets")
         rows = onsets_table(ds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -26,8 +27,13 @@ from pipeline.theory.profiles import SWEEP_AXES as PROFILE_AXES
 from pipeline.theory.profiles import Counts, Exp, Profile, Step
 from pipeline.theory.solution import SOLVERS
 
-MODELS = ("ufm", "mlp")
-DATASETS = ("gaussian", "digits")
+MODELS = ("ufm", "mlp", "cnn1d", "cnn", "resnet")  # pipeline.train.inputs.ENCODERS
+IID_MODELS = ("ufm", "mlp")  # the i.i.d.-negative trainer's (pipeline.train.trainer)
+DATASETS = ("gaussian", "digits", "mnist", "mnist1d")  # pipeline.train.data.DATASETS
+IID_DATASETS = ("gaussian", "digits")
+NEGATIVES_FROM = ("iid", "batch")
+SAMPLERS = ("uniform", "balanced")
+POSITIVES = ("mean", "sum")  # pipeline.train.batch_loss.POSITIVES
 ESTIMATORS = ("expected", "sampled", "exact")
 KERNELS = ("auto", "sparse", "dense")
 INITS = ("random", "theory")
@@ -141,6 +147,13 @@ class TrainSpec:
     init: str = "random"  # random | theory: start at the theory's optimal geometry (pipeline.train.trainer)
     runs_per_batch: int = 32  # runs stacked in one task
     select: dict[str, tuple] = field(default_factory=dict)  # train only these values of some axes
+    # where negatives come from: iid, k drawn per anchor by the sampling model (pipeline.train.trainer);
+    # batch, the other members of a minibatch of k + 2 samples of a subsampled dataset (batch_trainer)
+    negatives_from: str = "iid"
+    sampler: str = "uniform"  # batch: uniform over the dataset | balanced: a uniform class, then a sample of it
+    positives: str = "mean"  # batch: an anchor's pairs averaged over its positives (SupCon) | sum
+    n_max: int | None = None  # batch: the head class's training samples; the profile's integer counts set the rest
+    n_test: int = 20  # batch: held-out test samples a class (a balanced split)
 
 
 @dataclass(frozen=True)
@@ -187,12 +200,16 @@ class SweepConfig:
         """The fields that determine the store's contents and layout (compared on resume)."""
         science = {"grid": self.grid.science(), "theory": asdict(self.theory), "batch.points": self.batch.points}
         science["train"] = None if self.train is None else asdict(self.train)
-        if science["train"] is not None and science["train"]["init"] == TrainSpec.init:
-            science["train"].pop("init")  # added later: at its default, stores written before still match
+        for name in LATER_TRAIN_FIELDS:  # added later: at their defaults, stores written before still match
+            if science["train"] is not None and science["train"][name] == getattr(TrainSpec, name):
+                science["train"].pop(name)
         return _plain(science)
 
     def science_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.science(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+LATER_TRAIN_FIELDS = ("init", "negatives_from", "sampler", "positives", "n_max", "n_test")
 
 
 def _plain(x: Any) -> Any:
@@ -420,6 +437,10 @@ def validate(raw: Any) -> SweepConfig:
     if problems:
         raise ConfigError(problems)
     grid = GridSpec(**axes)
+    if train is not None and train.negatives_from == "batch":
+        _check_batch_data(grid, theory, train, problems)
+        if problems:
+            raise ConfigError(problems)
     if grid.n_points > batch.max_points:
         raise ConfigError(
             [
@@ -499,9 +520,27 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
     if estimator == "exact" and init == "theory":
         problems.append("train.init: 'theory': the exact minimisation starts from random features, to find "
                         "collapse rather than assume it; expected init 'random' or estimator 'expected'")  # fmt: skip
+    negatives_from = _choice("train.negatives_from", raw.get("negatives_from", d.negatives_from), NEGATIVES_FROM,
+                             problems)  # fmt: skip
+    model = _choice("train.model", model, MODELS, problems)
+    data = _choice("train.data", raw.get("data", d.data), DATASETS, problems)
+    n_max = _int_field("train.n_max", raw.get("n_max", d.n_max), 2, problems, optional=True)
+    if negatives_from == "batch":
+        _batch_fields(raw, model, trained_k, n_max, problems)
+    else:
+        for key in ("sampler", "positives", "n_max", "n_test"):
+            if key in raw:
+                problems.append(f"train.{key}: applies to in-batch training; set train.negatives_from: batch "
+                                f"or remove train.{key}")  # fmt: skip
+        if model not in IID_MODELS:
+            problems.append(f"train.model: {model!r}: encoders other than {' and '.join(IID_MODELS)} train with "
+                            "in-batch negatives; set train.negatives_from: batch")  # fmt: skip
+        if data not in IID_DATASETS:
+            problems.append(f"train.data: {data!r}: subsampled datasets train with in-batch negatives; set train."
+                            f"negatives_from: batch and train.n_max, or use {' or '.join(IID_DATASETS)}")  # fmt: skip
     return TrainSpec(
-        model=_choice("train.model", raw.get("model", d.model), MODELS, problems),
-        data=_choice("train.data", raw.get("data", d.data), DATASETS, problems),
+        model=model,
+        data=data,
         steps=_int_field("train.steps", raw.get("steps", d.steps), 1, problems),
         lr=_positive_number("train.lr", raw.get("lr", d.lr), problems),
         lr_final=_positive_number("train.lr_final", raw.get("lr_final", d.lr_final), problems),
@@ -519,7 +558,66 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
         init=init,
         runs_per_batch=_int_field("train.runs_per_batch", raw.get("runs_per_batch", d.runs_per_batch), 1, problems),
         select=chosen,
+        negatives_from=negatives_from,
+        sampler=_choice("train.sampler", raw.get("sampler", d.sampler), SAMPLERS, problems),
+        positives=_choice("train.positives", raw.get("positives", d.positives), POSITIVES, problems),
+        n_max=n_max,
+        n_test=_int_field("train.n_test", raw.get("n_test", d.n_test), 1, problems),
     )
+
+
+def _batch_fields(raw: dict[str, Any], model: str, trained_k: tuple, n_max: int | None, problems: list[str]) -> None:
+    """The fields that in-batch training (``negatives_from: batch``) refuses or requires."""
+    if "batch_size" in raw:
+        problems.append(f"train.batch_size: {raw['batch_size']!r}: with train.negatives_from: batch a batch holds "
+                        "k + 2 samples (k negatives an anchor-positive pair); remove train.batch_size")  # fmt: skip
+    for key, why in (("estimator", "the expectation over i.i.d. negatives"), ("kernel", "i.i.d. negatives' kernels"),
+                     ("samples_per_class", "equal classes; the profile and n_max set the counts")):  # fmt: skip
+        if key in raw:
+            problems.append(f"train.{key}: applies to train.negatives_from: iid ({why}); remove it")
+    if raw.get("init", "random") != "random":
+        problems.append(f"train.init: {raw['init']!r}: in-batch training starts from random encoders; "
+                        "expected 'random'")
+    if n_max is None:
+        problems.append("train.n_max: missing: in-batch training subsamples the dataset to the profile; expected the "
+                        "head class's training samples, an integer >= 2 (e.g. 500)")  # fmt: skip
+    for k in trained_k:
+        if math.isinf(k):
+            problems.append("grid.k: inf: a minibatch holds k + 2 samples, so in-batch training needs a finite k; "
+                            "expected a train.select.k without inf")  # fmt: skip
+
+
+def _check_batch_data(grid: GridSpec, theory: TheorySpec, train: TrainSpec, problems: list[str]) -> None:
+    """Every trained profile on the grid subsampled at train.n_max: each class keeps >= 2 samples, the
+    dataset has the classes and samples, the encoder takes its items, a batch of k + 2 fits the data."""
+    from pipeline.train.data import check_dataset, dataset_info
+    from pipeline.train.inputs import input_mismatch
+
+    if theory.negatives != "marginal":
+        problems.append(f"theory.negatives: {theory.negatives!r}: in-batch negatives include the anchor's class; "
+                        "expected 'marginal' with train.negatives_from: batch")  # fmt: skip
+    try:
+        check_dataset(train.data, grid.C_max, train.n_max, train.n_test)
+    except InputError as err:
+        problems.append(f"{err.field}: {err.value!r}: expected {err.allowed}")
+        return
+    shape = dataset_info(train.data).shape(train.input_dim)
+    if train.model != "ufm" and (why := input_mismatch(train.model, shape)) is not None:
+        problems.append(f"train.model: {train.model!r}: {why} ({train.data}); choose an encoder for them")
+    axes = {name: train.select.get(name, getattr(grid, name)) for name in grid.profile_axes}
+    smallest = None
+    for values in itertools.product(*axes.values()):
+        profile = grid.profile_at(dict(zip(axes, values, strict=True)))
+        try:
+            total = int(profile.integer_counts(train.n_max).sum())
+        except InputError as err:
+            problems.append(f"{err.field}: {err.value!r}: expected {err.allowed}")
+            return
+        smallest = total if smallest is None else min(smallest, total)
+    k_max = max(train.select.get("k", grid.k))
+    if smallest is not None and k_max + 2 > smallest:
+        problems.append(f"grid.k: {k_max}: a batch of k + 2 = {k_max + 2} samples does not fit a training set of "
+                        f"{smallest}; expected k <= {smallest - 2} or a larger train.n_max")  # fmt: skip
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

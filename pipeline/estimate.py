@@ -99,8 +99,9 @@ def train_estimate(config: SweepConfig) -> KindEstimate:
 
     from pipeline.tasks import batch_runs
     from pipeline.theory.dispatch import solve
-    from pipeline.train.trainer import train_runs
+    from pipeline.train import train_function
 
+    train_runs = train_function(config.train.negatives_from)
     grid = Grid(config)
     batches = [b for b in grid.batches("train") if grid.work(b)]
     if not batches:

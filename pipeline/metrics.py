@@ -119,11 +119,23 @@ GRAD_NORM_TOL = 1e-6
 LOSS_CHANGE_TOL = 1e-3
 
 
-def stationary(grad_norm: float, loss_change: float) -> bool | None:
-    """converged_train of one run (None where neither measure is available)."""
+def stationary(grad_norm: float, loss_change: float, p_min: float | None = None) -> bool | None:
+    """converged_train of one run (None where neither measure is available, or cannot tell).
+
+    With ``p_min`` (the smallest class proportion) the loss change decides only where it resolves the
+    terms that set the minority geometry: they weigh about p_min^2 of the loss, so where p_min^2 <
+    ``LOSS_CHANGE_TOL`` a loss that has stopped changing says nothing about them (None: unknown).
+
+    Examples
+    --------
+    >>> stationary(float("nan"), 1e-4), stationary(float("nan"), 1e-4, p_min=0.01)
+    (True, None)
+    """
     if grad_norm == grad_norm:  # not NaN
         return bool(grad_norm <= GRAD_NORM_TOL)
     if loss_change == loss_change:
+        if p_min is not None and p_min**2 < LOSS_CHANGE_TOL:
+            return None
         return bool(abs(loss_change) <= LOSS_CHANGE_TOL)
     return None
 
@@ -200,3 +212,45 @@ def group_cosines(G: np.ndarray, n_major: int) -> tuple[float, float, float]:
 def minority_collapsed(c: float, tol: float = COLLAPSE_TOL) -> bool:
     """Measured minority collapse: the minority cosine c is within ``tol`` of 1."""
     return bool(c >= 1 - tol)
+
+
+def ncm_accuracy(
+    H_train: np.ndarray, y_train: np.ndarray, H_test: np.ndarray, y_test: np.ndarray, C: int
+) -> np.ndarray:
+    """Per-class test accuracy (C,) of the nearest-class-mean classifier: a test feature takes the class
+    whose normalised training mean has the largest cosine with it (NaN for a class without test samples).
+
+    Examples
+    --------
+    >>> H = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> ncm_accuracy(H, np.array([0, 0, 1, 1]), H[[0, 3, 1]], np.array([0, 1, 1]), 2).tolist()
+    [1.0, 0.5]
+    """
+    M = np.stack([np.bincount(y_train, weights=h, minlength=C) for h in H_train.T], axis=1)  # (C, d)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        M /= np.linalg.norm(M, axis=1, keepdims=True)
+    predicted = np.argmax(np.nan_to_num(H_test @ M.T, nan=-np.inf), axis=1)  # (n_test,)
+    right = np.bincount(y_test, weights=predicted == y_test, minlength=C)
+    total = np.bincount(y_test, minlength=C)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, right / total, np.nan)
+
+
+# many / medium / few-shot classes by their training samples (Liu et al. 2019, ImageNet-LT's split)
+SHOTS = {"many": (101, np.inf), "medium": (20, 100), "few": (0, 19)}
+
+
+def shot_accuracy(acc_class: np.ndarray, n_train_class: np.ndarray) -> dict[str, float]:
+    """Mean per-class accuracy over the many- (> 100 training samples), medium- (20 to 100) and
+    few-shot (< 20) classes; NaN for a group without classes.
+
+    Examples
+    --------
+    >>> shot_accuracy(np.array([1.0, 0.5, 0.0]), np.array([500, 50, 5]))
+    {'many': 1.0, 'medium': 0.5, 'few': 0.0}
+    """
+    out = {}
+    for name, (lo, hi) in SHOTS.items():
+        members = (n_train_class >= lo) & (n_train_class <= hi)
+        out[name] = float(np.mean(acc_class[members])) if members.any() else math.nan
+    return out

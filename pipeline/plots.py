@@ -376,6 +376,9 @@ def write_figures(path: str, out: str | Path, selection: str | None = None) -> d
         k_name = "inf" if np.isinf(k_mid) else f"{k_mid:g}"
         written += save_figure(gram_panels(ds, loss, n_major, n_minor, k_mid), out,
                          f"gram_{slug(loss)}_A{n_major}_B{n_minor}_k{k_name}")  # fmt: skip
+    from pipeline.cascade_plots import practised_figures
+
+    written += practised_figures(ds, out)
     fig, _ = thresholds_figure(ds)
     written += save_figure(fig, out, "thresholds")
     rows = thresholds_table(ds)
@@ -405,7 +408,8 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
         lines += ["", f"Training runs (collapse measured as c_train >= 1 - {COLLAPSE_TOL:g}; a run contradicting "
                   f"the theory is a disagreement where it is stationary (free features: the exact loss's normalised "
                   f"gradient norm <= {GRAD_NORM_TOL:g}; mlp, and free features too many for the exact loss: |loss "
-                  f"change over the last 10% of steps| <= {LOSS_CHANGE_TOL:g}), not_converged where it is not, "
+                  f"change over the last 10% of steps| <= {LOSS_CHANGE_TOL:g}, which in-batch runs apply only where "
+                  f"p_min^2 >= {LOSS_CHANGE_TOL:g}, else unknown), not_converged where it is not or unknown, "
                   f"and unresolved where it is stationary and its geometry's exact objective is within "
                   f"{UNRESOLVED_RTOL:g} (relative) of the optimum's, a gap training does not resolve):", "",
                   "| phase | runs |", "|---|---|"]  # fmt: skip

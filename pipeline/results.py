@@ -59,7 +59,7 @@ def kind_dims(kind: str, profile: str = "step") -> tuple[str, ...]:
 
 # the store format a store is written in; a store keeps the variables of the format it was created
 # in (an older store resumes without the variables added since, which stay absent, not NaN)
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,13 @@ VARIABLES: dict[str, Variable] = {
     "grad_norm_train": Variable((), "float64", "stationarity: ufm, the normalised Riemannian gradient norm of the exact sample-level loss at the end, sqrt(sum_s |grad_s|^2 / w_s^2) / p_min (while (C n)^2 n <= 2e6, n samples a class); mlp and larger ufm, the Euclidean norm over the encoder's parameters of the training objective's gradient at the end (32 fresh batches, debiased by their variance) / p_min", "1", "train", since=2),
     "loss_change_train": Variable((), "float64", "relative change of the training loss over the last 10% of steps, (first half - second half) / |second half|", "1", "train", since=2),
     "converged_train": Variable((), "int8", "1 where the run is stationary (see attrs: grad_norm_train <= grad_tol where it is the exact loss's; mlp and larger ufm: |loss_change_train| <= loss_change_tol), 0 where not, -1 unknown", "1", "train", since=2),
+    "n_train_class": Variable(("class_i",), "int64", "training samples of each class (a subsampled dataset: train.n_max and the profile's integer counts; 0 where the run had none)", "1", "train", since=3),
+    "n_test_class": Variable(("class_i",), "int64", "held-out test samples of each class (balanced; 0 where the run had none)", "1", "train", since=3),
+    "gram_test_train": Variable(CLASSES, "float64", "Gram matrix of the normalised class means of the test features (NaN padded)", "1", "train", since=3),
+    "acc_test_class": Variable(("class_i",), "float64", "nearest-class-mean test accuracy of each class (class means of the training features)", "1", "train", since=3),
+    "acc_many_test": Variable((), "float64", "mean of acc_test_class over the many-shot classes (> 100 training samples)", "1", "train", since=3),
+    "acc_medium_test": Variable((), "float64", "mean of acc_test_class over the medium-shot classes (20 to 100 training samples)", "1", "train", since=3),
+    "acc_few_test": Variable((), "float64", "mean of acc_test_class over the few-shot classes (< 20 training samples)", "1", "train", since=3),
     "status_train": Variable((), "int8", "training status", "1", "train"),
     "time_train": Variable((), "float64", "training wall time per run (batch time / runs)", "s", "train"),
 }  # fmt: skip

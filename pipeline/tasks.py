@@ -19,7 +19,7 @@ from pipeline.theory.dispatch import solve
 from pipeline.theory.losses import parse_loss
 from pipeline.theory.objective import class_objective
 from pipeline.theory.problem import Problem
-from pipeline.theory.profiles import SCAN_AXIS
+from pipeline.theory.profiles import SCAN_AXIS, Counts
 from pipeline.theory.sdp import full_program_fits
 from pipeline.theory.solution import class_means
 from pipeline.theory.threshold import minority_threshold
@@ -165,20 +165,37 @@ def _selected(config: SweepConfig, point: dict) -> bool:
     return all(point[axis] in values for axis, values in config.train.select.items())
 
 
+def subsampled_problem(config: SweepConfig, point: dict) -> tuple[Problem, np.ndarray]:
+    """The theory point an in-batch run estimates, and its training counts (C,): the profile's integer
+    counts at train.n_max, whose proportions (not the profile's) are the run's p; k the grid's."""
+    profile = config.grid.profile_at(point)
+    counts = profile.integer_counts(config.train.n_max)  # (C,)
+    n_major = point_problem(config, point).n_major
+    problem = Problem.create(point["loss"], counts / counts.sum(), point["k"], config.theory.negatives,
+                             config.theory.reduction, n_major, profile=Counts(tuple(counts.tolist())))  # fmt: skip
+    return problem, counts
+
+
 def batch_runs(config: SweepConfig, batch: Batch, only: np.ndarray | None = None):
-    """The selected training runs of a batch: (runs, [(index, point)], {R: problem})."""
+    """The selected training runs of a batch: (runs, [(index, point)], {R: problem}), each problem the
+    theory point its runs estimate (for in-batch runs, at the subsampled dataset's proportions)."""
     from pipeline.train.trainer import Run
 
     theory = config.theory
     scan = SCAN_AXIS[config.grid.profile]
+    subsampled = config.train.negatives_from == "batch"
     runs, where, problems = [], [], {}
     for idx, point in grid_points(Grid(config), batch, only):
         if not _selected(config, point):
             continue
-        problem = point_problem(config, point)
+        counts = None
+        if subsampled:
+            problem, counts = subsampled_problem(config, point)
+        else:
+            problem = point_problem(config, point)
         problems[point[scan]] = problem
         runs.append(Run(problem.loss, problem.p, problem.n_major, problem.k, point["dim"], point["seed"],
-                        theory.negatives, theory.reduction))  # fmt: skip
+                        theory.negatives, theory.reduction, counts=counts))  # fmt: skip
         where.append((idx, point))
     return runs, where, problems
 
@@ -189,8 +206,9 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
     Runs share (loss, n_major, n_minor, k, dim) and differ in R and seed. Unselected points get
     status ``not_applicable``; diverged runs get ``diverged`` and NaN values.
     """
-    from pipeline.train.trainer import train_runs
+    from pipeline.train import train_function
 
+    train_runs = train_function(config.train.negatives_from)
     grid = Grid(config)
     out = _empty(grid, "train", batch.shape)
     theory = config.theory
@@ -248,8 +266,21 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
         # d < C it may break their symmetry, and which of them a run merged is arbitrary
         groups = problem.groups()[0] if point["dim"] < C else np.arange(C)
         out["dist_to_theory"][idx] = gram_distance(result.gram, G_theory, groups)
+        if result.n_train_class is not None:
+            _write_subsampled(out, idx, C, result)
         out["status_train"][idx] = STATUS_CODE["trained"]
     return out
+
+
+def _write_subsampled(out: dict[str, np.ndarray], idx: tuple[int, ...], C: int, result) -> None:
+    """The measures of a run on a subsampled dataset with a test split (pipeline.train.batch_trainer)."""
+    out["n_train_class"][(*idx, slice(0, C))] = result.n_train_class
+    out["n_test_class"][(*idx, slice(0, C))] = result.n_test_class
+    if result.gram_test is not None:
+        out["gram_test_train"][(*idx, slice(0, C), slice(0, C))] = result.gram_test
+        out["acc_test_class"][(*idx, slice(0, C))] = result.acc_test_class
+        for shot, value in result.acc_shots.items():
+            out[f"acc_{shot}_test"][idx] = value
 
 
 RUNNERS = {"theory": run_theory_batch, "threshold": run_threshold_batch, "train": run_train_batch}

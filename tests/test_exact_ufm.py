@@ -102,8 +102,9 @@ def test_stochastic_runs_carry_their_stationarity():
 
 
 def test_phase_labels_split_not_converged_from_disagreement():
-    """Synthetic runs: a contradiction is not_converged where the run is not stationary, a
-    disagreement where it is; c_train within tol of the theory's c is agreement whatever the flags."""
+    """Synthetic runs: a contradiction is not_converged where the run is not shown stationary (0, or -1:
+    its test cannot tell), a disagreement where it is; c_train within tol of the theory's c is
+    agreement whatever the flags."""
     import xarray as xr
 
     from pipeline.analysis import PHASE_CODE, train_phase
@@ -119,16 +120,18 @@ def test_phase_labels_split_not_converged_from_disagreement():
                      "status_train": (run, [STATUS_CODE["trained"]] * 5), "done_train": (run, [1] * 5)})  # fmt: skip
     names = {code: name for name, code in PHASE_CODE.items()}
     labels = [names[int(x)] for x in train_phase(ds).values]
-    assert labels == ["not_converged", "disagreement", "minority_collapse", "no_collapse", "disagreement"]
+    assert labels == ["not_converged", "disagreement", "minority_collapse", "no_collapse", "not_converged"]
     old = ds.drop_vars("converged_train")  # a store from before stationarity: contradictions are disagreements
     assert [names[int(x)] for x in train_phase(old).values][:2] == ["disagreement", "disagreement"]
     # the same runs with their exact objectives: stationary contradictions within 1e-5 of L* are
-    # unresolved (5e-6 above 0.7 here), 1e-3 above stays a disagreement; not stationary stays so
+    # unresolved (5e-6 above 0.7 here); not shown stationary stays so, 1e-3 above L* or not
     L_star = 0.7
     gaps = [1e-9, 5e-6, 0.0, 0.0, 1e-3]
     exact = ds.assign(objective_train=(run, [L_star + g for g in gaps]), objective_theory=(run, [L_star] * 5),
                       objective_rank=(run, [np.nan] * 5))  # fmt: skip
     labels = [names[int(x)] for x in train_phase(exact).values]
-    assert labels == ["not_converged", "unresolved", "minority_collapse", "no_collapse", "disagreement"]
+    assert labels == ["not_converged", "unresolved", "minority_collapse", "no_collapse", "not_converged"]
+    exact = exact.assign(converged_train=(run, [0, 1, 1, 0, 1]))  # the last one stationary, 1e-3 above L*
+    assert names[int(train_phase(exact).values[4])] == "disagreement"
     rank = exact.assign(objective_rank=(run, [np.nan, L_star - 1e-3, np.nan, np.nan, np.nan]))  # d < C: vs its optimum
     assert names[int(train_phase(rank).values[1])] == "disagreement"

@@ -152,6 +152,10 @@ def test_bad_profile_axes_are_config_errors(tmp_path, grid, expected):
 # with the criterion's last bits. These agree to that, every other variable (decisions included) bitwise
 SOLVED = {"gram_theory", "cos_major_theory", "cos_cross_theory", "cos_minor_theory", "gap_theory",
           "objective_theory", "criterion_theory", "dist_to_theory", "R_threshold"}  # fmt: skip
+# numpy reductions over the trained features (NC1's pseudo-inverse, the objective's sums) go through
+# OpenBLAS, whose kernels depend on the CPU: on an AMD EPYC they differ from the fixture's machine in
+# the last bit (5e-16 relative), while the trained features themselves are bitwise the same
+BLAS = {"nc1_train", "objective_train"}
 
 
 def test_store_written_before_profiles_resumes_and_is_reproduced(tmp_path):
@@ -169,9 +173,13 @@ def test_store_written_before_profiles_resumes_and_is_reproduced(tmp_path):
     proc = clphase("run", str(fresh_cfg))
     assert proc.returncode == 0, proc.stderr
     old, new = xr.open_zarr(tmp_path / "main.zarr"), xr.open_zarr(tmp_path / "fresh.zarr")
-    # the old store keeps its format: the stationarity variables added since are absent there, not NaN
-    assert old.attrs["clphase_format"] == "clphase-store-1" and new.attrs["clphase_format"] == "clphase-store-2"
-    assert set(new.data_vars) - set(old.data_vars) == {"grad_norm_train", "loss_change_train", "converged_train"}
+    # the old store keeps its format: the stationarity (format 2) and subsampled-dataset (format 3)
+    # variables added since are absent there, not NaN
+    assert old.attrs["clphase_format"] == "clphase-store-1" and new.attrs["clphase_format"] == "clphase-store-3"
+    assert set(new.data_vars) - set(old.data_vars) == {"grad_norm_train", "loss_change_train", "converged_train",
+                                                       "n_train_class", "n_test_class", "gram_test_train",
+                                                       "acc_test_class", "acc_many_test", "acc_medium_test",
+                                                       "acc_few_test"}  # fmt: skip
     assert dict(old.sizes) == dict(new.sizes)
     for name in old.data_vars:
         attrs = dict(new[name].attrs)
@@ -180,7 +188,7 @@ def test_store_written_before_profiles_resumes_and_is_reproduced(tmp_path):
         assert old[name].dims == new[name].dims and old[name].attrs == attrs, name
         if name.startswith("time_"):
             continue
-        if name in SOLVED:
+        if name in SOLVED | BLAS:
             np.testing.assert_allclose(new[name].values, old[name].values, rtol=1e-12, atol=1e-14, err_msg=name)
         else:
             assert np.array_equal(old[name].values, new[name].values, equal_nan=True), name

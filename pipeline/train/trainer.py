@@ -67,6 +67,7 @@ class Run:
     negatives: str = "marginal"
     reduction: str = "sum"
     start: np.ndarray | None = None  # (C, dim) unit class vectors to start from (train.init: theory)
+    counts: np.ndarray | None = None  # (C,) integer training samples a class (a subsampled dataset, train.n_max)
 
 
 @dataclass
@@ -84,6 +85,12 @@ class RunResult:
     grad_norm: float = math.nan  # exact loss's normalised Riemannian norm (ufm), else parameter space
     loss_change: float = math.nan  # relative loss change over the last 10% of steps (NaN: exact runs)
     converged: bool | None = None  # pipeline.metrics.stationary (None where neither measure exists)
+    # runs on a subsampled dataset with a test split (pipeline.train.batch_trainer); None elsewhere
+    n_train_class: np.ndarray | None = None  # (C,) training samples a class
+    n_test_class: np.ndarray | None = None  # (C,) test samples a class
+    gram_test: np.ndarray | None = None  # (C, C) Gram of the normalised class means of the test features
+    acc_test_class: np.ndarray | None = None  # (C,) nearest-class-mean test accuracy per class
+    acc_shots: dict[str, float] | None = None  # its many / medium / few-shot averages (pipeline.metrics.SHOTS)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -134,22 +141,24 @@ def _exact_run(run: Run, spec: TrainSpec) -> RunResult:
     from pipeline.train.exact_ufm import fit_exact
 
     fit = fit_exact(run.loss, run.p, spec.samples_per_class, run.k, run.dim, run.seed, run.negatives, run.reduction)
-    return _measured(run, fit.features, fit.labels, fit.loss, fit.grad_norm)
+    return measured(run, fit.features, fit.labels, fit.loss, fit.grad_norm)
 
 
-def _measured(run: Run, H: np.ndarray, y: np.ndarray, loss: float, grad_norm: float = math.nan,
-              loss_change: float = math.nan, grad_decides: bool = True) -> RunResult:  # fmt: skip
+def measured(run: Run, H: np.ndarray, y: np.ndarray, loss: float, grad_norm: float = math.nan,
+              loss_change: float = math.nan, grad_decides: bool = True,
+              p_min: float | None = None) -> RunResult:  # fmt: skip
     """A run's result from its final unit features H (N, d): class-mean Gram, cosines, within-class measures.
 
     ``grad_decides``: stationarity by the gradient norm (the exact loss's, free features), else by the
-    loss change (a parameter-space norm has no scale-free tolerance)."""
+    loss change (a parameter-space norm has no scale-free tolerance), which with ``p_min`` decides only
+    where it resolves the minority's terms (:func:`pipeline.metrics.stationary`)."""
     C = run.p.size
     if not (np.all(np.isfinite(H)) and np.isfinite(loss)):
         return RunResult(np.full((C, C), np.nan), math.nan, math.nan, math.nan, math.nan, float(loss), H, y, True)
     G = class_mean_gram(H, y, C)
     a, b_cos, c = group_cosines(G, run.n_major) if run.n_major is not None else (math.nan,) * 3
     within = within_class(H, y, C)
-    converged = stationary(grad_norm if grad_decides else math.nan, loss_change)
+    converged = stationary(grad_norm if grad_decides else math.nan, loss_change, p_min)
     return RunResult(G, a, b_cos, c, within.nc1, float(loss), H, y, False, within, grad_norm, loss_change, converged)
 
 
@@ -276,7 +285,7 @@ def _train_stack(
         grad_norm = np.array([_stationarity(run, spec, F[b]) for b, run in enumerate(runs)])
     else:  # an encoder, or free features too many for the exact loss: the parameter-space norm
         grad_norm = parameter_grad_norm(gradient, params) / p_runs.min(axis=1)  # (B,)
-    return [_measured(run, F[b], y, tail_loss[b], float(grad_norm[b]), float(change[b]), exact)
+    return [measured(run, F[b], y, tail_loss[b], float(grad_norm[b]), float(change[b]), exact)
             for b, run in enumerate(runs)]  # fmt: skip
 
 
