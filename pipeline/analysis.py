@@ -172,12 +172,18 @@ def train_phase(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
     theory's c (near R* both can lie within tol of 1 on either side: the exact mode reproduces
     c = 0.99553 at R = 63 < R* = 64.1 to 1e-14, which the flag alone called a disagreement); the
     tolerance is stored in the result's attrs. Stores written before stationarity was measured
-    have no ``converged_train``: every contradiction is a disagreement.
+    have no ``converged_train``: every contradiction is a disagreement. In-batch runs are compared with
+    the theory at their subsampled dataset's proportions (``*_subsampled``), not the profile's.
     """
     measured = train_collapsed(ds, tol)
-    theory = ds.collapsed_theory
+    theory, c_theory, L_theory = ds.collapsed_theory, ds.cos_minor_theory, ds.objective_theory
+    if "collapsed_subsampled" in ds:  # in-batch runs: the theory at their subsampled proportions
+        subsampled = ds.objective_subsampled.notnull()
+        theory = xr.where(subsampled, ds.collapsed_subsampled, theory)
+        c_theory = xr.where(subsampled, ds.cos_minor_subsampled, c_theory)
+        L_theory = xr.where(subsampled, ds.objective_subsampled, L_theory)
     code = xr.where(measured == 1, PHASE_CODE["minority_collapse"], PHASE_CODE["no_collapse"])
-    far = abs(ds.cos_minor_train - ds.cos_minor_theory) > tol
+    far = abs(ds.cos_minor_train - c_theory) > tol
     contradicts = (measured != theory) & theory.notnull() & far
     code = xr.where(contradicts, PHASE_CODE["disagreement"], code)
     if "converged_train" in ds:
@@ -186,7 +192,7 @@ def train_phase(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
         code = xr.where(contradicts & (ds.converged_train <= 0), PHASE_CODE["not_converged"], code)
         if "objective_train" in ds:
             # the optimum the run can reach: the rank-d one at d < C (objective_rank), else L*
-            best = ds.objective_rank.where(ds.objective_rank.notnull(), ds.objective_theory)
+            best = ds.objective_rank.where(ds.objective_rank.notnull(), L_theory)
             close = ds.objective_train - best <= UNRESOLVED_RTOL * abs(best)
             code = xr.where(contradicts & (ds.converged_train == 1) & close, PHASE_CODE["unresolved"], code)
     code = xr.where(ds.status_train == STATUS_CODE["not_applicable"], PHASE_CODE["not_applicable"], code)
@@ -201,7 +207,10 @@ def agreement(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.Dataset:
     """Per theory point and dim: c_train mean and spread over seeds, and the fraction of seeds agreeing."""
     trained = ds.status_train == STATUS_CODE["trained"]
     c = ds.cos_minor_train.where(trained)
-    agree = (train_collapsed(ds, tol) == ds.collapsed_theory).where(trained & ds.collapsed_theory.notnull())
+    theory = ds.collapsed_theory
+    if "collapsed_subsampled" in ds:  # in-batch runs: the theory at their subsampled proportions
+        theory = xr.where(ds.objective_subsampled.notnull(), ds.collapsed_subsampled, theory)
+    agree = (train_collapsed(ds, tol) == theory).where(trained & theory.notnull())
     return xr.Dataset(
         {
             "c_train_mean": c.mean("seed"),

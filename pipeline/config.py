@@ -596,26 +596,33 @@ def _check_batch_data(grid: GridSpec, theory: TheorySpec, train: TrainSpec, prob
     if theory.negatives != "marginal":
         problems.append(f"theory.negatives: {theory.negatives!r}: in-batch negatives include the anchor's class; "
                         "expected 'marginal' with train.negatives_from: batch")  # fmt: skip
+    axes = {name: train.select.get(name, getattr(grid, name)) for name in grid.profile_axes}
+    if "counts" in axes:  # the axis's values are (name, counts) pairs; a point names its counts
+        axes["counts"] = tuple(name for name, _ in axes["counts"])
+    counts = []
+    for values in itertools.product(*axes.values()):
+        profile = grid.profile_at(dict(zip(axes, values, strict=True)))
+        try:
+            counts.append(profile.integer_counts(train.n_max))
+        except InputError as err:
+            problems.append(f"{err.field}: {err.value!r}: expected {err.allowed}")
+            return
+    if not counts:
+        return
+    largest = max(int(c.max()) for c in counts)  # integer counts(...) are taken as given, beyond n_max
     try:
-        check_dataset(train.data, grid.C_max, train.n_max, train.n_test)
+        check_dataset(train.data, max(c.size for c in counts), largest, train.n_test)
     except InputError as err:
-        problems.append(f"{err.field}: {err.value!r}: expected {err.allowed}")
+        field = err.field if largest == train.n_max or err.field != "train.n_max" else "grid.counts"
+        value = err.value if field == err.field else f"a class of {largest} training samples"
+        problems.append(f"{field}: {value!r}: expected {err.allowed}")
         return
     shape = dataset_info(train.data).shape(train.input_dim)
     if train.model != "ufm" and (why := input_mismatch(train.model, shape)) is not None:
         problems.append(f"train.model: {train.model!r}: {why} ({train.data}); choose an encoder for them")
-    axes = {name: train.select.get(name, getattr(grid, name)) for name in grid.profile_axes}
-    smallest = None
-    for values in itertools.product(*axes.values()):
-        profile = grid.profile_at(dict(zip(axes, values, strict=True)))
-        try:
-            total = int(profile.integer_counts(train.n_max).sum())
-        except InputError as err:
-            problems.append(f"{err.field}: {err.value!r}: expected {err.allowed}")
-            return
-        smallest = total if smallest is None else min(smallest, total)
-    k_max = max(train.select.get("k", grid.k))
-    if smallest is not None and k_max + 2 > smallest:
+    smallest = min(int(c.sum()) for c in counts)
+    k_max = max(train.select.get("k", grid.k), default=None)
+    if k_max is not None and k_max + 2 > smallest:
         problems.append(f"grid.k: {k_max}: a batch of k + 2 = {k_max + 2} samples does not fit a training set of "
                         f"{smallest}; expected k <= {smallest - 2} or a larger train.n_max")  # fmt: skip
 

@@ -122,21 +122,22 @@ LOSS_CHANGE_TOL = 1e-3
 def stationary(grad_norm: float, loss_change: float, p_min: float | None = None) -> bool | None:
     """converged_train of one run (None where neither measure is available, or cannot tell).
 
-    With ``p_min`` (the smallest class proportion) the loss change decides only where it resolves the
-    terms that set the minority geometry: they weigh about p_min^2 of the loss, so where p_min^2 <
-    ``LOSS_CHANGE_TOL`` a loss that has stopped changing says nothing about them (None: unknown).
+    With ``p_min`` (the smallest class proportion) a loss that has stopped changing counts as stationary
+    only where the test resolves the terms that set the minority geometry: they weigh about p_min^2 of
+    the loss, so where p_min^2 < ``LOSS_CHANGE_TOL`` it says nothing about them (None: unknown); a loss
+    still changing is not stationary whatever p_min.
 
     Examples
     --------
-    >>> stationary(float("nan"), 1e-4), stationary(float("nan"), 1e-4, p_min=0.01)
-    (True, None)
+    >>> stationary(float("nan"), 1e-4), stationary(float("nan"), 1e-4, p_min=0.01), stationary(float("nan"), 1e-2, 0.01)
+    (True, None, False)
     """
     if grad_norm == grad_norm:  # not NaN
         return bool(grad_norm <= GRAD_NORM_TOL)
     if loss_change == loss_change:
-        if p_min is not None and p_min**2 < LOSS_CHANGE_TOL:
-            return None
-        return bool(abs(loss_change) <= LOSS_CHANGE_TOL)
+        if abs(loss_change) > LOSS_CHANGE_TOL:
+            return False
+        return None if p_min is not None and p_min**2 < LOSS_CHANGE_TOL else True
     return None
 
 

@@ -166,8 +166,9 @@ def _selected(config: SweepConfig, point: dict) -> bool:
 
 
 def subsampled_problem(config: SweepConfig, point: dict) -> tuple[Problem, np.ndarray]:
-    """The theory point an in-batch run estimates, and its training counts (C,): the profile's integer
-    counts at train.n_max, whose proportions (not the profile's) are the run's p; k the grid's."""
+    """The i.i.d. theory point an in-batch run is compared with, and its training counts (C,): the profile's
+    integer counts at train.n_max, whose proportions (not the profile's) are the run's p; k the grid's.
+    What the batch itself estimates differs from it by the anchor weights of docs/inbatch.md."""
     profile = config.grid.profile_at(point)
     counts = profile.integer_counts(config.train.n_max)  # (C,)
     n_major = point_problem(config, point).n_major
@@ -220,6 +221,7 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
     if not runs:
         return out
     references: dict[float, tuple] = {}
+    solutions: dict[float, object] = {}  # the reference solutions themselves (in-batch runs store theirs)
 
     def reference(point: dict) -> tuple[np.ndarray, float]:
         """(G*, its objective at d < C, else NaN): the optimum a run at this point can reach: at d < C
@@ -228,6 +230,7 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
             problem, dim = problems[point[scan]], point["dim"]
             best = solve(problem, "rank", dim=dim) if dim < problem.C else solve(problem, theory.solver)
             references[point[scan]] = (best.G, best.objective if dim < problem.C else math.nan)
+            solutions[point[scan]] = best
         return references[point[scan]]
 
     if config.train.init == "theory":
@@ -267,13 +270,18 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
         groups = problem.groups()[0] if point["dim"] < C else np.arange(C)
         out["dist_to_theory"][idx] = gram_distance(result.gram, G_theory, groups)
         if result.n_train_class is not None:
-            _write_subsampled(out, idx, C, result)
+            _write_subsampled(out, idx, C, result, solutions[point[scan]], grid.profile == "step")
         out["status_train"][idx] = STATUS_CODE["trained"]
     return out
 
 
-def _write_subsampled(out: dict[str, np.ndarray], idx: tuple[int, ...], C: int, result) -> None:
-    """The measures of a run on a subsampled dataset with a test split (pipeline.train.batch_trainer)."""
+def _write_subsampled(out: dict[str, np.ndarray], idx: tuple[int, ...], C: int, result, reference, step: bool) -> None:
+    """The measures of a run on a subsampled dataset with a test split (pipeline.train.batch_trainer), and the
+    theory at the subsampled proportions it is compared with (``reference``: its solution, rank-d at d < C)."""
+    out["objective_subsampled"][idx] = reference.objective
+    if step:
+        out["cos_minor_subsampled"][idx] = reference.c
+        out["collapsed_subsampled"][idx] = np.nan if reference.collapsed is None else float(reference.collapsed)
     out["n_train_class"][(*idx, slice(0, C))] = result.n_train_class
     out["n_test_class"][(*idx, slice(0, C))] = result.n_test_class
     if result.gram_test is not None:

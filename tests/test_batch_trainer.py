@@ -38,17 +38,19 @@ def plain_batch_loss(F: torch.Tensor, y: torch.Tensor, loss, k: int, reduction: 
     return total / B
 
 
-@pytest.mark.parametrize("model, shape", [("mlp", (1, 12)), ("cnn1d", (1, 12)), ("cnn", (1, 8, 8)),
-                                          ("resnet", (1, 8, 8)), ("ufm", ())])  # fmt: skip
-def test_stacked_gradient_equals_float64_autograd_of_each_run(model, shape):
-    """The stacked loss's gradient, per run, is float64 autograd of that run's plain loss on its own module."""
+@pytest.mark.parametrize("model, shape, vectorize", [("mlp", (1, 12), True), ("cnn1d", (1, 12), True),
+                         ("cnn", (1, 8, 8), True), ("resnet", (1, 8, 8), True), ("resnet", (1, 8, 8), False),
+                         ("ufm", (), True)])  # fmt: skip
+def test_stacked_gradient_equals_float64_autograd_of_each_run(model, shape, vectorize):
+    """The stacked loss's gradient, per run, is float64 autograd of that run's plain loss on its own module
+    (vmapped, and called run by run as CPU stacks of 2-D convolutions are)."""
     R, B, d = 3, 6, 4
     loss = parse_loss("infonce(tau=0.5)")
     modules = []
     for seed in range(R):
         torch.manual_seed(seed)
         modules.append(build_encoder(model, shape, d, hidden=8, n_samples=20).double())
-    stacked = Stacked(modules, torch.device("cpu"))
+    stacked = Stacked(modules, torch.device("cpu"), vectorize)
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(20, (R, B), generator=gen) if model == "ufm" else torch.randn(R, B, *shape, generator=gen,
                                                                                      dtype=torch.float64)  # fmt: skip
@@ -188,8 +190,8 @@ def test_in_batch_sweep_end_to_end(tmp_path):
     the subsampled proportions; the plot command draws the practised figure."""
     import xarray as xr
 
-    from pipeline.tasks import subsampled_problem
     from pipeline.theory.dispatch import solve
+    from pipeline.theory.problem import Problem
 
     cfg = tmp_path / "c.yaml"
     raw = _config(str(tmp_path / "s.zarr"))
@@ -199,17 +201,18 @@ def test_in_batch_sweep_end_to_end(tmp_path):
     ds = xr.open_zarr(tmp_path / "s.zarr")
     assert (ds.status_train == 6).all()
     counts = ds.n_train_class.sel(rho=10).isel(seed=0).squeeze().values
-    np.testing.assert_array_equal(counts, Exp(4, 10).integer_counts(40))
+    np.testing.assert_array_equal(counts, [40, 18, 8, 4])  # floor(40 * 10^(-c/3))
     assert (ds.n_test_class == 5).all() and ds.acc_test_class.notnull().all()
     assert ds.acc_many_test.isnull().all() and ds.acc_medium_test.notnull().all()
-    # dist_to_theory is to the optimum at the subsampled counts, which this recomputes
-    config = validate(raw)
-    point = {"loss": "infonce(tau=0.5)", "C": 4, "rho": 10.0, "k": 6}
-    problem, _ = subsampled_problem(config, point)
+    # dist_to_theory is to the optimum at the subsampled counts (40, 18, 8, 4), not the profile's proportions
+    problem = Problem.create("infonce(tau=0.5)", counts / counts.sum(), 6)
     G_star = solve(problem).G
-    run = ds.sel(loss=point["loss"], C=4, rho=10.0, k=6, dim=4, seed=0)
+    run = ds.sel(loss="infonce(tau=0.5)", C=4, rho=10.0, k=6, dim=4, seed=0)
     expected = np.linalg.norm(run.gram_train.values - G_star) / 4
     assert float(run.dist_to_theory) == pytest.approx(expected, rel=1e-9)
+    assert float(run.objective_subsampled) == pytest.approx(solve(problem).objective, rel=1e-12)
+    nominal = solve(Problem.from_profile("infonce(tau=0.5)", Exp(4, 10.0), 6)).G
+    assert abs(np.linalg.norm(run.gram_train.values - nominal) / 4 - expected) > 1e-6
     assert "negatives_from: batch" in ds.attrs["config"]
     assert main(["plot", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "fig")]) == 0
     assert (tmp_path / "fig" / "practised_infonce-tau0.5_C4.png").exists()
@@ -229,3 +232,43 @@ def test_iid_training_keeps_its_fields_and_refuses_batch_only_ones():
     iid = _config()
     iid["train"] = {"steps": 10}
     assert not {"negatives_from", "sampler", "positives", "n_max", "n_test"} & set(validate(iid).science()["train"])
+
+
+@pytest.mark.parametrize("loss_id", ["triplet(margin=0.5)", "squared_hinge(margin=1)", "infonce(tau=0.5)"])
+def test_a_loss_parameter_per_run_lines_up_with_its_run(loss_id):
+    """Stacked runs with their own tau or margin (R != B and R == B): each run's loss is its own."""
+    loss = parse_loss(loss_id)
+    gen = torch.Generator().manual_seed(2)
+    for R, B in [(3, 5), (5, 5)]:
+        F = torch.nn.functional.normalize(torch.randn(R, B, 3, generator=gen, dtype=torch.float64), dim=-1)
+        y = torch.randint(2, (R, B), generator=gen)
+        params = torch.linspace(0.3, 1.5, R, dtype=torch.float64)
+        stacked = batch_loss(F, y, replace(loss, param=params.view(-1, 1, 1)), B - 2, "sum", "mean")
+        alone = torch.stack([batch_loss(F[r : r + 1], y[r : r + 1], replace(loss, param=float(params[r])), B - 2)[0]
+                             for r in range(R)])  # fmt: skip
+        torch.testing.assert_close(stacked, alone, rtol=1e-12, atol=1e-14)
+
+
+def test_balanced_sampler_draws_real_rows_of_uniform_classes():
+    """Two runs of different dataset sizes: no padding row is drawn, classes come out uniform, and every
+    row of a run is drawn."""
+    from pipeline.train.batch_trainer import InBatchStack
+
+    runs = _runs()[:2]  # 30, 30, 30, 30 and 30, 30, 6, 6 training samples
+    stack = InBatchStack(runs, replace(SPEC, sampler="balanced"), torch.device("cpu"))
+    rows = torch.cat([stack.draw() for _ in range(2000)], dim=1)  # (2, 2000 B): a frequency to +-0.0034
+    for r, n in enumerate(stack.n_list):
+        assert int(rows[r].max()) < n and set(rows[r].tolist()) == set(range(n))
+        frequency = torch.bincount(stack.y[r, rows[r]], minlength=4) / rows.shape[1]
+        torch.testing.assert_close(frequency, torch.full((4,), 0.25), atol=0.02, rtol=0)
+
+
+def test_counts_profiles_train_in_batch_and_are_checked_against_the_dataset():
+    raw = _config()
+    raw["grid"] = {"profile": "counts", "loss": ["infonce(tau=0.5)"], "counts": {"a": [40, 20, 10], "b": [30, 8, 2]},
+                   "k": [6], "dim": [4], "seed": [0]}  # fmt: skip
+    assert validate(raw).grid.counts[0] == ("a", (40.0, 20.0, 10.0))
+    raw["train"]["data"] = "digits"
+    raw["grid"]["counts"]["big"] = [400, 20, 10]  # given counts are taken as they are, beyond n_max
+    with pytest.raises(ConfigError, match=r"grid\.counts: 'a class of 400 training samples'"):
+        validate(raw)

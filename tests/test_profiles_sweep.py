@@ -179,7 +179,8 @@ def test_store_written_before_profiles_resumes_and_is_reproduced(tmp_path):
     assert set(new.data_vars) - set(old.data_vars) == {"grad_norm_train", "loss_change_train", "converged_train",
                                                        "n_train_class", "n_test_class", "gram_test_train",
                                                        "acc_test_class", "acc_many_test", "acc_medium_test",
-                                                       "acc_few_test"}  # fmt: skip
+                                                       "acc_few_test", "objective_subsampled",
+                                                       "cos_minor_subsampled", "collapsed_subsampled"}  # fmt: skip
     assert dict(old.sizes) == dict(new.sizes)
     for name in old.data_vars:
         attrs = dict(new[name].attrs)

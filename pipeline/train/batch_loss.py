@@ -20,6 +20,7 @@ the (B, B, B) differences and is meant for small batches.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -59,6 +60,8 @@ def pair_losses(F: torch.Tensor, loss: Loss, k: int, reduction: str = "sum") -> 
     else:
         z = S[:, :, None, :] - S[:, :, :, None]  # (R, B_i, B_p, B_a): f_i·f_a - f_i·f_p
         other = ~(eye[:, None, :] | eye[None, :, :] | eye[:, :, None])  # (B_i, B_p, B_a): a != i, a != p
+        if torch.is_tensor(loss.param):  # a margin per run, (R, 1, 1): along z's run axis
+            loss = replace(loss, param=loss.param.reshape(-1, 1, 1, 1))
         out = loss.psi(rho * (loss.phi(z) * other).sum(-1))  # (R, B, B)
     return out.masked_fill(eye, 0.0)
 

@@ -22,7 +22,7 @@ from pipeline.config import TrainSpec
 from pipeline.metrics import class_mean_gram, ncm_accuracy, shot_accuracy
 from pipeline.train.batch_loss import batch_loss
 from pipeline.train.data import Dataset, load_dataset
-from pipeline.train.encoders import Stacked, build_encoder
+from pipeline.train.encoders import Stacked, build_encoder, vectorized
 from pipeline.train.trainer import Run, RunResult, measured, parameter_grad_norm, pick_device
 
 FEATURE_CHUNK = 1024  # samples a run embeds at a time when measuring
@@ -89,7 +89,7 @@ class InBatchStack:
                     own = torch.Generator().manual_seed(run.seed)
                     module.weight.zero_()[: len(ds.y_train)] = torch.randn(len(ds.y_train), d, generator=own)
             modules.append(module)
-        self.encoder = Stacked(modules, device)
+        self.encoder = Stacked(modules, device, vectorized(spec.model, device))
         self.params = self.encoder.parameters()
         self.loss = replace(first.loss, param=torch.tensor([r.loss.param for r in runs], device=device).view(-1, 1, 1))
         self.optimizer = torch.optim.Adam(self.params, lr=spec.lr, betas=spec.betas)

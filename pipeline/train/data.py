@@ -215,9 +215,10 @@ def load_dataset(name: str, n_train_class: np.ndarray, n_test: int, seed: int, *
     """Classes 0..C-1 of ``name``: class c keeps ``n_train_class[c]`` training and ``n_test`` test samples.
 
     Each class's samples are a seeded random permutation of its pool: its first ``n_test`` are the test
-    samples, the next ``n_train_class[c]`` the training samples. So the test split does not depend on the
-    training counts, and for one seed larger counts extend the training set of smaller ones (within one
-    mnist1d pool size). The raw data are loaded once a process (cached).
+    samples, the next ``n_train_class[c]`` the training samples. So for the real datasets the test split does
+    not depend on the training counts, and for one seed larger counts extend the training set of smaller ones
+    (within one mnist1d pool size); generated gaussian samples draw their test rows after the training rows,
+    so theirs does. The raw data are loaded once a process (cached).
 
     Parameters
     ----------

@@ -158,15 +158,17 @@ class Stacked:
     device : where the stacked parameters live.
     """
 
-    def __init__(self, modules: list[nn.Module], device: torch.device) -> None:
+    def __init__(self, modules: list[nn.Module], device: torch.device, vectorize: bool = True) -> None:
         params, buffers = torch.func.stack_module_state(modules)
         self.params = {name: p.to(device).detach().requires_grad_() for name, p in params.items()}  # (R, ...) each
         self.buffers = {name: b.to(device) for name, b in buffers.items()}
         self.base = copy.deepcopy(modules[0]).to("meta")
+        self.vectorize = vectorize
 
         def one(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
             return torch.func.functional_call(self.base, (params, buffers), (x,))
 
+        self._one = one
         self._forward = torch.func.vmap(one)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -174,4 +176,19 @@ class Stacked:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(R, B, *item) inputs, one batch per run -> (R, B, d) outputs (not normalised)."""
-        return self._forward(self.params, self.buffers, x)
+        if self.vectorize:
+            return self._forward(self.params, self.buffers, x)
+        return torch.stack([self._one({n: p[r] for n, p in self.params.items()},
+                                      {n: b[r] for n, b in self.buffers.items()}, x[r])
+                            for r in range(x.shape[0])])  # fmt: skip
+
+
+# On a CPU, vmap turns the runs' 2-D convolutions into one grouped convolution, which oneDNN runs far
+# slower than R plain ones (benchmarks/bench_encoders.py, ResNet-8 at B = 256, 16 runs: 0.47x the plain
+# loop); there the stack calls each run's convolutions in turn (same parameters, same program).
+LOOP_ON_CPU = ("cnn", "resnet")
+
+
+def vectorized(encoder: str, device: torch.device) -> bool:
+    """Whether the stacked runs of ``encoder`` are vmapped on ``device`` (else called in turn)."""
+    return device.type != "cpu" or encoder not in LOOP_ON_CPU
