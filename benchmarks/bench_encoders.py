@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import numpy as np
 import torch
+from bench_train import seconds
 
 from pipeline.config import TrainSpec
 from pipeline.theory.losses import parse_loss
@@ -32,16 +32,6 @@ from pipeline.theory.profiles import Exp
 from pipeline.train.batch_trainer import InBatchStack, run_dataset
 from pipeline.train.encoders import build_encoder
 from pipeline.train.trainer import Run, pick_device
-
-
-def synchronised_seconds(work) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    work()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def supcon(F: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
@@ -76,14 +66,14 @@ def plain_loop(runs: list[Run], spec: TrainSpec, device: torch.device, steps: in
             optimizer.step()
 
         step()  # warm-up
-        total += synchronised_seconds(lambda step=step: [step() for _ in range(steps)])
+        total += seconds(lambda step=step: [step() for _ in range(steps)])
     return total
 
 
 def stacked(runs: list[Run], spec: TrainSpec, device: torch.device, steps: int) -> float:
     stack = InBatchStack(runs, spec, device)
     stack.step()  # warm-up
-    return synchronised_seconds(lambda: [stack.step() for _ in range(steps)])
+    return seconds(lambda: [stack.step() for _ in range(steps)])
 
 
 def main() -> None:
