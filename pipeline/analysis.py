@@ -176,7 +176,7 @@ def train_phase(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
     the theory at their subsampled dataset's proportions (``*_subsampled``), not the profile's.
     """
     measured = train_collapsed(ds, tol)
-    theory, c_theory, L_theory = ds.collapsed_theory, ds.cos_minor_theory, ds.objective_theory
+    theory, c_theory, L_theory = ds.collapsed_theory, ds.cos_minor_theory, ds.get("objective_theory")
     if "collapsed_subsampled" in ds:  # in-batch runs: the theory at their subsampled proportions
         subsampled = ds.objective_subsampled.notnull()
         theory = xr.where(subsampled, ds.collapsed_subsampled, theory)
@@ -190,7 +190,7 @@ def train_phase(ds: xr.Dataset, tol: float = COLLAPSE_TOL) -> xr.DataArray:
         # not shown stationary: 0, or -1 where the test cannot tell (in-batch runs whose loss change does
         # not resolve the minority's terms, pipeline.metrics.stationary)
         code = xr.where(contradicts & (ds.converged_train <= 0), PHASE_CODE["not_converged"], code)
-        if "objective_train" in ds:
+        if "objective_train" in ds and L_theory is not None:
             # the optimum the run can reach: the rank-d one at d < C (objective_rank), else L*
             best = ds.objective_rank.where(ds.objective_rank.notnull(), L_theory)
             close = ds.objective_train - best <= UNRESOLVED_RTOL * abs(best)
