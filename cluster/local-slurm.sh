@@ -28,7 +28,7 @@ fi
 command -v slurmctld >/dev/null || { echo "slurmctld not found: apt-get install --no-install-recommends slurm-wlm" >&2; exit 1; }
 stop
 mkdir -p "$dir/state" "$dir/spool"
-cpus=$(nproc)
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS
 mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=clphase

@@ -25,6 +25,15 @@ from pipeline.errors import InputError
 
 # one thread per worker process: BLAS and torch must not oversubscribe the cores
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _restore(saved: dict[str, str | None]) -> None:
+    """Put environment variables back as ``saved`` had them (None: unset)."""
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 # dask spawns workers with MALLOC_TRIM_THRESHOLD_=65536, and an explicit trim threshold switches off
 # glibc's adaptive mmap threshold: every allocation >= 128 KiB (a torch step's temporaries) became an
 # mmap/munmap pair, and training ran 3.3x slower in a worker than in a plain process (measured: a
@@ -228,6 +237,10 @@ def connect(
             client.close()
         return
     spec = config.cluster
+    # distributed's nanny writes a LocalCluster's env (THREAD_ENV) into this process's environment too;
+    # left there, a caller's later subprocesses ran single-threaded, and nproc said 1 (a SLURM node
+    # then offered one CPU)
+    saved = {name: os.environ.get(name) for name in THREAD_ENV}
     if spec.kind == "local":
         workers = n_workers or spec.n_workers or os.cpu_count() or 1
         # a worker restarted by the stall watchdog may take longer than dask's 15 s to come back; a
@@ -255,3 +268,4 @@ def connect(
     finally:
         client.close()
         cluster.close()
+        _restore(saved)

@@ -3,6 +3,7 @@ config's refusals, and a sweep end to end."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -197,7 +198,9 @@ def test_in_batch_sweep_end_to_end(tmp_path):
     raw = _config(str(tmp_path / "s.zarr"))
     raw["cluster"] = {"n_workers": 1}
     cfg.write_text(yaml.safe_dump(raw))
+    threads = os.environ.get("OMP_NUM_THREADS")
     assert main(["run", str(cfg)]) == 0
+    assert os.environ.get("OMP_NUM_THREADS") == threads  # the LocalCluster's worker env stays in its workers
     ds = xr.open_zarr(tmp_path / "s.zarr")
     assert (ds.status_train == 6).all()
     counts = ds.n_train_class.sel(rho=10).isel(seed=0).squeeze().values
