@@ -220,18 +220,17 @@ def run_train_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None =
             out["status_train"][idx] = STATUS_CODE["not_applicable"]
     if not runs:
         return out
-    references: dict[float, tuple] = {}
-    solutions: dict[float, object] = {}  # the reference solutions themselves (in-batch runs store theirs)
+    solutions: dict[float, object] = {}  # the reference solution of each scan value (a batch shares dim)
 
     def reference(point: dict) -> tuple[np.ndarray, float]:
         """(G*, its objective at d < C, else NaN): the optimum a run at this point can reach: at d < C
         the rank-d one (Burer-Monteiro), not the full-rank G. A batch shares dim."""
-        if point[scan] not in references:
-            problem, dim = problems[point[scan]], point["dim"]
-            best = solve(problem, "rank", dim=dim) if dim < problem.C else solve(problem, theory.solver)
-            references[point[scan]] = (best.G, best.objective if dim < problem.C else math.nan)
-            solutions[point[scan]] = best
-        return references[point[scan]]
+        problem, dim = problems[point[scan]], point["dim"]
+        if point[scan] not in solutions:
+            rank = dim < problem.C
+            solutions[point[scan]] = solve(problem, "rank", dim=dim) if rank else solve(problem, theory.solver)
+        best = solutions[point[scan]]
+        return best.G, best.objective if dim < problem.C else math.nan
 
     if config.train.init == "theory":
         starts = [class_means(reference(point)[0], point["dim"]).T for _, point in where]  # (C, d) unit rows

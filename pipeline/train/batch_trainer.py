@@ -23,7 +23,15 @@ from pipeline.metrics import class_mean_gram, ncm_accuracy, shot_accuracy
 from pipeline.train.batch_loss import batch_loss
 from pipeline.train.data import Dataset, load_dataset
 from pipeline.train.encoders import Stacked, build_encoder, vectorized
-from pipeline.train.trainer import Run, RunResult, measured, parameter_grad_norm, pick_device
+from pipeline.train.trainer import (
+    Run,
+    RunResult,
+    TailLoss,
+    measured,
+    parameter_grad_norm,
+    pick_device,
+    stack_param,
+)
 
 FEATURE_CHUNK = 1024  # samples a run embeds at a time when measuring
 
@@ -91,7 +99,7 @@ class InBatchStack:
             modules.append(module)
         self.encoder = Stacked(modules, device, vectorized(spec.model, device))
         self.params = self.encoder.parameters()
-        self.loss = replace(first.loss, param=torch.tensor([r.loss.param for r in runs], device=device).view(-1, 1, 1))
+        self.loss = replace(first.loss, param=stack_param(runs, device))  # (R, 1, 1)
         self.optimizer = torch.optim.Adam(self.params, lr=spec.lr, betas=spec.betas)
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, spec.steps,
                                                                    eta_min=spec.lr * spec.lr_final)  # fmt: skip
@@ -141,21 +149,12 @@ class InBatchStack:
 
 def _train_stack(runs: list[Run], spec: TrainSpec, device: torch.device) -> list[RunResult]:
     stack = InBatchStack(runs, spec, device)
-    R = len(runs)
-    tail = max(1, spec.steps // 10)
-    tail_loss = torch.zeros(R, device=device)
-    halves = torch.zeros(2, R, device=device)
+    tail = TailLoss(spec.steps, len(runs), device)
     for step in range(spec.steps):
-        per_run = stack.step()
-        if step >= spec.steps - tail:
-            tail_loss += per_run / tail
-            halves[int(step >= spec.steps - tail // 2)] += per_run
-    first_half, second_half = (h.cpu().numpy().astype(np.float64) / max(1, n) for h, n in zip(
-        halves, (tail - tail // 2, tail // 2), strict=True))  # fmt: skip
-    change = np.where(tail >= 2, (first_half - second_half) / np.maximum(np.abs(second_half), 1e-300), np.nan)
+        tail.add(step, stack.step())
+    tail_loss, change = tail.result()
     grad_norm = parameter_grad_norm(stack.gradient, stack.params) / np.array([r.p.min() for r in runs])  # (R,)
     H_train, H_test = stack.features()
-    tail_loss = tail_loss.cpu().numpy()
     results = []
     for r, (run, ds) in enumerate(zip(runs, stack.data, strict=True)):
         n_r = len(ds.y_train)

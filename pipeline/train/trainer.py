@@ -99,7 +99,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _stack_param(runs: list[Run], device: torch.device) -> torch.Tensor:
+def stack_param(runs: list[Run], device: torch.device) -> torch.Tensor:
     return torch.tensor([r.loss.param for r in runs], dtype=torch.float32, device=device).view(-1, 1, 1)
 
 
@@ -204,7 +204,7 @@ def _train_stack(
     offsets = (torch.arange(B, device=device) * N)[:, None]  # (B, 1): rows of run b in the flat (B * N, d)
     p_runs = np.stack([r.p for r in runs])  # (B, C) float64
     w_class = torch.tensor(p_runs * C, dtype=torch.float32, device=device)  # (B, C) weights of balanced anchors
-    loss_fn = replace(first.loss, param=_stack_param(runs, device))
+    loss_fn = replace(first.loss, param=stack_param(runs, device))
     rho = 1.0 if first.reduction == "sum" else 1.0 / k
     M = max(C, spec.batch_size // C * C)
     # stratified anchors: a fixed number per class, so the O(p_minor) terms carry no count noise
@@ -242,9 +242,7 @@ def _train_stack(
                 loss_fn, rho, k, w, q_a, torch.tensor(counts, dtype=torch.float32, device=device), P_a
             )
     kernel = spec.kernel if spec.kernel != "auto" else "dense" if device.type == "cuda" else "sparse"
-    tail = max(1, spec.steps // 10)
-    tail_loss = torch.zeros(B, device=device)
-    halves = torch.zeros(2, B, device=device)  # the tail's two halves: the loss change over the tail
+    tail = TailLoss(spec.steps, B, device)
 
     def gradient() -> torch.Tensor:
         """The training objective of one fresh batch per run (B,); its gradient left in the parameters."""
@@ -271,15 +269,10 @@ def _train_stack(
         per_run = gradient()
         optimizer.step()
         schedule.step()
-        if step >= spec.steps - tail:
-            tail_loss += per_run / tail
-            halves[int(step >= spec.steps - tail // 2)] += per_run.detach()
+        tail.add(step, per_run)
     with torch.no_grad():
         F = normalize(embeddings())[0].cpu().numpy().astype(np.float64)  # (B, N, d)
-    tail_loss = tail_loss.cpu().numpy()
-    first, second = (h.cpu().numpy().astype(np.float64) / max(1, n_h) for h, n_h in zip(
-        halves, (tail - tail // 2, tail // 2), strict=True))  # fmt: skip
-    change = np.where(tail >= 2, (first - second) / np.maximum(np.abs(second), 1e-300), np.nan)  # (B,)
+    tail_loss, change = tail.result()
     exact = spec.model == "ufm" and N * n * N <= EXACT_MAX_TERMS  # the exact loss's norm is affordable
     if exact:
         grad_norm = np.array([_stationarity(run, spec, F[b]) for b, run in enumerate(runs)])
@@ -287,6 +280,30 @@ def _train_stack(
         grad_norm = parameter_grad_norm(gradient, params) / p_runs.min(axis=1)  # (B,)
     return [measured(run, F[b], y, tail_loss[b], float(grad_norm[b]), float(change[b]), exact)
             for b, run in enumerate(runs)]  # fmt: skip
+
+
+class TailLoss:
+    """The training loss over the last 10% of steps, per run: its mean (``loss_train``) and the relative
+    change between its two halves (``loss_change_train``, NaN where the tail has fewer than 2 steps)."""
+
+    def __init__(self, steps: int, R: int, device: torch.device) -> None:
+        self.steps, self.tail = steps, max(1, steps // 10)
+        self.mean = torch.zeros(R, device=device)
+        self.halves = torch.zeros(2, R, device=device)  # the tail's two halves: the loss change over the tail
+
+    def add(self, step: int, per_run: torch.Tensor) -> None:
+        """Count step ``step``'s loss per run (R,) if it lies in the tail."""
+        if step >= self.steps - self.tail:
+            self.mean += per_run / self.tail
+            self.halves[int(step >= self.steps - self.tail // 2)] += per_run.detach()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (R,), relative change (R,)), float32 and float64 numpy."""
+        tail = self.tail
+        first, second = (h.cpu().numpy().astype(np.float64) / max(1, n_h) for h, n_h in zip(
+            self.halves, (tail - tail // 2, tail // 2), strict=True))  # fmt: skip
+        change = np.where(tail >= 2, (first - second) / np.maximum(np.abs(second), 1e-300), np.nan)  # (R,)
+        return self.mean.cpu().numpy(), change
 
 
 GRAD_BATCHES = 32  # fresh batches over which an encoder's final gradient is averaged
