@@ -21,19 +21,20 @@ import numpy as np
 import yaml
 
 from pipeline.errors import InputError
+from pipeline.theory.inbatch import POSITIVES
 from pipeline.theory.losses import NEGATIVES, REDUCTIONS, parse_loss
 from pipeline.theory.problem import check_k
 from pipeline.theory.profiles import SWEEP_AXES as PROFILE_AXES
 from pipeline.theory.profiles import Counts, Exp, Profile, Step
 from pipeline.theory.solution import SOLVERS
+from pipeline.train.inputs import ENCODERS
 
-MODELS = ("ufm", "mlp", "cnn1d", "cnn", "resnet")  # pipeline.train.inputs.ENCODERS
+MODELS = ENCODERS
 IID_MODELS = ("ufm", "mlp")  # the i.i.d.-negative trainer's (pipeline.train.trainer)
 DATASETS = ("gaussian", "digits", "mnist", "mnist1d")  # pipeline.train.data.DATASETS
 IID_DATASETS = ("gaussian", "digits")
 NEGATIVES_FROM = ("iid", "batch")
 SAMPLERS = ("uniform", "balanced")
-POSITIVES = ("mean", "sum")  # pipeline.train.batch_loss.POSITIVES
 ESTIMATORS = ("expected", "sampled", "exact")
 KERNELS = ("auto", "sparse", "dense")
 INITS = ("random", "theory")

@@ -25,10 +25,10 @@ from typing import Literal
 
 import torch
 
+from pipeline.theory.inbatch import POSITIVES
 from pipeline.theory.losses import Loss
 
 Positives = Literal["mean", "sum"]
-POSITIVES: tuple[str, ...] = ("mean", "sum")
 
 
 def pair_losses(F: torch.Tensor, loss: Loss, k: int, reduction: str = "sum") -> torch.Tensor:
