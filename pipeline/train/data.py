@@ -32,18 +32,24 @@ from pipeline.config import TrainSpec
 from pipeline.errors import InputError
 
 
+def gaussian_inputs(y: np.ndarray, C: int, seed: int, input_dim: int, noise: float) -> np.ndarray:
+    """Inputs (n, D_in) float32 for labels y (n,): one random unit centre per class, then isotropic noise of
+    standard deviation ``noise`` in all (noise / sqrt(D_in) per coordinate), drawn in that order from ``seed``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((C, input_dim))  # (C, D_in)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    return (centres[y] + noise * rng.standard_normal((y.size, input_dim)) / math.sqrt(input_dim)).astype(np.float32)
+
+
 def make_data(spec: TrainSpec, C: int, seed: int) -> tuple[np.ndarray | None, np.ndarray]:
     """Inputs X (N, input) (None for UFM) and labels y (N,), ``samples_per_class`` per class."""
     n = spec.samples_per_class
     y = np.repeat(np.arange(C), n)  # (N,)
     if spec.model == "ufm":
         return None, y
-    rng = np.random.default_rng(seed)
     if spec.data == "gaussian":
-        centres = rng.standard_normal((C, spec.input_dim))  # (C, D_in)
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        X = centres[y] + spec.noise * rng.standard_normal((C * n, spec.input_dim)) / math.sqrt(spec.input_dim)
-        return X.astype(np.float32), y
+        return gaussian_inputs(y, C, seed, spec.input_dim, spec.noise), y
+    rng = np.random.default_rng(seed)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -273,13 +279,10 @@ def _gaussian(counts: np.ndarray, n_test: int, seed: int, input_dim: int, noise:
     if not (number and math.isfinite(noise) and noise >= 0):
         raise InputError("train.noise", noise, "a finite number >= 0")
     C = counts.size
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((C, input_dim))  # (C, D_in)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     y_train = np.repeat(np.arange(C), counts)  # (N,)
     y_test = np.repeat(np.arange(C), n_test)  # (C n_test,)
     y = np.concatenate([y_train, y_test])  # (N + C n_test,)
-    X = (centres[y] + noise * rng.standard_normal((y.size, input_dim)) / math.sqrt(input_dim)).astype(np.float32)
+    X = gaussian_inputs(y, C, seed, input_dim, noise)  # (N + C n_test, D_in)
     N = y_train.size
     index = np.arange(y.size, dtype=np.int64)
     return Dataset(X[:N], y_train, X[N:], y_test, "gaussian", shape, index[:N], index[N:], C)
