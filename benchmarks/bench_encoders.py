@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from bench_train import seconds
 
-from pipeline.config import TrainSpec
+from pipeline.sweep.config import TrainSpec
 from pipeline.theory.losses import parse_loss
 from pipeline.theory.profiles import Exp
 from pipeline.train.batch_trainer import InBatchStack, run_dataset

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.cluster import connect
-from pipeline.config import validate
-from pipeline.graph import run_sweep
-from pipeline.store import init_store
+from pipeline.sweep.cluster import connect
+from pipeline.sweep.config import validate
+from pipeline.sweep.graph import run_sweep
+from pipeline.sweep.store import init_store
 
 WORKERS = 2
 

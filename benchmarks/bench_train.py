@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from naive import naive_train
 
-from pipeline.config import TrainSpec
+from pipeline.sweep.config import TrainSpec
 from pipeline.theory.losses import parse_loss
 from pipeline.theory.problem import two_group_proportions
 from pipeline.train.trainer import Run, pick_device, train_runs

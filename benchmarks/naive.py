@@ -12,7 +12,7 @@ from pipeline.theory.objective import count_vectors
 from pipeline.theory.problem import Problem
 
 if TYPE_CHECKING:  # each baseline imports its own framework: the solver one runs in fresh processes
-    from pipeline.config import TrainSpec
+    from pipeline.sweep.config import TrainSpec
     from pipeline.train.trainer import Run
 
 

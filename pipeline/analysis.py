@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.metrics import COLLAPSE_TOL
-from pipeline.results import STATUS_CODE
+from pipeline.sweep.results import STATUS_CODE
 
 # codes are positions (new labels at the end). A training run's measured collapse that contradicts
 # the theory is ``disagreement`` where the run is stationary (or, in stores written before

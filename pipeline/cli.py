@@ -222,8 +222,8 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.sweep import dry_run, run
+    from pipeline.sweep.config import load_config
+    from pipeline.sweep.runner import dry_run, run
 
     overrides = list(args.overrides) + ([f"cluster.kind={args.cluster}"] if args.cluster else [])
     config = load_config(args.config, overrides)
@@ -234,7 +234,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.sweep import status
+    from pipeline.sweep.runner import status
 
     return status(args.store)
 

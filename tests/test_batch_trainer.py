@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import ConfigError, TrainSpec, validate
+from pipeline.sweep.config import ConfigError, TrainSpec, validate
 from pipeline.theory.losses import parse_loss
 from pipeline.theory.profiles import Exp, Step
 from pipeline.train.batch_loss import batch_loss

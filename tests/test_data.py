@@ -10,8 +10,8 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.config import TrainSpec
 from pipeline.errors import InputError
+from pipeline.sweep.config import TrainSpec
 from pipeline.theory.profiles import Counts, Exp, Step, parse_profile
 from pipeline.train import data
 from pipeline.train.data import DATASET_INFO, DATASETS, check_dataset, load_dataset, make_data

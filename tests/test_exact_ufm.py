@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, TrainSpec, validate
 from pipeline.metrics import class_mean_gram, etf_gram, group_cosines, within_class
+from pipeline.sweep.config import ConfigError, TrainSpec, validate
 from pipeline.theory import Problem, solve
 from pipeline.theory.losses import parse_loss
 from pipeline.theory.objective import class_objective
@@ -108,7 +108,7 @@ def test_phase_labels_split_not_converged_from_disagreement():
     import xarray as xr
 
     from pipeline.analysis import PHASE_CODE, train_phase
-    from pipeline.results import STATUS_CODE
+    from pipeline.sweep.results import STATUS_CODE
 
     run = ("run",)
     c_train = [0.95, 0.95, 0.9955, 0.40, 0.999]

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.store import open_results
+from pipeline.sweep.store import open_results
 from tests.test_sweep import TINY, clphase, compare_stores, keys
 from tests.test_sweep import tree_digest as digest
 
@@ -122,7 +122,7 @@ def test_batch_that_always_stalls_is_given_up_and_a_rerun_retries_it(reference, 
 def test_workers_without_a_nanny_are_reported_not_restarted():
     from distributed import Client, LocalCluster
 
-    from pipeline.cluster import restart_workers
+    from pipeline.sweep.cluster import restart_workers
 
     with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
         (address,) = client.scheduler_info()["workers"]

@@ -14,11 +14,11 @@ import xarray as xr
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.grid import Grid
-from pipeline.results import STATUS_CODE
-from pipeline.store import init_store, update_attrs, write_batch
-from pipeline.tasks import _empty
+from pipeline.sweep.config import load_config
+from pipeline.sweep.grid import Grid
+from pipeline.sweep.results import STATUS_CODE
+from pipeline.sweep.store import init_store, update_attrs, write_batch
+from pipeline.sweep.tasks import _empty
 from tests.test_sweep import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_help_lists_every_command_and_version_is_there(capsys):
 
 def test_progress_in_a_log_is_a_line_per_kind_every_few_seconds(tmp_path):
     """stderr is a pipe here: each kind logs a plain line every LOG_INTERVAL_S and one when it is done."""
-    from pipeline.progress import LOG_INTERVAL_S
+    from pipeline.sweep.progress import LOG_INTERVAL_S
     from tests.test_sweep import clphase
 
     cfg = tiny_config(tmp_path)

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from pipeline.analysis import PHASE_CODE, phase_counts, select, theory_phase
-from pipeline.config import validate
-from pipeline.graph import compute_and_write
-from pipeline.grid import Grid
-from pipeline.plots import curves_against_k, k_axis, phase_diagram, thresholds_figure, write_figures
-from pipeline.store import init_store, open_results
+from pipeline.plots import phase_diagram, thresholds_figure, write_figures
+from pipeline.plots.axes import curves_against_k, k_axis
+from pipeline.sweep.config import validate
+from pipeline.sweep.graph import compute_and_write
+from pipeline.sweep.grid import Grid
+from pipeline.sweep.store import init_store, open_results
 
 
 @pytest.fixture(scope="module")

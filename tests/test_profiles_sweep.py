@@ -10,8 +10,8 @@ import pytest
 import xarray as xr
 import yaml
 
-from pipeline.config import ConfigError, load_config
-from pipeline.results import STATUS_CODE
+from pipeline.sweep.config import ConfigError, load_config
+from pipeline.sweep.results import STATUS_CODE
 from pipeline.theory.cascade import onset
 from tests.test_sweep import clphase, tree_digest
 
@@ -93,7 +93,7 @@ def test_exp_store_resumes_and_plots(longtail):
 
 def test_onsets_figure_draws_the_store_and_k_inf_as_its_own_column(longtail):
     from pipeline.analysis import onset_curve
-    from pipeline.cascade_plots import onsets_figure
+    from pipeline.plots.cascade import onsets_figure
 
     _, store, _ = longtail
     ds = xr.open_zarr(store).load()

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cluster import make_jobqueue_cluster
-from pipeline.config import ClusterSpec, load_config
 from pipeline.errors import InputError
-from pipeline.grid import Grid
+from pipeline.sweep.cluster import make_jobqueue_cluster
+from pipeline.sweep.config import ClusterSpec, load_config
+from pipeline.sweep.grid import Grid
 from tests.test_sweep import TINY, compare_stores, keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one SLURM at a time: its daemons
 
 TEST_PROFILE = {
     "jobqueue": {

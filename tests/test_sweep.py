@@ -15,9 +15,9 @@ import pytest
 import xarray as xr
 import yaml
 
-from pipeline.config import ConfigError, load_config
-from pipeline.results import STATUS_CODE
-from pipeline.store import open_results
+from pipeline.sweep.config import ConfigError, load_config
+from pipeline.sweep.results import STATUS_CODE
+from pipeline.sweep.store import open_results
 from pipeline.theory.dispatch import solve
 from pipeline.theory.problem import Problem
 from pipeline.theory.threshold import minority_threshold

@@ -1,6 +1,6 @@
 """A theory point: loss, class proportions, number of negatives and the sampling conventions.
 
-Conventions (THEORY.md): ``negatives='marginal'`` draws the k negatives i.i.d. from the class
+Conventions (docs/theory.md): ``negatives='marginal'`` draws the k negatives i.i.d. from the class
 marginal p (the anchor's own class included); ``'other'`` from p restricted to the other classes
 and renormalised. ``reduction='sum'`` is the loss as written; ``'mean'`` averages phi over the k
 negatives. R = p_major / p_minor is the ratio of per-class proportions.

@@ -12,7 +12,7 @@ count. Losses with psi the identity need no enumeration: ``rho k sum_c p_c sum_j
 Clarabel (tolerances 1e-12) first, SCS as the fallback. The result carries the solver-independent
 certificate of :func:`pipeline.theory.objective.certificate`; when that gap is not small against the weight
 of the minority-minority terms (p_minor^2), the status says ``optimal_inaccurate``: a generic
-interior-point method does not resolve c at large R (THEORY.md).
+interior-point method does not resolve c at large R (docs/theory.md).
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def solve_full(problem: Problem, dim: int | None = None) -> Solution:
                 f"{MINOR_RESOLUTION:g}, so c = {solution.c:.4f} is unreliable; use solver='symmetric'"
             )
     # the status rests on the certificate: Clarabel at 1e-12 tolerances often says
-    # 'optimal_inaccurate' about solutions that the certificate shows are right (THEORY.md)
+    # 'optimal_inaccurate' about solutions that the certificate shows are right (docs/theory.md)
     if problems:
         solution.status = "optimal_inaccurate"
         solution.message = "; ".join(problems)

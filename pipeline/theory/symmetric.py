@@ -7,7 +7,7 @@ those of the m x m matrix M with M[g, g] = 1 + (K_g - 1) S[g, g], M[g, h] = sqrt
 The expectation over negatives is exact over m + 1 categories per anchor group (same class, other
 class of the group, class of group h): binom(k + m, m) count vectors.
 
-Two groups (K_A majority, K_B minority; THEORY.md) use the exact reduction to X = M[A, A], Y = M[B, B]
+Two groups (K_A majority, K_B minority; docs/theory.md) use the exact reduction to X = M[A, A], Y = M[B, B]
 with b = -sqrt(X Y / (K_A K_B)) (L is nondecreasing in b). In u = sqrt(X), v = sqrt(Y) the optimality
 conditions dF/du = 0, dF/dv = 0 (or v = sqrt(K_B), i.e. c = 1) are solved as nested one-dimensional
 safeguarded Newton iterations on analytic derivatives. Every term is computed directly (no

@@ -1,6 +1,6 @@
 """Minority-collapse thresholds R*: the smallest imbalance ratio at which the minority means merge.
 
-Criterion (KKT at c = 1, THEORY.md). With K_A majority and K_B >= 2 minority classes, the optimal
+Criterion (KKT at c = 1, docs/theory.md). With K_A majority and K_B >= 2 minority classes, the optimal
 geometry is block-symmetric with cosines a, b, c, and with X = 1 + (K_A - 1) a, Y = 1 + (K_B - 1) c
 the PSD constraint is tight in b = -sqrt(X Y / (K_A K_B)). Minority collapse (c = 1) is optimal iff
 

@@ -18,8 +18,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from pipeline.config import TrainSpec
 from pipeline.metrics import class_mean_gram, ncm_accuracy, shot_accuracy
+from pipeline.sweep.config import TrainSpec
 from pipeline.train.batch_loss import batch_loss
 from pipeline.train.data import Dataset, load_dataset
 from pipeline.train.encoders import Stacked, build_encoder, vectorized

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import TrainSpec
 from pipeline.errors import InputError
+from pipeline.sweep.config import TrainSpec
 
 
 def gaussian_inputs(y: np.ndarray, C: int, seed: int, input_dim: int, noise: float) -> np.ndarray:

@@ -43,8 +43,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from pipeline.config import TrainSpec
 from pipeline.metrics import WithinClass, class_mean_gram, group_cosines, stationary, within_class
+from pipeline.sweep.config import TrainSpec
 from pipeline.theory.losses import Loss
 from pipeline.theory.objective import choose_method, count_vectors, multinomial_weights
 from pipeline.theory.problem import negative_distribution

@@ -20,8 +20,8 @@ import yaml
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pipeline.config import ClusterSpec, SweepConfig
 from pipeline.errors import InputError
+from pipeline.sweep.config import ClusterSpec, SweepConfig
 
 # one thread per worker process: BLAS and torch must not oversubscribe the cores
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -43,7 +43,7 @@ def _restore(saved: dict[str, str | None]) -> None:
 # (and an export in the job-queue profiles).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 16 * 2**20}
 IDLE_CPU_PERCENT = 10.0  # a worker below this at every heartbeat of a window is waiting, not computing
-DEFAULT_PROFILES = Path(__file__).resolve().parents[1] / "cluster" / "jobqueue.yaml"
+DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "cluster" / "jobqueue.yaml"
 _SAFE = re.compile(r"[A-Za-z0-9_.,:@+=/-]+")
 
 

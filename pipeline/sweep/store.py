@@ -29,13 +29,13 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from pipeline.config import SweepConfig, diff_science
 from pipeline.errors import InputError
-from pipeline.faults import kill_point
-from pipeline.grid import Batch, Grid, kinds
 from pipeline.metrics import CONVENTIONS as WITHIN_CLASS_CONVENTIONS
 from pipeline.metrics import GRAD_NORM_TOL, LOSS_CHANGE_TOL
-from pipeline.results import (
+from pipeline.sweep.config import SweepConfig, diff_science
+from pipeline.sweep.faults import kill_point
+from pipeline.sweep.grid import Batch, Grid, kinds
+from pipeline.sweep.results import (
     DONE,
     FORMAT_VERSION,
     KIND_STATUS,

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from distributed import Client, Future, wait
 
-from pipeline.cluster import call_stacks, idle_holders, restart_workers
-from pipeline.config import SweepConfig
-from pipeline.faults import hang_point, kill_point
-from pipeline.grid import Batch, Grid, kinds
-from pipeline.progress import Progress
-from pipeline.results import FAILED, point_status, status_name
-from pipeline.store import batch_done, now_utc, read_batch, read_done, update_attrs, write_batch
-from pipeline.tasks import run_batch
+from pipeline.sweep.cluster import call_stacks, idle_holders, restart_workers
+from pipeline.sweep.config import SweepConfig
+from pipeline.sweep.faults import hang_point, kill_point
+from pipeline.sweep.grid import Batch, Grid, kinds
+from pipeline.sweep.progress import Progress
+from pipeline.sweep.results import FAILED, point_status, status_name
+from pipeline.sweep.store import batch_done, now_utc, read_batch, read_done, update_attrs, write_batch
+from pipeline.sweep.tasks import run_batch
 from pipeline.theory.objective import expectation_terms
 
 TASK_LOG_ENV = "CLPHASE_TASK_LOG"  # file to which every computed batch appends its key (tests)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import SweepConfig
-from pipeline.results import kind_dims
+from pipeline.sweep.config import SweepConfig
+from pipeline.sweep.results import kind_dims
 from pipeline.theory.profiles import SCAN_AXIS
 
 KINDS = ("theory", "threshold", "train")

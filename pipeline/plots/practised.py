@@ -15,8 +15,8 @@ import numpy as np
 import xarray as xr
 
 from pipeline.analysis import profile_of
-from pipeline.plots import COLUMN_IN, OKABE_ITO
-from pipeline.results import STATUS_CODE
+from pipeline.plots.axes import COLUMN_IN, OKABE_ITO
+from pipeline.sweep.results import STATUS_CODE
 from pipeline.theory.profiles import SCAN_AXIS
 
 MARKERS = "osD^v<>"

@@ -9,15 +9,15 @@ import time
 
 import numpy as np
 
-from pipeline.cluster import attach, connect, jobqueue_settings, make_jobqueue_cluster, max_workers
-from pipeline.config import SweepConfig
 from pipeline.errors import InputError
-from pipeline.estimate import STARTUP_S, estimate, wall_s
-from pipeline.faults import kill_point
-from pipeline.graph import pending_batches, run_sweep
-from pipeline.grid import Grid, kinds
-from pipeline.results import FAILED, STATUS_CODE, VARIABLES, point_status, status_name
-from pipeline.store import (
+from pipeline.sweep.cluster import attach, connect, jobqueue_settings, make_jobqueue_cluster, max_workers
+from pipeline.sweep.config import SweepConfig
+from pipeline.sweep.estimate import STARTUP_S, estimate, wall_s
+from pipeline.sweep.faults import kill_point
+from pipeline.sweep.graph import pending_batches, run_sweep
+from pipeline.sweep.grid import Grid, kinds
+from pipeline.sweep.results import FAILED, STATUS_CODE, VARIABLES, point_status, status_name
+from pipeline.sweep.store import (
     acquire_lock,
     damaged_batches,
     init_store,
@@ -224,7 +224,7 @@ def load_config_from_store(attrs: dict) -> SweepConfig | None:
     """The config stored in a store's attributes (None when it cannot be read back)."""
     import yaml
 
-    from pipeline.config import validate
+    from pipeline.sweep.config import validate
 
     try:
         return validate(yaml.safe_load(attrs["config"]))

@@ -3,24 +3,20 @@
 For each (loss, C) of an exp store: the Gram entries of the class means against rho (a panel per k,
 the two smallest classes drawn thick), the number of distinct directions over (k, rho) as a phase
 diagram with the onset curves rho*_m(k) on it, and the onsets against k. For counts stores: the
-optimal Gram matrix per count vector and k. Same conventions as :mod:`pipeline.plots` (a paper
+optimal Gram matrix per count vector and k. Same conventions as :mod:`pipeline.plots.phase` (a paper
 column wide, colourblind-safe maps, PNG and PDF, pending points hatched and never drawn as values).
 """
 
 from __future__ import annotations
-
-import csv
-import time
-from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from pipeline.analysis import distinct_directions, onset_curve, onsets_table, profile_of
-from pipeline.plots import COLUMN_IN, OKABE_ITO, curves_against_k, k_axis, k_log_axes, log_edges, save_figure, slug
-from pipeline.results import STATUS_CODE
+from pipeline.analysis import distinct_directions, onset_curve
+from pipeline.plots.axes import COLUMN_IN, OKABE_ITO, curves_against_k, k_axis, k_log_axes, log_edges
+from pipeline.sweep.results import STATUS_CODE
 
 
 def gram_against_rho(ds: xr.Dataset, loss: str, C: int) -> plt.Figure:
@@ -126,51 +122,3 @@ def counts_gram(ds: xr.Dataset, loss: str, name: str) -> plt.Figure:
     fig.colorbar(image, ax=axes, label="cosine between class means", shrink=0.9)
     fig.suptitle(f"{loss}, counts {name} (classes in the order given)")
     return fig
-
-
-def practised_figures(ds: xr.Dataset, out: Path) -> list[Path]:
-    """The in-batch training figures (pipeline.practised_plots), where the store has a test split."""
-    from pipeline.practised_plots import has_test_split, practised_figure, practised_shapes
-
-    if not has_test_split(ds):
-        return []
-    written = []
-    for loss in map(str, ds.loss.values):
-        for shape in practised_shapes(ds):
-            name = "_".join(f"{d}{v}" for d, v in shape.items())
-            written += save_figure(practised_figure(ds, loss, shape), out, f"practised_{slug(loss)}_{name}")
-    return written
-
-
-def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, object]:
-    """Every figure and table of an exp or counts store (``ds`` already selected and loaded)."""
-    written: list[Path] = []
-    skipped: list[str] = []
-    if profile_of(ds) == "counts":
-        for loss in map(str, ds.loss.values):
-            for name in map(str, ds["counts"].values):
-                written += save_figure(counts_gram(ds, loss, name), out, f"gram_{slug(loss)}_{slug(name)}")
-        return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
-    for loss in map(str, ds.loss.values):
-        for C in map(int, ds.C.values):
-            point = {"loss": loss, "C": C}
-            n_pending = int((ds.done_theory.sel(point) == 0).sum())
-            if n_pending:
-                skipped.append(f"{loss} C={C}: {n_pending} theory points pending (hatched)")
-            written += save_figure(gram_against_rho(ds, loss, C), out, f"gram_rho_{slug(loss)}_C{C}")
-            written += save_figure(directions_diagram(ds, loss, C)[0], out, f"directions_{slug(loss)}_C{C}")
-    written += practised_figures(ds, out)
-    if "rho_onset" in ds:
-        written += save_figure(onsets_figure(ds)[0], out, "onsets")
-        rows = onsets_table(ds)
-        if rows:
-            with open(out / "onsets.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            written.append(out / "onsets.csv")
-        undecided = [r for r in rows if r["status"] == "undecided"]
-        if undecided:
-            skipped.append(f"{len(undecided)} onsets undecided (the merge test within its error bound or the "
-                           "tail's terms below the solver's resolution): onsets.csv")  # fmt: skip
-    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipeline.config import SweepConfig
-from pipeline.faults import failing_solver
-from pipeline.grid import Batch, Grid
 from pipeline.metrics import gram_distance
-from pipeline.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
+from pipeline.sweep.config import SweepConfig
+from pipeline.sweep.faults import failing_solver
+from pipeline.sweep.grid import Batch, Grid
+from pipeline.sweep.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
 from pipeline.theory.cascade import cascade, distinct_directions
 from pipeline.theory.dispatch import solve
 from pipeline.theory.losses import parse_loss

@@ -16,8 +16,8 @@ import math
 import time
 from dataclasses import dataclass, replace
 
-from pipeline.config import SweepConfig
-from pipeline.grid import Grid, kinds
+from pipeline.sweep.config import SweepConfig
+from pipeline.sweep.grid import Grid, kinds
 
 CALIBRATION_STEPS = (20, 80)
 STARTUP_S = 5.0  # a LocalCluster's workers and the store's template (measured: 3-6 s on 2 cores)
@@ -43,7 +43,7 @@ def _timed(fn) -> float:
 
 def _picks(config: SweepConfig, kind: str) -> list[dict]:
     """Three grid points of a kind: the first and last of its first and last batches, and a middle one."""
-    from pipeline.tasks import grid_points
+    from pipeline.sweep.tasks import grid_points
 
     grid = Grid(config)
     batches = list(grid.batches(kind))
@@ -56,7 +56,7 @@ def _picks(config: SweepConfig, kind: str) -> list[dict]:
 
 
 def theory_estimate(config: SweepConfig) -> KindEstimate:
-    from pipeline.tasks import point_problem
+    from pipeline.sweep.tasks import point_problem
     from pipeline.theory.dispatch import solve
 
     s, th = config.grid, config.theory
@@ -97,7 +97,7 @@ def train_estimate(config: SweepConfig) -> KindEstimate:
     each timed once per distinct embedding dimension."""
     import torch
 
-    from pipeline.tasks import batch_runs
+    from pipeline.sweep.tasks import batch_runs
     from pipeline.theory.dispatch import solve
     from pipeline.train import train_function
 

@@ -1,0 +1,148 @@
+"""Every figure and table of a store, written to a folder: what ``clphase plot`` does."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from pipeline.analysis import (
+    PHASES,
+    UNRESOLVED_RTOL,
+    has_training,
+    onsets_table,
+    phase_counts,
+    profile_of,
+    select,
+    thresholds_table,
+    train_phase,
+)
+from pipeline.metrics import COLLAPSE_TOL, GRAD_NORM_TOL, LOSS_CHANGE_TOL
+from pipeline.plots.axes import save_figure, slug
+from pipeline.plots.cascade import counts_gram, directions_diagram, gram_against_rho, onsets_figure
+from pipeline.plots.phase import gram_panels, phase_diagram, thresholds_figure, training_figure
+from pipeline.plots.practised import has_test_split, practised_figure, practised_shapes
+from pipeline.sweep.results import STATUS_CODE
+
+
+def write_figures(path: str, out: str | Path, selection: str | None = None) -> dict[str, object]:
+    """Write every figure, ``thresholds.csv`` and ``summary.md`` for a store; report what was skipped."""
+    from pipeline.sweep.store import open_results
+
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = select(open_results(path), selection).load()
+    if profile_of(ds) != "step":
+        return write_profile_figures(ds, out, start)
+    written: list[Path] = []
+    skipped: list[str] = []
+    combos = [(str(lo), int(a), int(b)) for lo in ds.loss.values for a in ds.n_major.values for b in ds.n_minor.values]
+    for loss, n_major, n_minor in combos:
+        point = {"loss": loss, "n_major": n_major, "n_minor": n_minor}
+        n_pending = int((ds.done_theory.sel(point) == 0).sum())
+        if n_pending:
+            skipped.append(f"{loss} K_A={n_major} K_B={n_minor}: {n_pending} theory points pending (hatched)")
+        fig, _ = phase_diagram(ds, loss, n_major, n_minor)
+        written += save_figure(fig, out, f"phase_{slug(loss)}_A{n_major}_B{n_minor}")
+        if has_training(ds):
+            trained = ds.status_train.sel(point) == STATUS_CODE["trained"]
+            if bool(trained.any()):
+                written += save_figure(training_figure(ds, loss, n_major, n_minor), out,
+                                 f"train_{slug(loss)}_A{n_major}_B{n_minor}")  # fmt: skip
+            n_train_pending = int((ds.done_train.sel(point) == 0).sum())
+            if n_train_pending:
+                skipped.append(f"{loss} K_A={n_major} K_B={n_minor}: {n_train_pending} training runs pending")
+        k_mid = ds.k.values[len(ds.k) // 2].item()
+        k_name = "inf" if np.isinf(k_mid) else f"{k_mid:g}"
+        written += save_figure(gram_panels(ds, loss, n_major, n_minor, k_mid), out,
+                         f"gram_{slug(loss)}_A{n_major}_B{n_minor}_k{k_name}")  # fmt: skip
+    written += practised_figures(ds, out)
+    fig, _ = thresholds_figure(ds)
+    written += save_figure(fig, out, "thresholds")
+    rows = thresholds_table(ds)
+    with open(out / "thresholds.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    written.append(out / "thresholds.csv")
+    written.append(write_summary(ds, out / "summary.md", rows, skipped))
+    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
+
+
+def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[str]) -> Path:
+    counts = phase_counts(ds)
+    lines = [f"# {ds.attrs.get('title', 'clphase results')}", "",
+             f"Conventions: {ds.attrs.get('conventions', '')}", "",
+             "| phase | theory points |", "|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {counts[name]} |" for name in PHASES
+              if name not in ("disagreement", "not_converged", "unresolved")]  # fmt: skip
+    lines += ["", "| loss | K_A | K_B | k | R* | status |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        R_star = "inf" if np.isinf(row["R_star"]) else ("" if np.isnan(row["R_star"]) else f"{row['R_star']:.4g}")
+        cells = [row["loss"], row["n_major"], row["n_minor"], row["k"], R_star, row["status"]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    if has_training(ds):
+        runs = phase_counts(ds, train_phase(ds))
+        lines += ["", f"Training runs (collapse measured as c_train >= 1 - {COLLAPSE_TOL:g}; a run contradicting "
+                  f"the theory is a disagreement where it is stationary (free features: the exact loss's normalised "
+                  f"gradient norm <= {GRAD_NORM_TOL:g}; mlp, and free features too many for the exact loss: |loss "
+                  f"change over the last 10% of steps| <= {LOSS_CHANGE_TOL:g}, which in-batch runs apply only where "
+                  f"p_min^2 >= {LOSS_CHANGE_TOL:g}, else unknown), not_converged where it is not or unknown, "
+                  f"and unresolved where it is stationary and its geometry's exact objective is within "
+                  f"{UNRESOLVED_RTOL:g} (relative) of the optimum's, a gap training does not resolve):", "",
+                  "| phase | runs |", "|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {runs[name]} |" for name in PHASES]
+    if skipped:
+        lines += ["", "Skipped (not drawn as values):", *[f"- {s}" for s in skipped]]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def practised_figures(ds: xr.Dataset, out: Path) -> list[Path]:
+    """The in-batch training figures (pipeline.plots.practised), where the store has a test split."""
+    if not has_test_split(ds):
+        return []
+    written = []
+    for loss in map(str, ds.loss.values):
+        for shape in practised_shapes(ds):
+            name = "_".join(f"{d}{v}" for d, v in shape.items())
+            written += save_figure(practised_figure(ds, loss, shape), out, f"practised_{slug(loss)}_{name}")
+    return written
+
+
+def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, object]:
+    """Every figure and table of an exp or counts store (``ds`` already selected and loaded)."""
+    written: list[Path] = []
+    skipped: list[str] = []
+    if profile_of(ds) == "counts":
+        for loss in map(str, ds.loss.values):
+            for name in map(str, ds["counts"].values):
+                written += save_figure(counts_gram(ds, loss, name), out, f"gram_{slug(loss)}_{slug(name)}")
+        return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
+    for loss in map(str, ds.loss.values):
+        for C in map(int, ds.C.values):
+            point = {"loss": loss, "C": C}
+            n_pending = int((ds.done_theory.sel(point) == 0).sum())
+            if n_pending:
+                skipped.append(f"{loss} C={C}: {n_pending} theory points pending (hatched)")
+            written += save_figure(gram_against_rho(ds, loss, C), out, f"gram_rho_{slug(loss)}_C{C}")
+            written += save_figure(directions_diagram(ds, loss, C)[0], out, f"directions_{slug(loss)}_C{C}")
+    written += practised_figures(ds, out)
+    if "rho_onset" in ds:
+        written += save_figure(onsets_figure(ds)[0], out, "onsets")
+        rows = onsets_table(ds)
+        if rows:
+            with open(out / "onsets.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            written.append(out / "onsets.csv")
+        undecided = [r for r in rows if r["status"] == "undecided"]
+        if undecided:
+            skipped.append(f"{len(undecided)} onsets undecided (the merge test within its error bound or the "
+                           "tail's terms below the solver's resolution): onsets.csv")  # fmt: skip
+    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
