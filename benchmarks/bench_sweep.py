@@ -80,7 +80,19 @@ def planning(tmp: Path) -> None:
           f"peak client memory {peak_mb:.0f} MB")  # fmt: skip
 
 
-if __name__ == "__main__":
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--section", choices=("efficiency", "planning", "all"), default="all",
+                        help="efficiency: >= 2000 theory points on 2 workers; planning: a 1e5-point dry run")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        efficiency(Path(tmp))
-        planning(Path(tmp))
+        if args.section in ("efficiency", "all"):
+            efficiency(Path(tmp))
+        if args.section in ("planning", "all"):
+            planning(Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

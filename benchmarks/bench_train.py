@@ -66,12 +66,12 @@ def measure(label: str, runs: list[Run], spec: TrainSpec, n_alone: int, naive: b
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=100)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=32, help="runs stacked at the sweep's shape")
+    parser.add_argument("--steps", type=int, default=100, help="training steps timed per contender")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
     parser.add_argument("--kernel", default="auto", choices=("auto", "sparse", "dense"), help="TrainSpec.kernel")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"device {pick_device('auto')}, torch {torch.__version__}, threads {args.threads}")

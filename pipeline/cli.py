@@ -9,13 +9,13 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from pipeline.errors import InputError
-from pipeline.theory.losses import NEGATIVES, REDUCTIONS, check_option, parse_loss
-from pipeline.theory.problem import check_k
+from pipeline.errors import InputError, SweepStoppedError
+from pipeline.theory.losses import LOSS_HELP, NEGATIVES, REDUCTIONS
 from pipeline.theory.profiles import Exp, Profile, Step, parse_profile
 
 
@@ -44,11 +44,15 @@ def _to_float(field: str, raw: str, allowed: str) -> float:
 
 
 def _add_problem_args(parser: argparse.ArgumentParser, with_R: bool) -> None:
-    parser.add_argument("--loss", required=True, help="loss id, e.g. 'infonce(tau=0.5)'")
-    scan = "" if with_R else " without the axis to scan (R or rho)"
-    parser.add_argument("--profile", default=None, help=f"class proportions{scan}: 'exp(C=10, rho=100)', "
-                        "'counts(5000, 2997, ...)' or 'step(K_A=2, K_B=2, R=100)' (or --n-major/--n-minor"
-                        f"{'/--R' if with_R else ''})")  # fmt: skip
+    parser.add_argument("--loss", required=True, help=f"loss id, lower case: {LOSS_HELP} (a bare name takes the "
+                        "default shown)")  # fmt: skip
+    if with_R:
+        profiles = ("class proportions: 'step(K_A=2, K_B=2, R=100)', 'exp(C=10, rho=100)' or "
+                    "'counts(5000, 2997, 1796)' / 'counts(cat=5000, dog=2997)' (or --n-major/--n-minor/--R)")
+    else:
+        profiles = ("class proportions without the axis to scan: 'step(K_A=2, K_B=2)' gives R*, 'exp(C=10)' the "
+                    "cascade onsets rho*_m (or --n-major/--n-minor)")
+    parser.add_argument("--profile", default=None, help=profiles)
     parser.add_argument("--n-major", default=None, help="number of majority classes K_A (>= 1); step profile")
     parser.add_argument("--n-minor", default=None, help="number of minority classes K_B; step profile")
     if with_R:
@@ -56,7 +60,17 @@ def _add_problem_args(parser: argparse.ArgumentParser, with_R: bool) -> None:
     parser.add_argument("--k", required=True, help="negatives per anchor (>= 1), or inf (the large-k limit)")
     parser.add_argument("--negatives", default="marginal", help="|".join(NEGATIVES) + " (default marginal)")
     parser.add_argument("--reduction", default="sum", help="|".join(REDUCTIONS) + " (default sum)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/cli.md)")
+
+
+SOLVE_HELP = """Prints the certified optimal geometry at one point: the solver, its status, the objective L and
+the certified gap to the optimum; for a step profile the cosines a (majority-majority), b (majority-minority)
+and c (minority-minority) and whether the minorities collapse; else the Gram matrix of the class means (a
+summary beyond 12 classes: --gram prints it all); and the number of distinct class directions."""
+THRESHOLD_HELP = """Prints R*, the smallest imbalance ratio R = p_major / p_minor at which the minority classes of a
+step profile share one direction (inf: apart at every R), with the criterion's limit as R -> inf; or, for
+exp(C), the onsets rho*_m at which the m smallest classes first share one direction."""
+GRAM_ROWS_MAX = 12  # solve prints the Gram matrix up to this many classes, a summary beyond
 
 
 def _version() -> str:
@@ -77,12 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clphase {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
-    p_solve = sub.add_parser("solve", help="optimal class geometry at one point")
+    p_solve = sub.add_parser("solve", help="optimal class geometry at one point", description=SOLVE_HELP)
     _add_problem_args(p_solve, with_R=True)
     p_solve.add_argument("--dim", default=None, help="embedding dimension d (rank solver when d < C)")
     p_solve.add_argument("--solver", default="auto", help="auto|symmetric|full|rank|oblique (default auto)")
     p_solve.add_argument("--seed", default="0", help="seed of the rank solver's restarts")
-    p_thr = sub.add_parser("threshold", help="minority-collapse threshold R*")
+    p_solve.add_argument("--gram", action="store_true",
+                         help=f"print the Gram matrix also beyond {GRAM_ROWS_MAX} classes")  # fmt: skip
+    p_thr = sub.add_parser("threshold", help="minority-collapse threshold R* (or cascade onsets)",
+                           description=THRESHOLD_HELP)  # fmt: skip
     _add_problem_args(p_thr, with_R=False)
     p_run = sub.add_parser("run", help="run (or resume) a sweep from a YAML config")
     p_run.add_argument("config", help="YAML sweep config, e.g. configs/quick.yaml")
@@ -105,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fmt(x: float) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.10g}"
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x + 0.0:.10g}"  # no "-0"
 
 
 def _profile(args: argparse.Namespace, with_R: bool) -> Profile:
@@ -128,96 +145,107 @@ def _profile(args: argparse.Namespace, with_R: bool) -> Profile:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    from pipeline.theory.cascade import distinct_directions
-    from pipeline.theory.dispatch import SOLVERS, solve
-    from pipeline.theory.problem import Problem
+    from pipeline.api import solve
 
-    loss = parse_loss(args.loss)
     profile = _profile(args, with_R=True)
-    k = check_k(args.k)
     dim = None if args.dim is None else _to_int("dim", args.dim, 1)
-    check_option("negatives", args.negatives, NEGATIVES)
-    check_option("reduction", args.reduction, REDUCTIONS)
-    check_option("solver", args.solver, SOLVERS)
     seed = _to_int("seed", args.seed, 0)
-    problem = Problem.from_profile(loss, profile, k, args.negatives, args.reduction)
-    solution = solve(problem, args.solver, dim, seed)
-    directions = None
-    if solution.status != "error" and solution.solver != "rank" and problem.loss.smooth:
-        directions = distinct_directions(problem, solution.G)
+    solution = solve(args.loss, profile, args.k, negatives=args.negatives, reduction=args.reduction,
+                     solver=args.solver, dim=dim, seed=seed)  # fmt: skip
     if args.json:
-        record = solution.to_dict()
-        record.update(dim=dim, seed=seed, classes=profile.labels())  # the options as given (dim: null when not given)
-        if directions is not None:
-            record.update(distinct_directions=directions.count, directions_decided=directions.decided,
-                          direction_of_class=directions.label.tolist())  # fmt: skip
-        print(json.dumps(record))
+        print(json.dumps({**solution.to_dict(), "dim": dim, "seed": seed}))  # dim: null when not given
         return 0 if solution.status != "error" else 1
-    print(f"loss {loss.id}  profile {profile.spec}  k={k}  negatives={args.negatives} reduction={args.reduction}")
-    print(f"solver {solution.solver}  status {solution.status}  objective {_fmt(solution.objective)}  "
-          f"gap {solution.gap:.2e} (relative {solution.gap_rel:.2e})")  # fmt: skip
-    if profile.two_groups() is not None:
-        collapse = {None: "n/a", True: "yes", False: "no"}[solution.collapsed]
-        print(f"a {_fmt(solution.a)}  b {_fmt(solution.b)}  c {_fmt(solution.c)}")
-        print(f"minority collapse: {collapse}  (criterion g/p_minor^2 at c=1: {_fmt(solution.criterion)})")
-    else:
-        labels = profile.labels()
-        width = max(len(x) for x in labels)
-        print("Gram matrix of the class means (head first):")
-        for name, row in zip(labels, solution.G, strict=True):
-            print(f"  {name:>{width}}  " + " ".join(f"{min(1.0, max(-1.0, x)):+.4f}" for x in row))
-    if directions is not None:
-        merged = [t for t in directions.tests if t.merged]
-        groups = ", ".join("{" + ", ".join(profile.labels()[i] for i in t.members) + "}" for t in merged)
-        undecided = sum(t.merged is None for t in directions.tests)
-        print(f"distinct directions: {directions.count} of {problem.C}" + (f"; merged {groups}" if groups else "")
-              + (f"; {undecided} merge(s) undecided (within the error bound)" if undecided else ""))  # fmt: skip
-    if solution.message:
-        print(f"note: {solution.message}")
+    for line in solve_report(solution, profile, args.gram):
+        print(line)
     return 0 if solution.status != "error" else 1
 
 
-def _cmd_threshold(args: argparse.Namespace) -> int:
-    from pipeline.theory.cascade import cascade
-    from pipeline.theory.threshold import minority_threshold
+def solve_report(solution, profile: Profile, full_gram: bool = False) -> list[str]:
+    """The lines ``clphase solve`` prints: one verdict per question, each saying what decided it."""
+    problem = solution.problem
+    lines = [f"loss {problem.loss.id}  profile {profile.spec}  k={_k(problem.k)}  negatives={problem.negatives} "
+             f"reduction={problem.reduction}",
+             f"solver {solution.solver}  status {solution.status}  objective {_fmt(solution.objective)}  "
+             f"gap {solution.gap:.2e} (relative {solution.gap_rel:.2e})"]  # fmt: skip
+    labels = profile.labels()
+    order = "head first" if isinstance(profile, (Exp, Step)) else "classes in the order given"
+    if profile.two_groups() is not None:
+        lines.append(f"cosines: a (majority-majority) {_fmt(solution.a)}  b (majority-minority) {_fmt(solution.b)}  "
+                     f"c (minority-minority) {_fmt(solution.c)}")  # fmt: skip
+        if not math.isnan(solution.criterion):
+            verdict = {None: "undecided", True: "yes", False: "no"}[solution.collapsed]
+            lines.append(f"minority collapse: {verdict}  (the c = 1 criterion g/p_minor^2 = "
+                         f"{_fmt(solution.criterion)} +- {solution.criterion_error:.1e}: <= 0 is collapse, decided "
+                         "beyond its error bound)")  # fmt: skip
+    elif problem.C <= GRAM_ROWS_MAX or full_gram:
+        width = max(len(x) for x in labels)
+        lines.append(f"Gram matrix of the class means ({order}):")
+        for name, row in zip(labels, solution.G, strict=True):
+            lines.append(f"  {name:>{width}}  " + " ".join(f"{min(1.0, max(-1.0, x)) + 0.0:+.4f}" for x in row))
+    else:
+        lines += _gram_summary(solution, labels, order)
+    directions = solution.directions
+    if directions is not None:
+        merged = [t for t in directions.tests if t.merged]
+        groups = ", ".join("{" + ", ".join(labels[i] for i in t.members) + "}" for t in merged)
+        undecided = sum(t.merged is None for t in directions.tests)
+        if directions.decided_by == "criterion":
+            how = ("decided by the c = 1 criterion, which computes the minority terms (weight p_minor^2) directly; "
+                   "the general split test certifies a merge only to 1e-3 p_min^2")
+        elif directions.tests:
+            how = "each candidate merge decided by its split test"
+        else:
+            how = "no two class means within 1e-4 of each other in cosine"
+        lines.append(f"distinct directions: {directions.count} of {problem.C}"
+                     + (f"; merged {groups}" if groups else "")
+                     + (f"; {undecided} merge(s) undecided (within the error bound)" if undecided else "")
+                     + f" ({how})")  # fmt: skip
+    if solution.message:
+        lines.append(f"note: {solution.message}")
+    return lines
 
-    loss = parse_loss(args.loss)
-    profile = _profile(args, with_R=False)
-    k = check_k(args.k)
-    check_option("negatives", args.negatives, NEGATIVES)
-    check_option("reduction", args.reduction, REDUCTIONS)
-    if isinstance(profile, Exp):
-        if profile.rho is not None:
-            raise InputError("profile", profile.spec, f"exp(C={profile.C}) without rho: the threshold scans it")
-        result = cascade(loss, profile.C, k, args.negatives, args.reduction)
-        if args.json:
-            print(json.dumps(result.to_dict()))
-            return 0
-        print(f"collapse cascade of exp(C={profile.C}, rho): loss {loss.id}, k={k}, negatives={args.negatives}, "
-              f"reduction={args.reduction}")  # fmt: skip
+
+def _gram_summary(solution, labels: list[str], order: str) -> list[str]:
+    """A few lines on a large Gram matrix: the extremes of the off-diagonal cosines, the head's and tail's."""
+    import numpy as np
+
+    G = np.clip(solution.G, -1.0, 1.0)  # (C, C)
+    C = G.shape[0]
+    off = G[~np.eye(C, dtype=bool)]
+    i, j = np.unravel_index(np.argmax(np.where(np.eye(C, dtype=bool), -np.inf, G)), G.shape)
+    return [f"Gram matrix of the class means ({order}), {C} classes: off-diagonal cosines from {off.min():+.4f} "
+            f"to {off.max():+.4f} (largest: {labels[i]} and {labels[j]}), mean {off.mean():+.4f}",
+            f"  head pair ({labels[0]}, {labels[1]}) {G[0, 1]:+.4f}; tail pair ({labels[-2]}, {labels[-1]}) "
+            f"{G[-2, -1]:+.4f}; the full matrix: --gram, or --json"]  # fmt: skip
+
+
+def _k(k: float) -> str:
+    return "inf" if math.isinf(k) else str(k)
+
+
+def _cmd_threshold(args: argparse.Namespace) -> int:
+    from pipeline.api import threshold
+    from pipeline.theory.cascade import Cascade
+
+    result = threshold(args.loss, _profile(args, with_R=False), args.k, negatives=args.negatives,
+                       reduction=args.reduction)  # fmt: skip
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    conventions = f"k={_k(result.k)}, negatives={result.negatives}, reduction={result.reduction}"
+    if isinstance(result, Cascade):
+        print(f"collapse cascade of exp(C={result.C}, rho): loss {result.loss}, {conventions}")
         for o in result.onsets:
             value = {"optimal": f"{o.rho_star:.10g}", "beyond": f"inf (apart up to rho = {o.apart_below:g})"}.get(
                 o.status, f"undecided (apart up to rho = {o.apart_below:.4g}; {o.message})")
             print(f"  rho*_{o.m} = {value}")
         return 0
-    if not isinstance(profile, Step):
-        raise InputError("profile", profile.spec, "step(K_A=.., K_B=..) or exp(C=..): a counts profile has no axis "
-                         "to scan (use clphase solve)")  # fmt: skip
-    if profile.R is not None:
-        raise InputError("profile", profile.spec, f"step(K_A={profile.K_A}, K_B={profile.K_B}) without R: "
-                         "the threshold scans it")  # fmt: skip
-    n_major, n_minor = profile.K_A, _to_int("n_minor", profile.K_B, 2)
-    result = minority_threshold(loss, n_major, n_minor, k, args.negatives, args.reduction)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        R_star = "inf" if math.isinf(result.R_star) else f"{result.R_star:.10g}"
-        name = "R*_inf" if math.isinf(k) else "R*"
-        print(f"{name} = {R_star}  (loss {loss.id}, K_A={n_major}, K_B={n_minor}, k={k}, "
-              f"negatives={args.negatives}, reduction={args.reduction}; "
-              f"lim g/p_minor^2 = {_fmt(result.criterion_limit)} +- {result.criterion_limit_error:.1e})")  # fmt: skip
-        if result.message:
-            print(f"note: {result.message} (status {result.status})")
+    R_star = "inf" if math.isinf(result.R_star) else f"{result.R_star:.10g}"
+    name = "R*_inf" if math.isinf(result.k) else "R*"
+    print(f"{name} = {R_star}  (loss {result.loss.id}, K_A={result.n_major}, K_B={result.n_minor}, {conventions}; "
+          f"lim g/p_minor^2 = {_fmt(result.criterion_limit)} +- {result.criterion_limit_error:.1e})")  # fmt: skip
+    if result.message:
+        print(f"note: {result.message} (status {result.status})")
     return 0
 
 
@@ -243,18 +271,38 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipeline.plots import write_figures
+    from pipeline.sweep.runner import damage
+    from pipeline.sweep.store import check_writable, require_store
 
+    require_store(args.store)
     out = args.out or str(Path("figures") / Path(args.store.rstrip("/")).stem)
+    check_writable(out, "out")
     try:
         report = write_figures(args.store, out, args.select)
     except ValueError as err:
         if isinstance(err, InputError):
             raise
         raise InputError("select", args.select, str(err).split(": expected ")[-1]) from None
+    except Exception as err:  # a chunk that cannot be read: name the damaged batches, as status does
+        damaged = damage(args.store)
+        if not damaged:
+            raise
+        raise DamagedStoreError(args.store, damaged, err) from None
     for line in report["skipped"]:
         print(f"skipped: {line}")
     print(f"wrote {len(report['written'])} files to {out} in {report['seconds']:.1f} s")
     return 0
+
+
+class DamagedStoreError(InputError):
+    """A store with damaged batches, which ``clphase run`` repairs."""
+
+    def __init__(self, path: str, damaged: list[str], cause: Exception) -> None:
+        self.field, self.value, self.allowed = "store", path, "an undamaged store"
+        more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+        ValueError.__init__(self, f"store {path!r} is damaged ({type(cause).__name__}): {damaged[0]}{more}; "
+                            "run `clphase run CONFIG` again with its config to repair it (`clphase status` lists "
+                            "every damaged batch)")  # fmt: skip
 
 
 COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold, "run": _cmd_run, "status": _cmd_status, "plot": _cmd_plot}
@@ -269,15 +317,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return COMMANDS[args.command](args)
     except InputError as err:
         for line in str(err).splitlines():
             print(f"clphase {args.command}: error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nclphase {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except SweepStoppedError as err:
+        print(f"clphase {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        resume = "; rerun the same command to resume" if args.command == "run" else ""
+        print(f"\nclphase {args.command}: interrupted ({signal.Signals(signum).name}){resume}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT), or SIGTERM: what SLURM sends on preemption, scancel or walltime."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Stop as Ctrl-C does, on SIGINT and SIGTERM alike: the sweep's cleanup runs (lock released, workers
+    closed), quietly: distributed would log a warning per cancelled task while the cluster shuts down."""
+    import logging
+
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    raise Interrupted(signum)
 
 
 def run() -> NoReturn:

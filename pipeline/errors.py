@@ -23,3 +23,8 @@ class InputError(ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid {field}: {value!r}; expected {allowed}")
+
+
+class SweepStoppedError(RuntimeError):
+    """A sweep stopped by its environment, not by its input (a full disk): the CLI prints ``str(err)`` as
+    one line and exits with code 1. Every completed batch is in the store, and rerunning resumes."""

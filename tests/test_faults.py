@@ -260,6 +260,24 @@ def test_bad_configs_exit_2_and_touch_no_store(reference, tmp_path, capsys):
 # --- 5. damaged store -------------------------------------------------------------------------
 
 
+def test_a_full_disk_stops_with_one_line_and_a_rerun_resumes(reference, tmp_path):
+    """Writes fail with ENOSPC (injected) from the first batch on: one line naming the store, the cause and
+    that rerunning resumes, exit code 1, no worker tracebacks; with space again the rerun completes the store."""
+    cfg = write(tmp_path)
+    full = tmp_path / "disk-is-full"
+    full.touch()
+    proc = run(cfg, env={"CLPHASE_NO_SPACE": str(full)})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert str(tmp_path / "store.zarr") in errors[0] and "no space left on device" in errors[0]
+    assert "rerun the same command to resume" in errors[0]
+    full.unlink()
+    proc = run(cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compare_stores(tmp_path / "store.zarr", reference)
+
+
 def test_damaged_store_is_detected_and_exactly_those_points_recomputed(reference, tmp_path):
     cfg = write(tmp_path)
     store = tmp_path / "store.zarr"

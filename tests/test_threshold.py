@@ -10,7 +10,7 @@ from pipeline.theory.dispatch import solve
 from pipeline.theory.objective import certificate
 from pipeline.theory.problem import Problem
 from pipeline.theory.symmetric import GroupModel, _TwoGroup
-from pipeline.theory.threshold import collapse_criterion, minority_threshold
+from pipeline.theory.threshold import collapse_criterion, criterion_with_error, minority_threshold
 
 CASES = [(1, 2), (2, 2), (2, 3), (3, 2), (4, 4)]
 
@@ -80,3 +80,24 @@ def test_threshold_rejects_bad_input():
         minority_threshold("triplet(margin=1)", 2, 2, 4)
     with pytest.raises(InputError, match="k"):
         minority_threshold("infonce(tau=1)", 2, 2, 0)
+
+
+def test_three_majority_classes_collapse_their_minorities_at_large_k_only():
+    """infonce(tau=0.1), K_A = 3, K_B = 2: apart at every R up to k = 512, merged past R* from k = 1024 on, and
+    R*(k) is not monotone (3.89e6 at k = 1024, 4.50e5 at 4096, 5.64e5 at 65536, R*_inf = 1.03e6). Second route:
+    the criterion with the expectation enumerated over all binom(k + 2, 2) count vectors, not the transform."""
+    loss = "infonce(tau=0.1)"
+    R_star = {k: minority_threshold(loss, 3, 2, k).R_star for k in (256, 512, 1024, 4096, 65536, math.inf)}
+    assert math.isinf(R_star[256]) and math.isinf(R_star[512])
+    assert R_star[1024] == pytest.approx(3885862.614, rel=1e-9)
+    assert R_star[4096] == pytest.approx(450050.7622, rel=1e-9)
+    assert R_star[4096] < R_star[65536] < R_star[math.inf] < R_star[1024]  # not monotone in k
+
+    def enumerated(R: float, k: int) -> tuple[float, float]:
+        return criterion_with_error(Problem.two_group(loss, 3, 2, R, k, expectation="enumerate"))
+
+    for R in (1e6, 1e9, 1e12):  # k = 256: repulsion wins at every R (g > 0 beyond its error)
+        g, error = enumerated(R, 256)
+        assert g > 1e3 * error
+    below, above = enumerated(R_star[1024] * (1 - 1e-4), 1024), enumerated(R_star[1024] * (1 + 1e-4), 1024)
+    assert below[0] > 10 * below[1] and above[0] < -10 * above[1]  # the sign change within 1e-4 of R*

@@ -66,6 +66,23 @@ class ExitWithParent(WorkerPlugin):
         threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+class QuietCancellation(WorkerPlugin):
+    """Drops a local worker's warning for each task cancelled while the client shuts down (Ctrl-C or
+    SIGTERM): "Async instruction ... ended with CancelledError", which would print above the one line
+    that says the run was interrupted. Every other warning is kept."""
+
+    name = "clphase-quiet-cancellation"
+
+    def setup(self, worker) -> None:
+        import logging
+
+        class _DropCancelled(logging.Filter):
+            def filter(self, record: logging.LogRecord) -> bool:
+                return "ended with CancelledError" not in record.getMessage()
+
+        logging.getLogger("distributed.worker.state_machine").addFilter(_DropCancelled())
+
+
 def idle_holders(client: Client, keys: set[str], window_s: float = 5.0) -> dict[str, list[str]]:
     """Workers processing any of ``keys`` while idle: worker address -> the keys it holds.
 
@@ -263,6 +280,7 @@ def connect(
     client = Client(cluster)
     if spec.kind == "local":
         client.register_plugin(ExitWithParent())
+        client.register_plugin(QuietCancellation())
     try:
         yield client
     finally:

@@ -8,11 +8,13 @@ temporary folder, not yet moved into place), ``sweep`` (after n batches complete
 that theory solver raise, to exercise the fallback (``all``: every solver raises, so points fail).
 ``CLPHASE_HANG_ONCE=<file>`` makes the first batch task to create that file block forever
 without using CPU (a deadlocked task), and ``CLPHASE_HANG_BATCH=<batch key>`` every run of that
-batch, to exercise the stall watchdog. Unset, every hook is a no-op.
+batch, to exercise the stall watchdog. ``CLPHASE_NO_SPACE=<file>`` makes a worker's write of a batch fail
+with ENOSPC (no space left on device) while that file exists. Unset, every hook is a no-op.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -21,6 +23,7 @@ KILL_ENV = "CLPHASE_KILL_AT"
 FAIL_SOLVER_ENV = "CLPHASE_FAIL_SOLVER"
 HANG_ENV = "CLPHASE_HANG_ONCE"
 HANG_BATCH_ENV = "CLPHASE_HANG_BATCH"
+NO_SPACE_ENV = "CLPHASE_NO_SPACE"
 _seen: dict[str, int] = {}
 
 
@@ -59,3 +62,10 @@ def _claim(flag: str | None) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def no_space_point(path: str) -> None:
+    """Raise ENOSPC, as a full disk does, while the file ``CLPHASE_NO_SPACE`` names exists."""
+    flag = os.environ.get(NO_SPACE_ENV)
+    if flag and os.path.exists(flag):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)

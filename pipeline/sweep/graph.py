@@ -5,6 +5,7 @@ At most a bounded window of tasks is in flight; completed batches are never resu
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import sys
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from distributed import Client, Future, wait
 
+from pipeline.errors import SweepStoppedError
 from pipeline.sweep.cluster import call_stacks, idle_holders, restart_workers
 from pipeline.sweep.config import SweepConfig
-from pipeline.sweep.faults import hang_point, kill_point
+from pipeline.sweep.faults import hang_point, kill_point, no_space_point
 from pipeline.sweep.grid import Batch, Grid, kinds
 from pipeline.sweep.progress import Progress
 from pipeline.sweep.results import FAILED, point_status, status_name
@@ -28,6 +30,7 @@ from pipeline.theory.objective import expectation_terms
 
 TASK_LOG_ENV = "CLPHASE_TASK_LOG"  # file to which every computed batch appends its key (tests)
 DELAY_ENV = "CLPHASE_BATCH_DELAY_S"  # extra seconds per batch, to interrupt sweeps mid-run (tests)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device, disk quota exceeded
 
 
 def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed: bool = False) -> dict:
@@ -47,7 +50,13 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
     compute_s = time.perf_counter() - start
     hang_point(batch.key)
     time.sleep(float(os.environ.get(DELAY_ENV, "0")))
-    write_batch(path, batch, arrays, between=lambda: kill_point("write", kill_parent=True))
+    try:
+        no_space_point(path)
+        write_batch(path, batch, arrays, between=lambda: kill_point("write", kill_parent=True))
+    except OSError as err:  # a full disk: stop the sweep with one line (retrying cannot help)
+        if err.errno not in NO_SPACE:
+            raise
+        return {"key": batch.key, "batch": batch, "kind": batch.kind, "no_space": os.strerror(err.errno)}
     log = os.environ.get(TASK_LOG_ENV)
     if log:
         with open(log, "a") as f:
@@ -169,6 +178,12 @@ def run_sweep(
                     summary.failed_batches.append(future.key)
                 else:
                     report = future.result()
+                    if "no_space" in report:
+                        raise SweepStoppedError(
+                            f"store {path!r}: {report['no_space'].lower()} while writing {report['kind']} batch "
+                            f"{report['batch'].index}; every completed batch is kept: free space, then rerun the "
+                            "same command to resume"
+                        )
                     summary.batches += 1
                     summary.points += report["points"]
                     summary.failed_points += report["failed"]

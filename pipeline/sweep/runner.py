@@ -6,6 +6,7 @@ import errno
 import math
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -156,8 +157,30 @@ def run(
 
 def describe(config: SweepConfig, batch) -> str:
     """The coordinates a batch covers, for messages."""
+    def plain(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v.item() if isinstance(v, np.generic) else v)
+
     values = Grid(config).values(batch)
-    return ", ".join(f"{d}={list(v) if len(v) > 1 else v[0]}" for d, v in values.items())
+    return ", ".join(f"{d}=[{', '.join(map(plain, v))}]" if len(v) > 1 else f"{d}={plain(v[0])}"
+                     for d, v in values.items())  # fmt: skip
+
+
+def damage(path: str) -> list[str]:
+    """One line per damaged batch of a store (chunks missing or unreadable behind a done mask)."""
+    attrs = require_store(path)
+    config = load_config_from_store(attrs)
+    if config is None:
+        return ["its stored config cannot be read back"]
+    lines = []
+    for kind in kinds(config):
+        try:
+            done = read_done(path, kind)
+        except Exception:
+            lines.append(f"the {kind} completion mask is unreadable")
+            continue
+        lines += [f"{kind} batch {batch.index} ({describe(config, batch)})"
+                  for batch in damaged_batches(path, config, kind, done)]  # fmt: skip
+    return lines
 
 
 def failed_batches(config: SweepConfig) -> list:

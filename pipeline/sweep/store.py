@@ -137,23 +137,26 @@ def consolidate(path: str) -> None:
         zarr.consolidate_metadata(path, zarr_format=3)
 
 
-def check_writable(path: str) -> None:
-    """Refuse a store path that cannot be created, before anything is written.
+def check_writable(path: str, field: str = "store") -> None:
+    """Refuse a folder path that cannot be created (or written into), before anything is written.
 
-    The nearest existing ancestor must be a folder in which a folder can be made; a probe folder is
-    made there and removed at once (``os.access`` says yes to root on read-only file systems).
+    ``path`` may exist as a folder; otherwise the nearest existing ancestor must be a folder in which a
+    folder can be made. A probe folder is made there and removed at once (``os.access`` says yes to root
+    on read-only file systems). ``field`` names the option in the message (``store``, ``out``).
     """
     target = Path(path).resolve()
+    if target.exists() and not target.is_dir():
+        raise InputError(field, path, f"a folder ({str(target)!r} is a file): pick a new path")
     ancestor = target
     while not ancestor.exists():
         ancestor = ancestor.parent
     if ancestor != target and not ancestor.is_dir():
-        raise InputError("store", path, f"a path under a folder ({str(ancestor)!r} is a file, not a folder)")
+        raise InputError(field, path, f"a path under a folder ({str(ancestor)!r} is a file, not a folder)")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".clphase-probe-", dir=ancestor))
     except OSError as err:
         raise InputError(
-            "store", path, f"a path in a writable folder ({str(ancestor)!r} is not writable: {err.strerror})"
+            field, path, f"a path in a writable folder ({str(ancestor)!r} is not writable: {err.strerror})"
         ) from None
 
 

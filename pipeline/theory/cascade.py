@@ -37,6 +37,7 @@ from pipeline.theory.objective import class_objective, gap_bound, kkt_matrix
 from pipeline.theory.oblique import membership, minimise
 from pipeline.theory.problem import Problem
 from pipeline.theory.profiles import Exp
+from pipeline.theory.solution import json_number
 from pipeline.theory.symmetric import CRITERION_RTOL
 
 CANDIDATE_TOL = 1e-4  # 1 - cos below this proposes a merge (decided by h_S, not by this)
@@ -69,6 +70,7 @@ class Directions:
     G: np.ndarray  # (C, C) the merged geometry
     objective: float
     gap: float  # certified gap of the merged geometry in the full program
+    decided_by: str = "split test"  # or "criterion": the c = 1 criterion of two groups (pipeline.api.directions)
 
     @property
     def decided(self) -> bool:
@@ -238,9 +240,7 @@ class Onset:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        def num(x: float) -> float | str:
-            return x if math.isfinite(x) else ("inf" if x > 0 else "nan")
-
+        num = json_number
         return {"m": self.m, "rho_star": num(self.rho_star), "status": self.status,
                 "h_before": num(self.h_before), "h_after": num(self.h_after),
                 "apart_below": num(self.apart_below), "message": self.message}  # fmt: skip
@@ -258,8 +258,7 @@ class Cascade:
     onsets: list[Onset] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        k = self.k if math.isfinite(self.k) else "inf"
-        return {"loss": self.loss, "profile": f"exp(C={self.C})", "k": k, "negatives": self.negatives,
+        return {"loss": self.loss, "profile": f"exp(C={self.C})", "k": json_number(self.k), "negatives": self.negatives,
                 "reduction": self.reduction, "onsets": [o.to_dict() for o in self.onsets]}  # fmt: skip
 
 

@@ -42,6 +42,8 @@ _BUILTINS: dict[str, tuple[PsiKind, PhiKind, str, float]] = {
     "squared_hinge": ("identity", "squared_hinge", "margin", 1.0),
 }
 LOSS_NAMES: tuple[str, ...] = tuple(_BUILTINS)
+# the ids with their defaults: a bare name (``infonce``) takes its default and is stored in full (``infonce(tau=1)``)
+LOSS_HELP = ", ".join(f"{name}({param}={default:g})" for name, (_, _, param, default) in _BUILTINS.items())
 _LOSS_ID = re.compile(r"^\s*([a-z_]+)\s*(?:\(\s*(.*?)\s*\))?\s*$")
 
 
@@ -190,7 +192,8 @@ def parse_loss(loss_id: str | Loss) -> Loss:
     """Parse a loss id such as ``infonce(tau=0.5)`` or ``triplet`` (default parameter).
 
     Strict: unknown names, unknown or repeated parameters, positional values and non-numbers
-    raise :class:`~pipeline.errors.InputError`.
+    raise :class:`~pipeline.errors.InputError`. Names are lower case. A bare name takes its default
+    parameter (``LOSS_HELP``), and the loss's ``id`` always spells it out: ``infonce`` -> ``infonce(tau=1)``.
 
     Examples
     --------
@@ -202,11 +205,14 @@ def parse_loss(loss_id: str | Loss) -> Loss:
     if not isinstance(loss_id, str):
         raise InputError("loss", loss_id, "a loss id string such as 'infonce(tau=0.5)'")
     match = _LOSS_ID.match(loss_id)
+    lower = _LOSS_ID.match(loss_id.lower())
+    if match is None and lower is not None and lower.group(1) in _BUILTINS:
+        raise InputError("loss", loss_id, f"a lower-case name: {loss_id.strip().lower()!r} (names are case-sensitive)")
     if match is None:
-        raise InputError("loss", loss_id, "an id of the form name(param=value), e.g. 'infonce(tau=0.5)'")
+        raise InputError("loss", loss_id, f"an id of the form name(param=value), one of {LOSS_HELP}")
     name, args = match.group(1), match.group(2)
     if name not in _BUILTINS:
-        raise InputError("loss", loss_id, f"a loss named one of {', '.join(LOSS_NAMES)}")
+        raise InputError("loss", loss_id, f"a loss named one of {', '.join(LOSS_NAMES)} ({LOSS_HELP})")
     params: dict[str, float] = {}
     if args:
         for item in args.split(","):

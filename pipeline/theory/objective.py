@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from itertools import combinations_with_replacement
 from typing import Any, Literal
 
 import numpy as np
@@ -50,9 +49,14 @@ def count_vectors(k: int, J: int) -> np.ndarray:
     >>> count_vectors(2, 2).tolist()
     [[2, 0], [1, 1], [0, 2]]
     """
-    draws = np.array(list(combinations_with_replacement(range(J), k)), dtype=np.int64)  # (M, k)
-    N = np.zeros((draws.shape[0], J), dtype=np.int64)  # (M, J)
-    np.add.at(N, (np.arange(draws.shape[0])[:, None], draws), 1)
+    if J == 1:
+        N = np.array([[k]], dtype=np.int64)
+    elif J == 2:
+        n_0 = np.arange(k, -1, -1, dtype=np.int64)  # (k + 1,)
+        N = np.column_stack([n_0, k - n_0])
+    else:  # n_0 = k, k - 1, ..., 0, each followed by the count vectors of the rest: (M, J)
+        N = np.concatenate([np.column_stack([np.full(len(rest), n_0, dtype=np.int64), rest])
+                            for n_0 in range(k, -1, -1) for rest in [count_vectors(k - n_0, J - 1)]])  # fmt: skip
     N.flags.writeable = False
     return N
 

@@ -356,5 +356,10 @@ def parse_profile(text: str | Profile) -> Profile:
     if kind not in PROFILE_KINDS:
         raise InputError("profile", kind, f"one of {', '.join(PROFILE_KINDS)}: {SPEC_HELP}")
     args = [value(a) for a in node.args]
+    names = [kw.arg for kw in node.keywords if kw.arg is not None]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        what = "class name" if kind == "counts" else f"{kind} parameter"
+        raise InputError(what, twice[0], f"each {what} once ({twice[0]!r} appears twice in {text.strip()!r})")
     params = {kw.arg: value(kw.value) for kw in node.keywords if kw.arg is not None}
     return make_profile(kind, *args, **params)

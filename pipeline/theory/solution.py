@@ -16,6 +16,19 @@ SolverName = Literal["auto", "symmetric", "full", "rank", "oblique"]
 SOLVERS: tuple[str, ...] = ("auto", "symmetric", "full", "rank", "oblique")
 
 
+def json_number(x: float | None) -> float | int | str | None:
+    """A number as the JSON of ``solve --json`` and ``threshold --json`` holds it: finite numbers as they
+    are, +-inf as the strings ``"inf"`` / ``"-inf"`` (JSON has no infinity), NaN (not applicable) as null."""
+    if x is None:
+        return None
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return int(x)
+    x = float(x)
+    if math.isnan(x):
+        return None
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
 @dataclass
 class Solution:
     """Optimal class geometry at one theory point.
@@ -70,6 +83,8 @@ class Solution:
     time_s: float = 0.0
     message: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] | None = None  # one name per class (the profile's labels), where known
+    directions: Any = None  # cascade.Directions: the distinct class directions, each merge decided
 
     @classmethod
     def certified(cls, problem: Problem, solver: str, G: np.ndarray, value: float, gap: float, dim: int | None,
@@ -90,11 +105,7 @@ class Solution:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary, including the Gram matrix and the conventions used."""
 
-        def num(x: float) -> float | str | None:
-            if x is None:
-                return None
-            x = float(x)
-            return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
+        num = json_number
 
         def cosine(x: float) -> float | str | None:
             return num(x if math.isnan(x) else min(1.0, max(-1.0, float(x))))
@@ -125,7 +136,22 @@ class Solution:
             "time_s": self.time_s,
             "message": self.message,
             "gram": [[cosine(x) for x in row] for row in self.G],
+            "classes": self.classes,
+            **_directions_dict(self.directions),
         }
+
+
+def _directions_dict(directions: Any) -> dict[str, Any]:
+    """The JSON fields of the distinct directions (null where they were not decided: rank, hinge)."""
+    if directions is None:
+        return {"distinct_directions": None, "directions_decided": None, "directions_decided_by": None,
+                "direction_of_class": None}  # fmt: skip
+    return {
+        "distinct_directions": int(directions.count),
+        "directions_decided": bool(directions.decided),
+        "directions_decided_by": directions.decided_by,
+        "direction_of_class": directions.label.tolist(),
+    }
 
 
 def class_means(G: np.ndarray, dim: int | None = None, rtol: float = 1e-9) -> np.ndarray:

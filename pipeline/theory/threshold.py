@@ -40,6 +40,7 @@ from scipy.optimize import brentq
 from pipeline.errors import InputError
 from pipeline.theory.losses import Loss, parse_loss
 from pipeline.theory.problem import Problem, check_int, check_k
+from pipeline.theory.solution import json_number
 from pipeline.theory.symmetric import CRITERION_RTOL, GroupModel, _TwoGroup
 
 R_MAX = 1e12
@@ -80,9 +81,8 @@ class Threshold:
         return "" if math.isfinite(self.R_star) else "c < 1 at every R: lim g/p_minor^2 > 0"
 
     def to_dict(self) -> dict[str, Any]:
-        def num(x: float) -> float | str:
-            return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
-
+        """The JSON of ``clphase threshold --json`` (numbers as :func:`~pipeline.theory.solution.json_number`)."""
+        num = json_number
         return {
             "loss": self.loss.id,
             "n_major": self.n_major,

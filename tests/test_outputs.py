@@ -1,0 +1,225 @@
+"""What the outputs say to a newcomer (issue 22): one line for a wrong --out or a damaged store, one
+verdict per question, help that says what is printed, JSON that scripts parse, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pipeline
+from pipeline.cli import main
+from pipeline.errors import InputError
+from pipeline.sweep.config import validate
+from pipeline.sweep.graph import compute_and_write
+from pipeline.sweep.grid import Grid
+from pipeline.sweep.store import init_store
+from tests.test_frictions import one_error_line
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> str:
+    """A finished two-loss step store, written without a cluster."""
+    tmp = tmp_path_factory.mktemp("outputs")
+    config = validate({
+        "name": "outputs", "store": str(tmp / "small.zarr"),
+        "grid": {"loss": ["infonce(tau=0.5)"], "R": {"logspace": [0, 3, 7]}, "n_major": [2], "n_minor": [2],
+                 "k": [1, 4]},
+        "batch": {"points": 4},
+    })  # fmt: skip
+    init_store(config.store, config)
+    grid = Grid(config)
+    for kind in ("threshold", "theory"):
+        for batch in grid.batches(kind):
+            compute_and_write(config, batch, config.store)
+    return config.store
+
+
+# --- 1. plot --out ----------------------------------------------------------------------------------------
+
+
+def test_plot_out_that_is_a_file_or_under_one_is_one_line(small_store, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    for out, why in ((a_file, "is a file"), (a_file / "figs", "is a file, not a folder")):
+        assert main(["plot", small_store, "--out", str(out)]) == 2
+        line = one_error_line(capsys, "plot")
+        assert "invalid out" in line and why in line
+    assert a_file.read_text() == "keep me"
+
+
+# --- 13. a damaged store: plot names the batch ------------------------------------------------------------
+
+
+def test_plot_of_a_store_with_a_truncated_chunk_names_the_damaged_batch(small_store, tmp_path, capsys):
+    import shutil
+
+    store = tmp_path / "damaged.zarr"
+    shutil.copytree(small_store, store)
+    chunk = next(p for p in sorted((store / "cos_minor_theory").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    assert main(["plot", str(store), "--out", str(tmp_path / "figs")]) == 2
+    line = one_error_line(capsys, "plot")
+    assert "is damaged" in line and "theory batch" in line and "run `clphase run CONFIG` again" in line
+    assert main(["status", str(store)]) == 0
+    status = capsys.readouterr().out
+    assert "damaged batch" in status and "np.float64" not in status  # coordinates as plain numbers
+
+
+# --- 4. one verdict per question ----------------------------------------------------------------------------
+
+
+def test_collapse_and_directions_agree_and_say_what_decided_them(capsys):
+    """K_A = 3, K_B = 2 at R = 1e7, k = 4096: the split test cannot certify the merge (p_min^2 ~ 1e-15), the
+    c = 1 criterion can; both questions are answered by it, and say so."""
+    args = ["solve", "--loss", "infonce(tau=0.1)", "--n-major", "3", "--n-minor", "2", "--R", "1e7", "--k", "4096"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "minority collapse: yes" in out and "undecided" not in out
+    assert "distinct directions: 4 of 5; merged {B0, B1}" in out and "decided by the c = 1 criterion" in out
+    assert main([*args, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["collapsed"] is True and record["distinct_directions"] == 4 and record["directions_decided"]
+    assert record["directions_decided_by"] == "criterion" and record["direction_of_class"] == [0, 1, 2, 3, 3]
+    # below R* the same two answers say apart
+    assert main(["solve", "--loss", "infonce(tau=0.1)", "--n-major", "3", "--n-minor", "2", "--R", "1e5",
+                 "--k", "4096", "--json"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out)
+    assert record["collapsed"] is False and record["distinct_directions"] == 5
+
+
+def test_long_tail_directions_are_decided_by_the_split_test():
+    s = pipeline.solve("infonce(tau=0.5)", "exp(C=4, rho=1e4)", k=4)  # rho*_2 = 1118 < 1e4 < rho*_3 = 97057
+    assert s.directions.count == 3 and s.directions.decided_by == "split test" and s.directions.decided
+    assert s.directions.label.tolist() == [0, 1, 2, 2]
+
+
+# --- 5. labels --------------------------------------------------------------------------------------------
+
+
+def test_solve_says_the_class_order_it_prints_and_no_minus_zero(capsys):
+    assert main(["solve", "--loss", "infonce(tau=0.5)", "--profile", "counts(10, 500, 200)", "--k", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "(classes in the order given)" in out and "head first" not in out
+    assert main(["solve", "--loss", "triplet", "--n-major", "2", "--n-minor", "2", "--R", "10", "--k", "4"]) == 0
+    out = capsys.readouterr().out
+    assert " -0 " not in out and " -0\n" not in out
+
+
+# --- 6. help and loss names ---------------------------------------------------------------------------------
+
+
+def _help(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return " ".join(proc.stdout.split())  # argparse wraps lines
+
+
+def test_help_says_what_is_printed_and_offers_only_what_is_accepted(capsys):
+    threshold_help = _help("threshold")
+    assert "Prints R*" in threshold_help and "infonce(tau=1), sumexp(tau=1)" in threshold_help
+    assert "rho=100" not in threshold_help and "counts(" not in threshold_help
+    for example in ("exp(C=10)", "step(K_A=2, K_B=2)"):  # every profile the help offers is accepted
+        assert example in threshold_help
+    solve_help = _help("solve")
+    assert "Prints the certified optimal geometry" in solve_help and "squared_hinge(margin=1)" in solve_help
+    assert main(["threshold", "--loss", "infonce(tau=0.5)", "--profile", "exp(C=3)", "--k", "4"]) == 0
+    capsys.readouterr()
+
+
+def test_loss_names_are_lower_case_and_a_bare_name_takes_its_default(capsys):
+    assert main(["solve", "--loss", "InfoNCE(tau=0.5)", "--n-major", "2", "--n-minor", "2", "--R", "3",
+                 "--k", "4"]) == 2  # fmt: skip
+    assert "a lower-case name: 'infonce(tau=0.5)'" in one_error_line(capsys, "solve")
+    assert main(["solve", "--loss", "infonce", "--n-major", "2", "--n-minor", "2", "--R", "3", "--k", "4",
+                 "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["loss"] == "infonce(tau=1)"  # stored in full
+
+
+# --- 7. class names given twice --------------------------------------------------------------------------
+
+
+def test_a_class_name_given_twice_is_named(capsys):
+    assert main(["solve", "--loss", "infonce", "--profile", "counts(cat=5000, cat=200)", "--k", "4"]) == 2
+    assert "class name: 'cat'" in one_error_line(capsys, "solve")
+
+
+# --- 8. JSON -----------------------------------------------------------------------------------------------
+
+
+def _strings(record) -> list[str]:
+    if isinstance(record, dict):
+        return [s for v in record.values() for s in _strings(v)]
+    if isinstance(record, list):
+        return [s for v in record for s in _strings(v)]
+    return [record] if isinstance(record, str) else []
+
+
+@pytest.mark.parametrize("k", ["4", "inf"])
+def test_json_numbers_are_numbers_null_or_inf(capsys, k):
+    """NaN (not applicable) is null; an infinite number is the string "inf" in every command; k is an
+    integer or "inf" alike in solve, threshold and the cascade."""
+    records = []
+    commands = (["solve", "--profile", "counts(10, 500, 200)"],
+                ["solve", "--n-major", "2", "--n-minor", "2", "--R", "3"],
+                ["threshold", "--n-major", "3", "--n-minor", "2"],
+                ["threshold", "--profile", "exp(C=3)"])  # fmt: skip
+    for args in commands:
+        assert main([*args, "--loss", "infonce(tau=0.5)", "--k", k, "--json"]) == 0
+        records.append(json.loads(capsys.readouterr().out))
+    counts, step, threshold, cascade = records
+    for record in records:
+        assert record["k"] == (4 if k == "4" else "inf")
+        assert not {"nan", "NaN", "-nan"} & set(_strings(record))
+    assert counts["a"] is None and counts["collapsed"] is None and counts["criterion"] is None
+    assert isinstance(step["c"], float) and step["collapsed"] is False
+    assert threshold["R_star"] == "inf"  # K_A = 3 at tau = 0.5: apart at every R
+    assert all(o["h_before"] is None or isinstance(o["h_before"], float) for o in cascade["onsets"])
+
+
+# --- the Python API ---------------------------------------------------------------------------------------
+
+
+def test_api_solve_and_threshold_match_the_command_line(capsys):
+    s = pipeline.solve("infonce(tau=0.5)", "step(K_A=2, K_B=2, R=100)", k=4)
+    assert main(["solve", "--loss", "infonce(tau=0.5)", "--n-major", "2", "--n-minor", "2", "--R", "100", "--k", "4",
+                 "--json"]) == 0  # fmt: skip
+    cli = json.loads(capsys.readouterr().out)
+    api = s.to_dict()
+    for key in ("objective", "a", "b", "c", "collapsed", "gram", "distinct_directions", "status"):
+        assert api[key] == cli[key], key
+    t = pipeline.threshold("infonce(tau=0.5)", "step(K_A=2, K_B=2)", k=4)
+    assert t.R_star == pytest.approx(64.0937339494464, rel=1e-9)
+    assert s.collapsed is True and s.c == pytest.approx(1.0, abs=1e-12)  # R = 100 > R* = 64.09
+    assert pipeline.solve.__doc__ and pipeline.threshold.__doc__ and pipeline.open_results.__doc__
+
+
+def test_api_refuses_a_point_without_its_axis_and_a_threshold_with_it():
+    with pytest.raises(InputError, match="a value for R"):
+        pipeline.solve("infonce(tau=0.5)", "step(K_A=2, K_B=2)", k=4)
+    with pytest.raises(InputError, match="without R"):
+        pipeline.threshold("infonce(tau=0.5)", "step(K_A=2, K_B=2, R=3)", k=4)
+    assert math.isinf(pipeline.threshold("infonce(tau=1)", "step(K_A=3, K_B=2)", k="inf").R_star)
+
+
+def test_import_pipeline_stays_light():
+    code = ("import sys, pipeline; heavy = [m for m in ('numpy', 'torch', 'cvxpy', 'dask', 'xarray', 'matplotlib') "
+            "if m in sys.modules]; print(heavy)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+# --- 12. benchmarks take --help -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bench", sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py")))
+def test_every_benchmark_documents_its_options(bench):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / bench), "--help"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stderr[-2000:]
