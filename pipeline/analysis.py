@@ -132,19 +132,24 @@ def phase_counts(ds: xr.Dataset, phase: xr.DataArray | None = None) -> dict[str,
 
 
 def gram_points(ds: xr.Dataset, loss: str, n_major: int, n_minor: int, k: int) -> list[tuple[str, float]]:
-    """Grid values of R below, at and above the threshold (nearest in log R) for Gram panels."""
+    """Grid values of R for Gram panels, each with a title that says what it is: the grid points nearest
+    R* / 4, R* and 4 R* in log R (the middle one is a grid point, below or above R*, not R* itself), or the
+    lowest, middle and highest R where there is no finite R*."""
     R = ds.R.values
     R_star = float(threshold_curve(ds).sel(loss=loss, n_major=n_major, n_minor=n_minor, k=k))
     if not np.isfinite(R_star):
-        picks = [("low R", R[0]), ("middle R", R[len(R) // 2]), ("high R", R[-1])]
-    else:
-        log_R = np.log(R)
+        picks = [("lowest R", R[0]), ("middle R", R[len(R) // 2]), ("highest R", R[-1])]
+        return [(f"{label}\nR = {value:.3g}", float(value)) for label, value in picks]
+    log_R = np.log(R)
 
-        def nearest(x: float) -> float:
-            return float(R[np.argmin(np.abs(log_R - np.log(x)))])
+    def nearest(x: float) -> float:
+        return float(R[np.argmin(np.abs(log_R - np.log(x)))])
 
-        picks = [("below R*", nearest(R_star / 4)), ("at R*", nearest(R_star)), ("above R*", nearest(R_star * 4))]
-    return [(label, float(value)) for label, value in picks]
+    at = nearest(R_star)
+    side = "=" if at == R_star else "<" if at < R_star else ">"
+    return [(f"below R*\nR = {nearest(R_star / 4):.3g}", nearest(R_star / 4)),
+            (f"grid R nearest R*\nR = {at:.3g} {side} R* = {R_star:.4g}", at),
+            (f"above R*\nR = {nearest(R_star * 4):.3g}", nearest(R_star * 4))]  # fmt: skip
 
 
 # --- training against theory ------------------------------------------------------------------

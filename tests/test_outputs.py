@@ -223,3 +223,65 @@ def test_every_benchmark_documents_its_options(bench):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / bench), "--help"], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stderr[-2000:]
+
+
+# --- 2 and 11. figures: the swept R, K_B = 1, an index -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def far_threshold_store(tmp_path_factory) -> str:
+    """infonce(tau=0.1), K_A = 1: R* ~ 1e9, far above the swept R <= 1e4; and K_B = 1 beside K_B = 2."""
+    tmp = tmp_path_factory.mktemp("far")
+    config = validate({
+        "name": "far", "store": str(tmp / "far.zarr"),
+        "grid": {"loss": ["infonce(tau=0.1)"], "R": {"logspace": [0, 4, 5]}, "n_major": [1], "n_minor": [1, 2],
+                 "k": [4, 1024]},
+        "batch": {"points": 8},
+    })  # fmt: skip
+    init_store(config.store, config)
+    grid = Grid(config)
+    for kind in ("threshold", "theory"):
+        for batch in grid.batches(kind):
+            compute_and_write(config, batch, config.store)
+    return config.store
+
+
+def test_phase_axis_is_the_swept_R_with_R_star_beyond_it_marked(far_threshold_store):
+    from pipeline.plots import phase_diagram
+    from pipeline.plots.axes import log_edges
+
+    ds = pipeline.open_results(far_threshold_store).load()
+    R_star = ds.R_threshold.sel(loss="infonce(tau=0.1)", n_major=1, n_minor=2).values  # (k,)
+    assert (R_star > 1e8).all() and (R_star < math.inf).all()
+    fig, drawn = phase_diagram(ds, "infonce(tau=0.1)", 1, 2)
+    edges = log_edges(ds.R.values)
+    assert fig.axes[0].get_ylim() == pytest.approx((edges[0], edges[-1]))  # the cells show, not 1.5e4 .. 1e9
+    assert drawn["beyond"].tolist() == [4, 1024]
+    assert any("above the swept R" in text.get_text() for text in fig.legends[0].get_texts())
+
+
+def test_plot_skips_single_minority_diagrams_and_indexes_every_figure(far_threshold_store, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["plot", far_threshold_store, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "K_B = 1" in printed and "no minority-minority cosine" in printed
+    assert not list(out.glob("phase_*_B1.png")) and list(out.glob("phase_*_B2.png"))
+    summary = (out / "summary.md").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs and all(f"]({name})" in summary for name in pngs)  # every figure shown, with a caption
+    assert "Phase diagram: the optimal minority cosine c" in summary
+
+
+# --- 9 and 10. the dry run and the run's summary count what will run, in one unit each ----------------------
+
+
+def test_dry_run_counts_agree_with_its_estimate(capsys):
+    assert main(["run", str(ROOT / "configs" / "quick.yaml"), "--dry-run", f"store={ROOT / 'README.md'}/x.zarr"]) == 2
+    capsys.readouterr()  # an unwritable store is refused before anything is planned
+    assert main(["run", str(ROOT / "configs" / "quick.yaml"), "--dry-run", "grid.R={logspace: [0, 3, 4]}",
+                 "train.steps=20", "store=" + str(ROOT / "results" / "never-written.zarr")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "thresholds: 20 in 4 batches: 20 to compute" in out
+    assert "training runs: 64 selected (train.select) of 320, in 8 batches" in out
+    assert "train: 8 batches of stacked runs" in out and "theory: 80 points" in out
+    assert not (ROOT / "results" / "never-written.zarr").exists()

@@ -84,9 +84,18 @@ def test_curves_against_k_share_a_panel_until_crowded():
 def test_k_axis_labels_thin_out_where_they_crowd():
     k = np.array([1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096, 16384, 65536, np.inf])
     x, labels = k_axis(k)
-    assert x[-1] == 4 * 65536 and labels[-1] == "∞" and labels[0] == "1"
-    assert [label for label in labels if label][:4] == ["1", "4", "16", "64"]  # 2, 8 and 32 blank
-    assert k_axis(np.array([1.0, 2, 4, 8, 16]))[1] == ["1", "2", "4", "8", "16"]  # room for all
+    assert x[-1] == 4 * 65536 and labels[-1] == "∞" and labels[0] == "$2^{0}$"
+    # one style per axis: every label a power of two (never 256 beside 2^10); 2, 8 and 32 blank
+    assert [label for label in labels if label][:5] == ["$2^{0}$", "$2^{2}$", "$2^{4}$", "$2^{6}$", "$2^{8}$"]
+    assert k_axis(np.array([1.0, 2, 4, 8, 16]))[1] == ["1", "2", "4", "8", "16"]  # room for all, plain
+    assert k_axis(np.array([1.0, 4, 64, 1000]))[1] == ["1", "4", "64", "1000"]  # not all powers of two: plain
+
+
+def test_log_tick_labels_keep_one_style():
+    from pipeline.plots.axes import plain_number
+
+    assert [plain_number(v) for v in (20, 500, 1e4, 1e5, 1e6, 2e6)] == ["20", "500", "10000", "$10^{5}$",
+                                                                       "$10^{6}$", "$2 \\times 10^{6}$"]  # fmt: skip
 
 
 def test_phase_labels(partial_store):

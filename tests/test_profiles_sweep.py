@@ -89,6 +89,9 @@ def test_exp_store_resumes_and_plots(longtail):
         assert name in names
     rows = (tmp / "fig" / "onsets.csv").read_text().splitlines()
     assert rows[0] == "loss,C,k,m,rho_star,apart_below,status" and len(rows) == 1 + 2 * 2 + 2 * 1
+    summary = (tmp / "fig" / "summary.md").read_text()  # a profile store has its summary and index too
+    assert "| loss | C | k | m | rho*_m | status |" in summary and "](onsets.png)" in summary
+    assert all(f"]({name})" in summary for name in names if name.endswith(".png"))
 
 
 def test_onsets_figure_draws_the_store_and_k_inf_as_its_own_column(longtail):

@@ -53,11 +53,13 @@ def k_axis(k: np.ndarray) -> tuple[np.ndarray, list[str]]:
         x_inf = 1.0
     x = np.where(np.isfinite(k), k, x_inf)
 
+    # one style per axis: powers of two as 2^n throughout when k reaches 1024 and every finite k is one
+    powers = finite.size > 0 and finite.max() >= 1024 and all(2 ** round(float(np.log2(v))) == v for v in finite)
+
     def label(v: float) -> str:
         if not np.isfinite(v):
             return "∞"
-        n = round(float(np.log2(v)))
-        return f"$2^{{{n}}}$" if v >= 1024 and 2**n == v else f"{v:g}"
+        return f"$2^{{{round(float(np.log2(v)))}}}$" if powers else plain_number(v)
 
     labels = [label(v) for v in k]
     if k.size < 3:
@@ -74,14 +76,24 @@ def k_axis(k: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return x, labels
 
 
+def plain_number(v: float) -> str:
+    """A tick label in one style per axis: plain from 0.001 to 99999 (20, 500, 10000), a power of ten
+    beyond (10^5, 10^6, never 1e+06 beside 100000), otherwise m x 10^n."""
+    if v == 0 or 1e-3 <= abs(v) < 1e5:
+        return f"{v:g}"
+    n = int(np.floor(np.log10(abs(v)) + 1e-9))
+    m = v / 10.0**n
+    return f"$10^{{{n}}}$" if abs(m - 1) < 1e-9 else f"${m:g} \\times 10^{{{n}}}$"
+
+
 def _plain_log_ticks(axis, minor: bool = True) -> None:
     """Log-axis tick labels as plain numbers (20, 50, 100, 200), not 6x10^1: decades and, with
     ``minor``, the minor ticks at 2 and 5 times a decade are labelled."""
 
     def minor_label(v: float, _: int) -> str:
-        return f"{v:g}" if minor and v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else ""
+        return plain_number(v) if minor and v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else ""
 
-    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: plain_number(v)))
     axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor_label))
 
 

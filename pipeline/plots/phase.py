@@ -27,7 +27,8 @@ from pipeline.plots.axes import COLUMN_IN, OKABE_ITO, curves_against_k, k_axis, 
 def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tuple[plt.Figure, dict]:
     """R (log) against k, coloured by the theory's minority cosine c, with R*(k) on top.
 
-    Returns the figure and its drawn data: ``{'mesh': masked c (R, k), 'threshold': (k, R*)}``.
+    Returns the figure and its drawn data: ``{'mesh': masked c (R, k), 'threshold': (k, R*), 'no_threshold':
+    k where R* = inf, 'beyond': k where R* exceeds the swept R}``. The y axis is the swept R.
     """
     point = {"loss": loss, "n_major": n_major, "n_minor": n_minor}
     c = minor_cosine(ds).sel(point).transpose("R", "k").load()  # (R, k)
@@ -43,16 +44,24 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
     fig.colorbar(mesh, ax=ax, label="minority cosine c (theory)")
     curve = threshold_curve(ds).sel(point).load()
     finite = np.isfinite(curve.values)
-    line = finite & np.isfinite(k)  # R*(k) joined over finite k; R*_inf its own marker
+    edges = log_edges(R)
+    beyond = finite & (curve.values > edges[-1])  # R* past the swept R: marked at the top edge, not drawn there
+    shown = finite & ~beyond
+    line = shown & np.isfinite(k)  # R*(k) joined over finite k; R*_inf its own marker
     ax.plot(x_k[line], curve.values[line], "o-", color="#d55e00", lw=1.2, ms=3, label="threshold R*(k)")
-    at_inf = finite & np.isinf(k)
+    at_inf = shown & np.isinf(k)
     if at_inf.any():
         ax.plot(x_k[at_inf], curve.values[at_inf], "D", color="#d55e00", ms=4, label="R* at k = inf")
+    if beyond.any():
+        ax.plot(x_k[beyond], np.full(beyond.sum(), edges[-1]), "^", color="#d55e00", mfc="white", ms=5,
+                clip_on=False, label=f"R* above the swept R (up to {curve.values[beyond].max():.2g})")  # fmt: skip
     none = np.isinf(curve.values)
     if none.any():
-        top = log_edges(R)[-1]
-        ax.plot(x_k[none], np.full(none.sum(), top), "^", color="#d55e00", ms=5, clip_on=False, label="R* = inf")
-    drawn = {"mesh": values, "threshold": (k[finite], curve.values[finite]), "no_threshold": k[none]}
+        ax.plot(x_k[none], np.full(none.sum(), edges[-1]), "^", color="#d55e00", ms=5, clip_on=False,
+                label="R* = inf")  # fmt: skip
+    ax.set_ylim(edges[0], edges[-1])  # the swept R, whatever R* is
+    drawn = {"mesh": values, "threshold": (k[finite], curve.values[finite]), "no_threshold": k[none],
+             "beyond": k[beyond]}  # fmt: skip
     if has_training(ds):
         drawn["training"] = _training_markers(ds, ax, point, x_k)
     k_log_axes(ax, k, x_k, k_labels, plain_y=False)
@@ -86,8 +95,9 @@ def _training_markers(ds: xr.Dataset, ax: plt.Axes, point: dict, x_k: np.ndarray
     unresolved = (phase == PHASE_CODE["unresolved"]).any("seed") & trained.any("seed") & ~disagree & ~unconverged
     agree = trained.any("seed") & ~disagree & ~unconverged & ~unresolved
     grid_R, grid_k = xr.broadcast(ds.R, ds.k)
-    labels = {"agree": "agrees", "disagree": "disagrees (stationary)", "not_converged": "not stationary",
-              "unresolved": f"differs within {UNRESOLVED_RTOL:g} of L*"}  # fmt: skip
+    labels = {"agree": "agrees with the theory", "disagree": "contradicts the theory, stationary",
+              "not_converged": "contradicts the theory, not stationary",
+              "unresolved": f"contradicts the theory within {UNRESOLVED_RTOL:g} of L*"}  # fmt: skip
     for name, mask, style in (("agree", agree, dict(marker="o", mfc="none", mec="white", ms=3.5, mew=0.8)),
                               ("disagree", disagree, dict(marker="x", color="#CC79A7", ms=4.5, mew=1.2)),
                               ("not_converged", unconverged, dict(marker="^", mfc="none", mec="#E69F00", ms=3.5,
@@ -112,6 +122,7 @@ def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> pl
     dist = ds.dist_to_theory.sel(point)
     fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_IN * 2, 2.5), layout="constrained")
     left.plot([-1, 1], [-1, 1], color="0.6", lw=0.8, label="training = theory")
+    C = n_major + n_minor
     for i, dim in enumerate(ds.dim.values):
         mean = stats.c_train_mean.sel(dim=dim)
         if not bool(mean.notnull().any()):
@@ -119,7 +130,8 @@ def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> pl
         color = OKABE_ITO[i % len(OKABE_ITO)]
         x, y = xr.broadcast(c_theory, mean)
         left.errorbar(x.values.ravel(), y.values.ravel(), yerr=stats.c_train_std.sel(dim=dim).values.ravel(),
-                      fmt="o", ms=2.5, color=color, lw=0.8, label=f"d = {dim}")  # fmt: skip
+                      fmt="o", ms=2.5, color=color, lw=0.8,
+                      label=f"d = {dim}" + (f" < C = {C}: x is the full-rank c" if dim < C else ""))  # fmt: skip
         d_mean = dist.sel(dim=dim).mean("seed")
         for k in ds.k.values:
             series = d_mean.sel(k=k)
@@ -131,14 +143,15 @@ def training_figure(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> pl
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("imbalance ratio R = p_major / p_minor")
-    right.set_ylabel("distance to theory\n||G_train - G*||_F / C")
+    right.set_ylabel("distance to theory\n||G_train - G*_d||_F / C")
     curve = threshold_curve(ds).sel(point)
     for k in ds.k.values:
         R_star = float(curve.sel(k=k))
         if np.isfinite(R_star) and bool(dist.sel(k=k).notnull().any()):
             right.axvline(R_star, color="0.5", ls="--", lw=0.8)
     right.legend(fontsize=6)
-    fig.suptitle(f"theory vs training: {loss}, K_A={n_major}, K_B={n_minor} (dashed: R*)")
+    fig.suptitle(f"theory vs training: {loss}, K_A={n_major}, K_B={n_minor} (dashed: R*; right: G*_d is the "
+                 "optimum at the run's d, rank-d where d < C)", fontsize=7)  # fmt: skip
     return fig
 
 
@@ -158,7 +171,7 @@ def thresholds_figure(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
 
 
 def gram_panels(ds: xr.Dataset, loss: str, n_major: int, n_minor: int, k: float) -> plt.Figure:
-    """Optimal Gram matrices below, at and above the threshold."""
+    """Optimal Gram matrices at three grid values of R around the threshold (see ``gram_points``)."""
     picks = gram_points(ds, loss, n_major, n_minor, k)
     C = n_major + n_minor
     fig, axes = plt.subplots(1, 3, figsize=(COLUMN_IN * 1.5, 1.9), layout="constrained")
@@ -168,7 +181,7 @@ def gram_panels(ds: xr.Dataset, loss: str, n_major: int, n_minor: int, k: float)
         done = int(ds.done_theory.sel(point)) == 1
         G = ds.gram_theory.sel(point).values[:C, :C]
         image = ax.imshow(np.where(done, G, np.nan), cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_title(f"{label}: R={R:.3g}" + ("" if done else " (pending)"))
+        ax.set_title(label + ("" if done else " (pending)"), fontsize=7)
         ax.set_xticks(range(C), ["A"] * n_major + ["B"] * n_minor)
         ax.set_yticks(range(C), ["A"] * n_major + ["B"] * n_minor)
     fig.colorbar(image, ax=axes, label="cosine between class means", shrink=0.9)

@@ -41,14 +41,20 @@ def write_figures(path: str, out: str | Path, selection: str | None = None) -> d
     written: list[Path] = []
     skipped: list[str] = []
     combos = [(str(lo), int(a), int(b)) for lo in ds.loss.values for a in ds.n_major.values for b in ds.n_minor.values]
+    single_minority = sorted({n_major for _, n_major, n_minor in combos if n_minor == 1})
+    if single_minority:
+        skipped.append(f"K_B = 1 (K_A = {', '.join(map(str, single_minority))}): no phase diagram or training "
+                       "figure, since one minority class has no minority-minority cosine c; its Gram panels "
+                       "are drawn")  # fmt: skip
     for loss, n_major, n_minor in combos:
         point = {"loss": loss, "n_major": n_major, "n_minor": n_minor}
         n_pending = int((ds.done_theory.sel(point) == 0).sum())
         if n_pending:
             skipped.append(f"{loss} K_A={n_major} K_B={n_minor}: {n_pending} theory points pending (hatched)")
-        fig, _ = phase_diagram(ds, loss, n_major, n_minor)
-        written += save_figure(fig, out, f"phase_{slug(loss)}_A{n_major}_B{n_minor}")
-        if has_training(ds):
+        if n_minor > 1:
+            fig, _ = phase_diagram(ds, loss, n_major, n_minor)
+            written += save_figure(fig, out, f"phase_{slug(loss)}_A{n_major}_B{n_minor}")
+        if has_training(ds) and n_minor > 1:
             trained = ds.status_train.sel(point) == STATUS_CODE["trained"]
             if bool(trained.any()):
                 written += save_figure(training_figure(ds, loss, n_major, n_minor), out,
@@ -69,11 +75,13 @@ def write_figures(path: str, out: str | Path, selection: str | None = None) -> d
         writer.writeheader()
         writer.writerows(rows)
     written.append(out / "thresholds.csv")
-    written.append(write_summary(ds, out / "summary.md", rows, skipped))
+    written.append(write_summary(ds, out / "summary.md", rows, skipped, written))
     return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
 
 
-def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[str]) -> Path:
+def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[str], written: list[Path]) -> Path:
+    """``summary.md`` of a step store: phase counts, every R*, training phases, what was skipped, and an
+    index of every figure with its caption."""
     counts = phase_counts(ds)
     lines = [f"# {ds.attrs.get('title', 'clphase results')}", "",
              f"Conventions: {ds.attrs.get('conventions', '')}", "",
@@ -98,7 +106,54 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
         lines += [f"| {name} | {runs[name]} |" for name in PHASES]
     if skipped:
         lines += ["", "Skipped (not drawn as values):", *[f"- {s}" for s in skipped]]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines + figure_index(written)) + "\n")
+    return path
+
+
+# file-name prefix -> caption, longest prefix first (names: <prefix>_<loss>_<shape>[_k<k>])
+CAPTIONS = {
+    "gram_rho": "Gram entries of every class pair against rho, a panel per k (the two smallest classes thick)",
+    "phase": "Phase diagram: the optimal minority cosine c over (k, R), with the threshold R*(k) and trained runs",
+    "train": "Training against the theory: trained against optimal c, and the distance to the optimum at d",
+    "gram": "Optimal Gram matrices of the class means",
+    "thresholds": "The threshold R*(k) for every loss and class counts",
+    "practised": "In-batch training on a subsampled dataset against the theory, and the tail's test accuracy",
+    "directions": "Distinct class directions of the optimum over (k, rho), with the onset curves rho*_m(k)",
+    "onsets": "The cascade onsets rho*_m against k",
+}
+
+
+def figure_index(written: list[Path]) -> list[str]:
+    """Markdown lines showing every PNG written, each under its caption and the parameters in its name."""
+    lines = ["", "## Figures", "", "Each is also written as PDF beside the PNG.", ""]
+    for png in (p for p in written if p.suffix == ".png"):
+        prefix = next(c for c in sorted(CAPTIONS, key=len, reverse=True) if png.stem.startswith(c))
+        rest = png.stem[len(prefix):].strip("_").replace("_", ", ")
+        lines += [f"**{png.stem}**: {CAPTIONS[prefix]}" + (f" ({rest})." if rest else "."), "",
+                  f"![{png.stem}]({png.name})", ""]  # fmt: skip
+    return lines
+
+
+def write_profile_summary(ds: xr.Dataset, path: Path, skipped: list[str], written: list[Path]) -> Path:
+    """``summary.md`` of an exp or counts store: the distinct directions, the onsets, what was skipped, and
+    an index of every figure."""
+    lines = [f"# {ds.attrs.get('title', 'clphase results')}", "", f"Conventions: {ds.attrs.get('conventions', '')}"]
+    if "directions_theory" in ds:
+        count = ds.directions_theory.values
+        done = count[np.isfinite(count)]
+        if done.size:
+            lines += ["", f"Distinct class directions of the optimum at {done.size} points: from {int(done.min())} "
+                      f"to {int(done.max())}."]  # fmt: skip
+    if "rho_onset" in ds:
+        rows = onsets_table(ds)
+        lines += ["", "| loss | C | k | m | rho*_m | status |", "|---|---|---|---|---|---|"]
+        for row in rows:
+            value = row["rho_star"]
+            text = "inf" if np.isinf(value) else ("" if np.isnan(value) else f"{value:.4g}")
+            lines.append(f"| {row['loss']} | {row['C']} | {row['k']} | {row['m']} | {text} | {row['status']} |")
+    if skipped:
+        lines += ["", "Skipped (not drawn as values):", *[f"- {s}" for s in skipped]]
+    path.write_text("\n".join(lines + figure_index(written)) + "\n")
     return path
 
 
@@ -122,6 +177,7 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
         for loss in map(str, ds.loss.values):
             for name in map(str, ds["counts"].values):
                 written += save_figure(counts_gram(ds, loss, name), out, f"gram_{slug(loss)}_{slug(name)}")
+        written.append(write_profile_summary(ds, out / "summary.md", skipped, written))
         return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
     for loss in map(str, ds.loss.values):
         for C in map(int, ds.C.values):
@@ -145,4 +201,5 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
         if undecided:
             skipped.append(f"{len(undecided)} onsets undecided (the merge test within its error bound or the "
                            "tail's terms below the solver's resolution): onsets.csv")  # fmt: skip
+    written.append(write_profile_summary(ds, out / "summary.md", skipped, written))
     return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}

@@ -187,8 +187,11 @@ class SweepConfig:
     train: TrainSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The resolved config, as ``validate`` reads it back (stored with every store)."""
         out = asdict(self)
         out["grid"] = self.grid.science()  # the profile's axes only
+        if out["train"] is not None:
+            out["train"] = applicable_train(out["train"])
         if self.grid.profile == "counts":
             out["grid"]["counts"] = {name: list(c) for name, c in self.grid.counts}
         return out
@@ -211,6 +214,16 @@ class SweepConfig:
 
 
 LATER_TRAIN_FIELDS = ("init", "negatives_from", "sampler", "positives", "n_max", "n_test")
+# the fields only one way of drawing negatives takes (validate refuses the other way's)
+BATCH_ONLY_FIELDS = ("sampler", "positives", "n_max", "n_test")
+IID_ONLY_FIELDS = ("batch_size", "estimator", "kernel", "samples_per_class")
+
+
+def applicable_train(train: dict[str, Any]) -> dict[str, Any]:
+    """A train section without the fields its ``negatives_from`` does not take: a resolved config (every
+    field at its value or default) then validates again, as ``clphase status`` and repairs read it back."""
+    drop = IID_ONLY_FIELDS if train.get("negatives_from", TrainSpec.negatives_from) == "batch" else BATCH_ONLY_FIELDS
+    return {key: value for key, value in train.items() if key not in drop}
 
 
 def _plain(x: Any) -> Any:

@@ -71,22 +71,30 @@ def theory_estimate(config: SweepConfig) -> KindEstimate:
     return KindEstimate("theory", s.n_theory_points, point_s, point_s * math.prod(batch.values()))
 
 
+def threshold_count(config: SweepConfig) -> int:
+    """Thresholds (or cascades) that will be computed: smooth losses, and two or more minority classes."""
+    s = config.grid
+    smooth = [loss for loss in s.loss if not loss.startswith("triplet")]
+    if s.profile == "exp":
+        return len(smooth) * len(s.C) * len(s.k)
+    if s.profile == "counts":
+        return 0
+    return len(smooth) * len(s.n_major) * len([n for n in s.n_minor if n >= 2]) * len(s.k)
+
+
 def threshold_estimate(config: SweepConfig) -> KindEstimate:
     from pipeline.theory.cascade import cascade
     from pipeline.theory.threshold import minority_threshold
 
     s, th = config.grid, config.theory
     smooth = [loss for loss in s.loss if not loss.startswith("triplet")]
+    count = threshold_count(config)
+    if not count:
+        return KindEstimate("threshold", 0, 0.0, 0.0)
     if s.profile == "exp":  # one cascade per (loss, C, k): timed at the largest C
-        count = len(smooth) * len(s.C) * len(s.k)
-        if not count:
-            return KindEstimate("threshold", 0, 0.0, 0.0)
         one_s = _timed(lambda: cascade(smooth[0], max(s.C), s.k[-1], th.negatives, th.reduction))
         return KindEstimate("threshold", count, one_s, one_s * len(s.k))
     minors = [n for n in s.n_minor if n >= 2]
-    count = len(smooth) * len(s.n_major) * len(minors) * len(s.k)
-    if not count:
-        return KindEstimate("threshold", 0, 0.0, 0.0)
     one_s = _timed(lambda: minority_threshold(smooth[0], s.n_major[0], minors[-1], s.k[-1], th.negatives, th.reduction))
     return KindEstimate("threshold", count, one_s, one_s * len(s.k))
 

@@ -157,6 +157,17 @@ class Grid:
         values = self.values(batch)
         return math.prod(int(np.isin(v, select[d]).sum()) if d in select else len(v) for d, v in values.items())
 
+    def selected(self) -> np.ndarray:
+        """(train dims) True for the runs ``train.select`` picks (every run without a selection)."""
+        dims = self.dims("train")
+        select = (self.config.train.select if self.config.train else None) or {}
+        mask = np.ones(self.sizes(dims), dtype=bool)
+        for axis, d in enumerate(dims):
+            if d in select:
+                keep = np.isin(self._coords[d], select[d])  # (n_d,)
+                mask &= keep.reshape([-1 if a == axis else 1 for a in range(len(dims))])
+        return mask
+
     def values(self, batch: Batch) -> dict[str, np.ndarray]:
         """Coordinate values covered by a batch, per dim."""
         # the config's own values (k stays int where it is): the coordinates only name count vectors

@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.sweep.cluster import attach, connect, jobqueue_settings, make_jobqueue_cluster, max_workers
 from pipeline.sweep.config import SweepConfig
-from pipeline.sweep.estimate import STARTUP_S, estimate, wall_s
+from pipeline.sweep.estimate import STARTUP_S, estimate, threshold_count, wall_s
 from pipeline.sweep.faults import kill_point
 from pipeline.sweep.graph import pending_batches, run_sweep
 from pipeline.sweep.grid import Grid, kinds
@@ -35,8 +35,7 @@ from pipeline.theory.profiles import SCAN_AXIS
 
 def n_train_runs(config: SweepConfig) -> int:
     """Training runs selected by ``train.select`` (all grid points when empty)."""
-    grid = Grid(config)
-    return sum(grid.work(batch) for batch in grid.batches("train"))
+    return int(Grid(config).selected().sum())
 
 
 def dry_run(config: SweepConfig, workers: int | None) -> int:
@@ -57,13 +56,17 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     print(f"theory points: {spec.n_theory_points} in {n_batches['theory']} batches of <= {batch_points}")
     if "threshold" in n_batches:
         what = "cascades (onsets rho*_m)" if spec.profile == "exp" else "thresholds"
-        print(f"{what}: {n_thresholds} in {n_batches['threshold']} batches")
+        applicable = threshold_count(config)
+        rest = f"; {n_thresholds - applicable} not applicable (n_minor < 2 or a hinge loss)" if applicable < \
+            n_thresholds else ""
+        print(f"{what}: {n_thresholds} in {n_batches['threshold']} batches: {applicable} to compute{rest}")
     if config.train is not None:
         chunk = grid.chunks("train")
+        working = sum(1 for b in grid.batches("train") if grid.work(b))
         print(
-            f"training runs: {spec.n_points} (selected: {n_train_runs(config)}) in {n_batches['train']} batches "
-            f"of <= {chunk[SCAN_AXIS[spec.profile]] * chunk['seed']} stacked runs ({config.train.model}, "
-            f"{config.train.steps} steps)"
+            f"training runs: {n_train_runs(config)} selected (train.select) of {spec.n_points}, in {working} "
+            f"batches of <= {chunk[SCAN_AXIS[spec.profile]] * chunk['seed']} stacked runs ({config.train.model}, "
+            f"{config.train.steps} steps); the other {n_batches['train'] - working} batches hold no selected run"
         )
     if pending is not None:
         print("pending batches: " + ", ".join(f"{k} {len(v)}" for k, v in pending.items()))
@@ -148,7 +151,8 @@ def run(
             summary = run_sweep(config, config.store, client, window=window, retry=retry, pending=pending)
     finally:
         release_lock(lock)
-    work = ", ".join(f"{kind} {n}" for kind, n in summary.work.items())
+    names = {"theory": "theory points", "threshold": THRESHOLD_UNITS[config.grid.profile], "train": "training runs"}
+    work = ", ".join(f"{n} {names[kind]}" for kind, n in summary.work.items())
     print(f"done: {summary.batches} batches ({work}) in {summary.wall_s:.1f} s; "
           f"failed points: {summary.failed_points}; failed batches: {len(summary.failed_batches)}")  # fmt: skip
     print(f"open with: import pipeline; ds = pipeline.open_results({config.store!r})")
@@ -227,13 +231,21 @@ def status(path: str) -> int:
             done[batch.selection()] = False
         failed = int((np.isin(codes, FAILED) & done).sum())
         skipped = int(((codes == STATUS_CODE["not_applicable"]) & done).sum())
+        will_run = np.ones(done.shape, dtype=bool)
+        if kind == "train" and config is not None:  # runs train.select leaves out are never pending
+            will_run = Grid(config).selected()
+            skipped = int((~will_run).sum())
         done_word, skipped_word = STATUS_WORDS[kind]
-        parts = [f"{int(done.sum()) - failed - skipped} {done_word}", f"{failed} failed"]
+        parts = [f"{int((done & will_run).sum()) - failed - (0 if kind == 'train' else skipped)} {done_word}",
+                 f"{failed} failed"]  # fmt: skip
         if skipped or kind != "theory":
             parts.append(f"{skipped} {skipped_word}")
-        print(f"{kind:>9}: {', '.join(parts)}, {int((~done).sum())} pending (of {done.size})")
+        print(f"{kind:>9}: {', '.join(parts)}, {int((~done & will_run).sum())} pending (of {done.size})")
     return 0
 
+
+# what one threshold task computes, per profile
+THRESHOLD_UNITS = {"step": "thresholds R*", "exp": "cascades", "counts": "thresholds"}
 
 # per task kind: what a done point is called, and what a point that is not computed is called
 STATUS_WORDS = {
@@ -244,12 +256,16 @@ STATUS_WORDS = {
 
 
 def load_config_from_store(attrs: dict) -> SweepConfig | None:
-    """The config stored in a store's attributes (None when it cannot be read back)."""
+    """The config stored in a store's attributes (None when it cannot be read back). Stores written
+    before the resolved config left out the fields its training mode does not take are read too."""
     import yaml
 
-    from pipeline.sweep.config import validate
+    from pipeline.sweep.config import applicable_train, validate
 
     try:
-        return validate(yaml.safe_load(attrs["config"]))
+        raw = yaml.safe_load(attrs["config"])
+        if raw.get("train"):
+            raw["train"] = applicable_train(raw["train"])
+        return validate(raw)
     except Exception:  # an old or damaged attribute: status still reports the masks
         return None
