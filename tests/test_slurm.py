@@ -25,7 +25,7 @@ from tests.test_sweep import TINY, compare_stores, keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one SLURM at a time: its daemons
+pytestmark = pytest.mark.slurm
 
 TEST_PROFILE = {
     "jobqueue": {

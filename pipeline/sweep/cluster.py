@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dask
 import yaml
@@ -66,21 +66,28 @@ class ExitWithParent(WorkerPlugin):
         threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-class QuietCancellation(WorkerPlugin):
-    """Drops a local worker's warning for each task cancelled while the client shuts down (Ctrl-C or
-    SIGTERM): "Async instruction ... ended with CancelledError", which would print above the one line
-    that says the run was interrupted. Every other warning is kept."""
+class QuietShutdown(WorkerPlugin):
+    """Drops what a local worker logs while its client shuts the cluster down early (Ctrl-C, SIGTERM, a
+    full disk): "Async instruction ... ended with CancelledError" per cancelled task, and "Failed to
+    communicate with scheduler during heartbeat" when the scheduler (in the client's process) closes first.
+    They would print above the one line that says why the run stopped. Every other record is kept."""
 
-    name = "clphase-quiet-cancellation"
+    name = "clphase-quiet-shutdown"
+    NOISE: ClassVar[dict[str, str]] = {
+        "distributed.worker.state_machine": "ended with CancelledError",
+        "distributed.worker": "Failed to communicate with scheduler during heartbeat",
+    }
 
     def setup(self, worker) -> None:
         import logging
 
-        class _DropCancelled(logging.Filter):
-            def filter(self, record: logging.LogRecord) -> bool:
-                return "ended with CancelledError" not in record.getMessage()
+        for logger, text in self.NOISE.items():
 
-        logging.getLogger("distributed.worker.state_machine").addFilter(_DropCancelled())
+            class _Drop(logging.Filter):
+                def filter(self, record: logging.LogRecord, text: str = text) -> bool:
+                    return text not in record.getMessage()
+
+            logging.getLogger(logger).addFilter(_Drop())
 
 
 def idle_holders(client: Client, keys: set[str], window_s: float = 5.0) -> dict[str, list[str]]:
@@ -280,7 +287,7 @@ def connect(
     client = Client(cluster)
     if spec.kind == "local":
         client.register_plugin(ExitWithParent())
-        client.register_plugin(QuietCancellation())
+        client.register_plugin(QuietShutdown())
     try:
         yield client
     finally:

@@ -179,6 +179,7 @@ def run_sweep(
                 else:
                     report = future.result()
                     if "no_space" in report:
+                        client.cancel(list(in_flight))  # their writes would fail too
                         raise SweepStoppedError(
                             f"store {path!r}: {report['no_space'].lower()} while writing {report['kind']} batch "
                             f"{report['batch'].index}; every completed batch is kept: free space, then rerun the "
