@@ -13,6 +13,21 @@ def complex_step(f, x: np.ndarray, direction: np.ndarray, h: float = 1e-30) -> f
     return float(np.imag(f(x + 1j * h * direction)) / h)
 
 
+def theory_store(config) -> str:
+    """Write a config's thresholds and theory points into a new store, in this process (no cluster)."""
+    from pipeline.sweep.graph import compute_and_write
+    from pipeline.sweep.grid import Grid, kinds
+    from pipeline.sweep.store import init_store
+
+    init_store(config.store, config)
+    grid = Grid(config)
+    for kind in ("threshold", "theory"):
+        if kind in kinds(config):
+            for batch in grid.batches(kind):
+                compute_and_write(config, batch, config.store)
+    return config.store
+
+
 @pytest.fixture
 def two_group():
     """Factory of two-group problems with keyword defaults."""

@@ -157,4 +157,4 @@ def test_progress_in_a_log_is_a_line_per_kind_every_few_seconds(tmp_path):
         lines = [x for x in proc.stderr.splitlines() if x.strip().startswith(f"{kind}:")]
         assert 1 <= len(lines) <= wall / LOG_INTERVAL_S + 1, lines
         assert "100%" in lines[-1]
-    assert "16 thresholds R*" in proc.stdout and "96 theory points" in proc.stdout  # points, named as such
+    assert "16 threshold points" in proc.stdout and "96 theory points" in proc.stdout  # points, named as such

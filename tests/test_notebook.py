@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.sweep.config import load_config
-from pipeline.sweep.graph import compute_and_write
-from pipeline.sweep.grid import Grid
-from pipeline.sweep.store import init_store
+from tests.conftest import theory_store
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "examples" / "explore.ipynb"
@@ -23,13 +21,7 @@ def quick_store(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("notebook")
     overrides = [f"store={tmp / 'quick.zarr'}", "grid.R={logspace: [0, 3, 7]}", "grid.k=[1,4]", "grid.n_minor=[2]"]
     config = load_config(ROOT / "configs" / "quick.yaml", overrides)
-    config = replace(config, train=None)
-    init_store(config.store, config)
-    grid = Grid(config)
-    for kind in ("threshold", "theory"):
-        for batch in grid.batches(kind):
-            compute_and_write(config, batch, config.store)
-    return config.store
+    return theory_store(replace(config, train=None))
 
 
 def test_the_example_notebook_runs(quick_store, monkeypatch):

@@ -15,9 +15,7 @@ import pipeline
 from pipeline.cli import main
 from pipeline.errors import InputError
 from pipeline.sweep.config import validate
-from pipeline.sweep.graph import compute_and_write
-from pipeline.sweep.grid import Grid
-from pipeline.sweep.store import init_store
+from tests.conftest import theory_store
 from tests.test_frictions import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +31,7 @@ def small_store(tmp_path_factory) -> str:
                  "k": [1, 4]},
         "batch": {"points": 4},
     })  # fmt: skip
-    init_store(config.store, config)
-    grid = Grid(config)
-    for kind in ("threshold", "theory"):
-        for batch in grid.batches(kind):
-            compute_and_write(config, batch, config.store)
-    return config.store
+    return theory_store(config)
 
 
 # --- 1. plot --out ----------------------------------------------------------------------------------------
@@ -238,12 +231,7 @@ def far_threshold_store(tmp_path_factory) -> str:
                  "k": [4, 1024]},
         "batch": {"points": 8},
     })  # fmt: skip
-    init_store(config.store, config)
-    grid = Grid(config)
-    for kind in ("threshold", "theory"):
-        for batch in grid.batches(kind):
-            compute_and_write(config, batch, config.store)
-    return config.store
+    return theory_store(config)
 
 
 def test_phase_axis_is_the_swept_R_with_R_star_beyond_it_marked(far_threshold_store):
@@ -285,3 +273,13 @@ def test_dry_run_counts_agree_with_its_estimate(capsys):
     assert "training runs: 64 selected (train.select) of 320, in 8 batches" in out
     assert "train: 8 batches of stacked runs" in out and "theory: 80 points" in out
     assert not (ROOT / "results" / "never-written.zarr").exists()
+
+
+def test_parallel_efficiency_is_measured_and_scales_the_wall_estimate():
+    from pipeline.sweep.estimate import KindEstimate, parallel_efficiency, wall_s
+
+    assert parallel_efficiency(1) == 1.0
+    efficiency = parallel_efficiency(2)
+    assert 0.2 < efficiency <= 1.0
+    work = [KindEstimate("theory", 100, 1.0, 1.0)]  # 100 s of work, batches of 1 s
+    assert wall_s(work, 2, 0.5) - wall_s(work, 2, 1.0) == pytest.approx(50.0)  # half the throughput: twice the wall

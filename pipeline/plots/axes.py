@@ -76,10 +76,11 @@ def k_axis(k: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return x, labels
 
 
-def plain_number(v: float) -> str:
-    """A tick label in one style per axis: plain from 0.001 to 99999 (20, 500, 10000), a power of ten
-    beyond (10^5, 10^6, never 1e+06 beside 100000), otherwise m x 10^n."""
-    if v == 0 or 1e-3 <= abs(v) < 1e5:
+def plain_number(v: float, powers: bool = False) -> str:
+    """A tick label: plain from 0.001 to 99999 (20, 500, 10000), a power of ten beyond (10^5, 10^6: never
+    1e+06), or always a power of ten (m x 10^n) with ``powers``, which an axis reaching 10^5 sets for all
+    its labels, so that one axis keeps one style (never 10000 beside 10^5)."""
+    if v == 0 or (not powers and 1e-3 <= abs(v) < 1e5):
         return f"{v:g}"
     n = int(np.floor(np.log10(abs(v)) + 1e-9))
     m = v / 10.0**n
@@ -90,10 +91,15 @@ def _plain_log_ticks(axis, minor: bool = True) -> None:
     """Log-axis tick labels as plain numbers (20, 50, 100, 200), not 6x10^1: decades and, with
     ``minor``, the minor ticks at 2 and 5 times a decade are labelled."""
 
-    def minor_label(v: float, _: int) -> str:
-        return plain_number(v) if minor and v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else ""
+    def powers() -> bool:  # one style per axis: powers of ten throughout once it reaches 10^5
+        low, high = sorted(abs(x) for x in axis.get_view_interval())
+        return high >= 1e5 or 0 < low < 1e-3
 
-    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: plain_number(v)))
+    def minor_label(v: float, _: int) -> str:
+        shown = minor and v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 5)
+        return plain_number(v, powers()) if shown else ""
+
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: plain_number(v, powers())))
     axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor_label))
 
 

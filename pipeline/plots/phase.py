@@ -48,7 +48,8 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
     beyond = finite & (curve.values > edges[-1])  # R* past the swept R: marked at the top edge, not drawn there
     shown = finite & ~beyond
     line = shown & np.isfinite(k)  # R*(k) joined over finite k; R*_inf its own marker
-    ax.plot(x_k[line], curve.values[line], "o-", color="#d55e00", lw=1.2, ms=3, label="threshold R*(k)")
+    if line.any():
+        ax.plot(x_k[line], curve.values[line], "o-", color="#d55e00", lw=1.2, ms=3, label="threshold R*(k)")
     at_inf = shown & np.isinf(k)
     if at_inf.any():
         ax.plot(x_k[at_inf], curve.values[at_inf], "D", color="#d55e00", ms=4, label="R* at k = inf")
@@ -68,7 +69,7 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
     ax.set_ylabel("imbalance ratio R = p_major / p_minor")
     ax.set_title(f"{loss}, K_A={n_major}, K_B={n_minor}")
     if ax.get_legend_handles_labels()[0]:  # below the axes: it never covers cells
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=6,
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=1, fontsize=6,
                    facecolor="0.7", edgecolor="none")  # grey: the white training circles show
     return fig, drawn
 

@@ -1,13 +1,19 @@
 """How long a sweep will take: each task kind timed on a sample here, then scaled (``--dry-run``).
 
 - theory: a few grid points solved (after one untimed warm-up), the mean times every point;
-- thresholds: one R* at the largest k, times every applicable (loss, K_A, K_B, k);
-- training: the first batch's runs trained twice with few steps (``CALIBRATION_STEPS``): the fixed
-  and the per-step cost, scaled to ``train.steps``; plus each batch's theory references (an optimum per
-  R, and the rank-d optimum when d < C), timed once per embedding dimension.
+- thresholds: one R* at the largest k, times every applicable (loss, K_A, K_B, k); cascades: one per C
+  at the middle k (their cost grows with C: an undecided tail ends a scan early, a long tail scans far);
+- training: for each k, the first batch's runs trained twice with few steps (``CALIBRATION_STEPS``): the
+  fixed and the per-step cost, scaled to ``train.steps`` and to each batch's runs (an in-batch batch holds
+  k + 2 samples, so its cost depends on k); plus each batch's theory references (an optimum per R, and the
+  rank-d optimum when d < C), timed once per embedding dimension.
 
 Workers run single-threaded (``cluster.threads_per_worker``), so the sample does too. The wall time is
-the work divided over the workers, but never less than the longest batch, plus the start-up.
+the work divided over the workers' measured throughput, but never less than the longest batch, plus the
+start-up. The throughput is measured, not assumed: n processes on n cores need not run n times as fast
+as one (shared cores of a virtual machine, memory bandwidth, the scheduler in the client's process). On
+the 2-core development machine two processes ran at 0.5 to 0.6 of twice one, and the dry run of every
+shipped config said half the measured time until it measured this.
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ from pipeline.sweep.config import SweepConfig
 from pipeline.sweep.grid import Grid, kinds
 
 CALIBRATION_STEPS = (20, 80)
+THEORY_SAMPLES = 16  # theory points timed, spread over the grid
+THEORY_BUDGET_S = 10.0  # ... or fewer (at least 3), once this many seconds are spent
+# a batch's cost beside its computing: the task's round trip and the region write of its variables
+# (measured: the tests' tiny sweep, 40 batches with < 0.1 s of computing, takes 2.6 s on 2 workers)
+BATCH_OVERHEAD_S = 0.12
 STARTUP_S = 5.0  # a LocalCluster's workers and the store's template (measured: 3-6 s on 2 cores)
 
 
@@ -41,34 +52,42 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _picks(config: SweepConfig, kind: str) -> list[dict]:
-    """Three grid points of a kind: the first and last of its first and last batches, and a middle one."""
+def _spread_points(config: SweepConfig, kind: str, n: int) -> list[dict]:
+    """Up to ``n`` grid points of a kind, evenly spread over its batches (a point from each chosen batch,
+    at a position that moves along the batch), so that cheap and costly regions are both sampled."""
     from pipeline.sweep.tasks import grid_points
 
     grid = Grid(config)
     batches = list(grid.batches(kind))
-    chosen = [batches[0], batches[-1], batches[len(batches) // 2]]
+    chosen = [batches[round(i * (len(batches) - 1) / max(n - 1, 1))] for i in range(min(n, len(batches)))]
     out = []
     for i, batch in enumerate(chosen):
         points = [pt for _, pt in grid_points(grid, batch, None)]
-        out.append(points[[0, -1, len(points) // 2][i]])
+        out.append(points[(i * 7) % len(points)])
     return out
 
 
 def theory_estimate(config: SweepConfig) -> KindEstimate:
+    """Mean time of up to ``THEORY_SAMPLES`` points spread over the grid (until ``THEORY_BUDGET_S`` is spent):
+    points differ by orders of magnitude (a long tail at large rho against a two-group point)."""
     from pipeline.sweep.tasks import point_problem
     from pipeline.theory.dispatch import solve
 
     s, th = config.grid, config.theory
-    picks = _picks(config, "theory")
+    picks = _spread_points(config, "theory", THEORY_SAMPLES)
 
     def one(pick) -> None:
         solve(point_problem(config, pick), th.solver)
 
     one(picks[0])  # imports and caches
-    point_s = sum(_timed(lambda p=p: one(p)) for p in picks) / len(picks)
+    times: list[float] = []
+    for pick in picks:
+        times.append(_timed(lambda p=pick: one(p)))
+        if sum(times) > THEORY_BUDGET_S and len(times) >= 3:
+            break
+    point_s = sum(times) / len(times)
     batch = Grid(config).chunks("theory")
-    return KindEstimate("theory", s.n_theory_points, point_s, point_s * math.prod(batch.values()))
+    return KindEstimate("theory", s.n_theory_points, point_s, max(times) * math.prod(batch.values()))
 
 
 def threshold_count(config: SweepConfig) -> int:
@@ -91,9 +110,10 @@ def threshold_estimate(config: SweepConfig) -> KindEstimate:
     count = threshold_count(config)
     if not count:
         return KindEstimate("threshold", 0, 0.0, 0.0)
-    if s.profile == "exp":  # one cascade per (loss, C, k): timed at the largest C
-        one_s = _timed(lambda: cascade(smooth[0], max(s.C), s.k[-1], th.negatives, th.reduction))
-        return KindEstimate("threshold", count, one_s, one_s * len(s.k))
+    if s.profile == "exp":  # one cascade per (loss, C, k): each C timed once, at the middle k
+        k_mid = s.k[len(s.k) // 2]
+        per_C = [_timed(lambda C=C: cascade(smooth[0], C, k_mid, th.negatives, th.reduction)) for C in s.C]
+        return KindEstimate("threshold", count, sum(per_C) / len(per_C), max(per_C) * len(s.k))
     minors = [n for n in s.n_minor if n >= 2]
     one_s = _timed(lambda: minority_threshold(smooth[0], s.n_major[0], minors[-1], s.k[-1], th.negatives, th.reduction))
     return KindEstimate("threshold", count, one_s, one_s * len(s.k))
@@ -126,10 +146,18 @@ def train_estimate(config: SweepConfig) -> KindEstimate:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(config.cluster.threads_per_worker)
+    first_of_k: dict[float, object] = {}  # a batch's cost depends on k (an in-batch batch holds k + 2 samples)
+    for batch in batches:
+        first_of_k.setdefault(float(grid.values(batch)["k"][0]), batch)
     try:
-        runs, _, _ = batch_runs(config, batches[0])
-        train(runs, 1)  # torch's first-call set-up, paid once per worker
-        short, long = (_timed(lambda n=n: train(runs, n)) for n in CALIBRATION_STEPS)
+        train_s: dict[float, tuple[float, int]] = {}  # k -> (seconds of the calibrated batch, its runs)
+        for i, (k, batch) in enumerate(first_of_k.items()):
+            runs, _, _ = batch_runs(config, batch)
+            if i == 0:
+                train(runs, 1)  # torch's first-call set-up, paid once per worker
+            short, long = (_timed(lambda n=n, r=runs: train(r, n)) for n in CALIBRATION_STEPS)
+            per_step = max(long - short, 0.0) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
+            train_s[k] = (short + per_step * (config.train.steps - CALIBRATION_STEPS[0]), len(runs))
         reference_s: dict[int, float] = {}
         for batch in batches:
             _, where, problems = batch_runs(config, batch)
@@ -139,12 +167,11 @@ def train_estimate(config: SweepConfig) -> KindEstimate:
                 reference_s[dim] = _timed(lambda p=problem, d=dim: references(p, d))
     finally:
         torch.set_num_threads(threads)
-    per_step = max(long - short, 0.0) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
-    train_s = short + per_step * (config.train.steps - CALIBRATION_STEPS[0])
     costs = []
     for batch in batches:
-        _, where, problems = batch_runs(config, batch)
-        costs.append(train_s + len(problems) * reference_s[where[0][1]["dim"]])
+        runs, where, problems = batch_runs(config, batch)
+        seconds, n_calibrated = train_s[float(grid.values(batch)["k"][0])]
+        costs.append(seconds * len(runs) / n_calibrated + len(problems) * reference_s[where[0][1]["dim"]])
     return KindEstimate("train", len(batches), sum(costs) / len(costs), max(costs))
 
 
@@ -158,7 +185,34 @@ def estimate(config: SweepConfig) -> list[KindEstimate]:
     return out
 
 
-def wall_s(estimates: list[KindEstimate], workers: int) -> float:
-    """Work over the workers, at least the longest batch, plus the start-up."""
-    work = sum(e.work_s for e in estimates)
-    return max(work / max(workers, 1), max((e.longest_s for e in estimates), default=0.0)) + STARTUP_S
+def _probe(_: int = 0) -> float:
+    """Seconds of a fixed CPU-bound numpy kernel (small vector operations, as the solvers and trainers run)."""
+    import numpy as np
+
+    x = np.linspace(0.1, 1.0, 20000)
+    start = time.perf_counter()
+    for _ in range(300):
+        x = np.log1p(np.exp(-x)) + 0.5 * x  # (20000,)
+    return time.perf_counter() - start
+
+
+def parallel_efficiency(workers: int) -> float:
+    """Throughput of ``workers`` single-threaded processes running at once, over ``workers`` times one
+    process alone (1: perfect scaling): each process times :func:`_probe`, first one alone, then all at once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers <= 1:
+        return 1.0
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_probe, range(workers)))  # start every process (and warm numpy up)
+        alone = min(pool.submit(_probe).result() for _ in range(2))
+        together = max(pool.map(_probe, range(workers)))  # all at once: the slowest sets the pace
+    return min(1.0, alone / together)
+
+
+def wall_s(estimates: list[KindEstimate], workers: int, efficiency: float = 1.0, batches: int = 0) -> float:
+    """Work (and ``BATCH_OVERHEAD_S`` per batch) over the workers at the measured ``efficiency``, at least the
+    longest batch, plus the start-up."""
+    work = sum(e.work_s for e in estimates) + batches * BATCH_OVERHEAD_S
+    return max(work / (max(workers, 1) * efficiency), max((e.longest_s for e in estimates), default=0.0)) + STARTUP_S

@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.sweep.cluster import attach, connect, jobqueue_settings, make_jobqueue_cluster, max_workers
 from pipeline.sweep.config import SweepConfig
-from pipeline.sweep.estimate import STARTUP_S, estimate, threshold_count, wall_s
+from pipeline.sweep.estimate import BATCH_OVERHEAD_S, STARTUP_S, estimate, parallel_efficiency, threshold_count, wall_s
 from pipeline.sweep.faults import kill_point
 from pipeline.sweep.graph import pending_batches, run_sweep
 from pipeline.sweep.grid import Grid, kinds
@@ -85,8 +85,12 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     for e in estimates:
         unit = f"{e.unit_s * 1e3:.1f} ms" if e.unit_s < 1 else f"{e.unit_s:.1f} s"
         print(f"  {e.kind:>9}: {e.count} {units[e.kind]} x {unit} = {e.work_s:.0f} s of work")
-    print(f"  -> about {wall_s(estimates, n_workers):.0f} s wall (work over {n_workers} workers, "
-          f"at least the longest batch, plus ~{STARTUP_S:.0f} s start-up)")  # fmt: skip
+    efficiency = parallel_efficiency(n_workers) if config.cluster.kind == "local" else 1.0
+    n_pending = sum(len(v) for v in pending.values()) if pending is not None else sum(n_batches.values())
+    wall = wall_s(estimates, n_workers, efficiency, n_pending)
+    print(f"  -> about {wall:.0f} s wall (work and {BATCH_OVERHEAD_S:g} s a batch over {n_workers} workers, which run "
+          f"at {efficiency:.2f} of {n_workers}x one process here, at least the longest batch, plus ~{STARTUP_S:.0f} s "
+          "start-up)")  # fmt: skip
     if config.cluster.kind != "local":
         cluster = make_jobqueue_cluster(config.cluster)
         try:
@@ -151,7 +155,7 @@ def run(
             summary = run_sweep(config, config.store, client, window=window, retry=retry, pending=pending)
     finally:
         release_lock(lock)
-    names = {"theory": "theory points", "threshold": THRESHOLD_UNITS[config.grid.profile], "train": "training runs"}
+    names = {"theory": "theory points", "threshold": "threshold points", "train": "training runs"}
     work = ", ".join(f"{n} {names[kind]}" for kind, n in summary.work.items())
     print(f"done: {summary.batches} batches ({work}) in {summary.wall_s:.1f} s; "
           f"failed points: {summary.failed_points}; failed batches: {len(summary.failed_batches)}")  # fmt: skip
@@ -243,9 +247,6 @@ def status(path: str) -> int:
         print(f"{kind:>9}: {', '.join(parts)}, {int((~done & will_run).sum())} pending (of {done.size})")
     return 0
 
-
-# what one threshold task computes, per profile
-THRESHOLD_UNITS = {"step": "thresholds R*", "exp": "cascades", "counts": "thresholds"}
 
 # per task kind: what a done point is called, and what a point that is not computed is called
 STATUS_WORDS = {
