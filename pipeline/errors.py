@@ -22,7 +22,16 @@ class InputError(ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"invalid {field}: {value!r}; expected {allowed}")
+        super().__init__(f"invalid {field}: {shorten(repr(value))}; expected {allowed}")
+
+
+MAX_SHOWN = 200  # characters of a value an error message shows
+
+
+def shorten(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out (a 1 KB config can hold a value
+    that prints as gigabytes)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class SweepStoppedError(RuntimeError):

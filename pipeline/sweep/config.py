@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.errors import InputError
+from pipeline.errors import MAX_SHOWN, InputError, shorten
 from pipeline.theory.inbatch import POSITIVES
 from pipeline.theory.losses import NEGATIVES, REDUCTIONS, parse_loss
 from pipeline.theory.problem import check_k
@@ -40,12 +40,17 @@ KERNELS = ("auto", "sparse", "dense")
 INITS = ("random", "theory")
 
 
+MAX_PROBLEMS = 20  # problems a config error lists, the count of the rest after them
+
+
 class ConfigError(InputError):
     """One or more problems in a config; ``str(err)`` lists them all, one per line."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        ValueError.__init__(self, "\n".join(problems))
+        self.problems = [shorten(problem, 2 * MAX_SHOWN) for problem in problems]  # values may be huge
+        shown = self.problems[:MAX_PROBLEMS] + ([f"... and {len(problems) - MAX_PROBLEMS} more problems"]
+                                                if len(problems) > MAX_PROBLEMS else [])  # fmt: skip
+        ValueError.__init__(self, "\n".join(shown))
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,9 @@ def _counts_axis(raw: Any, problems: list[str]) -> tuple:
     return tuple(out)
 
 
+INT_MAX = 2**63 - 1  # the largest int64: integer axes are stored as int64 coordinates
+
+
 def _axis(name: str, raw: Any, problems: list[str], kind: type, minimum: float) -> tuple:
     if raw is None or (isinstance(raw, list) and not raw):
         problems.append(f"grid.{name}: {raw!r}: expected a non-empty list")
@@ -297,9 +305,9 @@ def _axis(name: str, raw: Any, problems: list[str], kind: type, minimum: float) 
             except InputError as err:
                 problems.append(f"grid.{name}: {v!r}: expected {err.allowed}")
             continue
-        if kind is int:
-            good = isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-            allowed = f"integers >= {int(minimum)}"
+        if kind is int:  # the store keeps int64 coordinates
+            good = isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= INT_MAX
+            allowed = f"integers from {int(minimum)} to {INT_MAX}"
         else:
             good = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= minimum
             allowed = f"finite numbers >= {minimum:g}"
@@ -666,6 +674,36 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a sweep config is a few KB
+
+
+class _RefusedYamlError(yaml.YAMLError):
+    """Valid YAML that a sweep config refuses: a key given twice, an alias."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, refusing what a sweep config never needs and a typo or an attack would use: a key
+    given twice in one mapping (a second ``grid:`` replaced the first), and aliases (``*name``), whose
+    expansion turns a 1 KB file into gigabytes (the "billion laughs")."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                lines = f"lines {seen[key]} and {key_node.start_mark.line + 1}"
+                raise _RefusedYamlError(f"key {key!r} given twice ({lines}); expected each key once")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _RefusedYamlError(f"an alias at line {mark.line + 1}: aliases (*name) are not allowed in a sweep "
+                                    "config; write the values out")  # fmt: skip
+        return super().compose_node(parent, index)
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     """Read, override and validate a sweep config.
 
@@ -676,11 +714,23 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # bounded: /dev/zero is not a config
     except OSError as err:
         raise ConfigError([f"config: {str(path)!r}: cannot be read ({err.strerror}); expected a YAML file"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"config: {str(path)!r}: larger than {MAX_CONFIG_BYTES // 1024} KiB; expected a YAML sweep "
+                           "config (a few KB)"])  # fmt: skip
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError([f"config: {str(path)!r}: not UTF-8 text (byte {data[err.start]:#04x} at line {line}); "
+                           "expected a YAML file saved as UTF-8"]) from None  # fmt: skip
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
+    except _RefusedYamlError as err:
+        raise ConfigError([f"config: {str(path)!r}: {err}"]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
