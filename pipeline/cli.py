@@ -272,7 +272,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     from pipeline.plots import write_figures
     from pipeline.sweep.runner import damage
-    from pipeline.sweep.store import check_writable, require_store
+    from pipeline.sweep.store import DamagedStoreError, check_writable, require_store
 
     require_store(args.store)
     out = args.out or str(Path("figures") / Path(args.store.rstrip("/")).stem)
@@ -292,17 +292,6 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         print(f"skipped: {line}")
     print(f"wrote {len(report['written'])} files to {out} in {report['seconds']:.1f} s")
     return 0
-
-
-class DamagedStoreError(InputError):
-    """A store with damaged batches, which ``clphase run`` repairs."""
-
-    def __init__(self, path: str, damaged: list[str], cause: Exception) -> None:
-        self.field, self.value, self.allowed = "store", path, "an undamaged store"
-        more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
-        ValueError.__init__(self, f"store {path!r} is damaged ({type(cause).__name__}): {damaged[0]}{more}; "
-                            "run `clphase run CONFIG` again with its config to repair it (`clphase status` lists "
-                            "every damaged batch)")  # fmt: skip
 
 
 COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold, "run": _cmd_run, "status": _cmd_status, "plot": _cmd_plot}

@@ -80,6 +80,7 @@ class Grid:
         self.profile = self.spec.profile
         self.C_max = self.spec.C_max
         self._coords = self._make_coords()
+        self._selected: np.ndarray | None = None  # train.select's mask over the train dims, made on first use
 
     def _make_coords(self) -> dict[str, np.ndarray]:
         s = self.spec
@@ -151,22 +152,23 @@ class Grid:
     def work(self, batch: Batch) -> int:
         """Points of a batch that will be computed: all of them, but for training only the runs that
         ``train.select`` picks (the others are marked not selected at once)."""
-        if batch.kind != "train" or not self.config.train.select:
+        if batch.kind != "train":
             return batch.n_points
-        select = self.config.train.select
-        values = self.values(batch)
-        return math.prod(int(np.isin(v, select[d]).sum()) if d in select else len(v) for d, v in values.items())
+        return int(self.selected()[batch.selection()].sum())
 
     def selected(self) -> np.ndarray:
-        """(train dims) True for the runs ``train.select`` picks (every run without a selection)."""
-        dims = self.dims("train")
-        select = (self.config.train.select if self.config.train else None) or {}
-        mask = np.ones(self.sizes(dims), dtype=bool)
-        for axis, d in enumerate(dims):
-            if d in select:
-                keep = np.isin(self._coords[d], select[d])  # (n_d,)
-                mask &= keep.reshape([-1 if a == axis else 1 for a in range(len(dims))])
-        return mask
+        """(train dims) True for the runs ``train.select`` picks (every run without a selection); read-only."""
+        if self._selected is None:
+            dims = self.dims("train")
+            select = (self.config.train.select if self.config.train else None) or {}
+            mask = np.ones(self.sizes(dims), dtype=bool)
+            for axis, d in enumerate(dims):
+                if d in select:
+                    keep = np.isin(self._coords[d], select[d])  # (n_d,)
+                    mask &= keep.reshape([-1 if a == axis else 1 for a in range(len(dims))])
+            mask.flags.writeable = False
+            self._selected = mask
+        return self._selected
 
     def values(self, batch: Batch) -> dict[str, np.ndarray]:
         """Coordinate values covered by a batch, per dim."""

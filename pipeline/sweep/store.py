@@ -93,6 +93,17 @@ class NotAStoreError(InputError):
         )
 
 
+class DamagedStoreError(InputError):
+    """A store with damaged batches, which ``clphase run`` repairs."""
+
+    def __init__(self, path: str, damaged: list[str], cause: Exception) -> None:
+        self.field, self.value, self.allowed = "store", path, "an undamaged store"
+        more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+        ValueError.__init__(self, f"store {path!r} is damaged ({type(cause).__name__}): {damaged[0]}{more}; "
+                            "run `clphase run CONFIG` again with its config to repair it (`clphase status` lists "
+                            "every damaged batch)")  # fmt: skip
+
+
 def git_revision() -> str:
     """Revision of the checkout the package runs from ('unknown' outside git)."""
     try:
