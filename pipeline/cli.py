@@ -339,9 +339,16 @@ def _interrupt(signum: int, frame: object) -> None:
     closed), quietly: distributed would log a warning per cancelled task while the cluster shuts down."""
     import logging
 
-    for name in ("distributed", "tornado", "asyncio"):
+    # every logger of these libraries, children included: dask's logging config gives some their own level
+    # (tornado.application: error), which a parent's level does not override; a signal that lands inside
+    # distributed's sync() made it log a NameError traceback from its cancel callback
+    names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] in QUIET_LOGGERS]
+    for name in {*QUIET_LOGGERS, *names}:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     raise Interrupted(signum)
+
+
+QUIET_LOGGERS = ("distributed", "tornado", "asyncio")  # silenced once a run is interrupted
 
 
 def run() -> NoReturn:
