@@ -6,6 +6,7 @@ Bad input exits with code 2 and one line naming the field, the value and what is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -114,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_status = sub.add_parser("status", help="done / failed / pending points of a store")
     p_status.add_argument("store", help="path of a results store")
+    p_unlock = sub.add_parser("unlock", help="remove a store's lock file left by a run that is gone")
+    p_unlock.add_argument("store", help="path of a results store")
+    p_unlock.add_argument("--force", action="store_true",
+                          help="remove it even though a process holds it (its host is gone, or the file system "
+                               "has no flock and a killed run left its marker)")  # fmt: skip
     p_plot = sub.add_parser("plot", help="phase diagrams, thresholds and Gram panels from a store")
     p_plot.add_argument("store", help="path of a results store")
     p_plot.add_argument("--out", default=None, help="output folder (default: figures/<store name>)")
@@ -267,6 +273,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status(args.store)
 
 
+def _cmd_unlock(args: argparse.Namespace) -> int:
+    from pipeline.sweep.lock import unlock
+
+    print(unlock(args.store, args.force))
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -277,6 +290,9 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     require_store(args.store)
     out = args.out or str(Path("figures") / Path(args.store.rstrip("/")).stem)
     check_writable(out, "out")
+    damaged = damage(args.store)  # a deleted chunk reads as NaN and a flipped bit as a plausible number
+    if damaged:
+        raise DamagedStoreError(args.store, damaged, None)
     try:
         report = write_figures(args.store, out, args.select)
     except ValueError as err:
@@ -294,7 +310,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold, "run": _cmd_run, "status": _cmd_status, "plot": _cmd_plot}
+COMMANDS = {"solve": _cmd_solve, "threshold": _cmd_threshold, "run": _cmd_run, "status": _cmd_status, "plot": _cmd_plot,
+            "unlock": _cmd_unlock}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -355,7 +372,12 @@ def run() -> NoReturn:
     try:
         code = main()
         sys.stdout.flush()
-    except BrokenPipeError:  # `clphase ... | head`: the reader left; not an error of ours
+    except BrokenPipeError:  # `clphase run ... | head -1`: the reader left, so the command stopped (a sweep
+        # releases its lock and resumes on rerun); exit as a process killed by SIGPIPE does, as `yes | head` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
+        command = next((a for a in sys.argv[1:] if a in COMMANDS), "")
+        with contextlib.suppress(OSError):
+            print(f"clphase {command}: stopped: its output pipe was closed (broken pipe)"
+                  + ("; rerun the same command to resume" if command == "run" else ""), file=sys.stderr)  # fmt: skip
+        code = 128 + signal.SIGPIPE
     sys.exit(code)

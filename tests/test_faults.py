@@ -278,6 +278,68 @@ def test_a_full_disk_stops_with_one_line_and_a_rerun_resumes(reference, tmp_path
     compare_stores(tmp_path / "store.zarr", reference)
 
 
+@pytest.mark.parametrize("moment", ["template", "finalize"])
+def test_a_full_disk_at_the_template_or_the_attributes_is_one_line(reference, tmp_path, moment):
+    """No space for the template: one line, exit 1, no ``store.zarr.partial-*`` left to keep the disk full.
+    No space for the final attributes: one line, exit 1, every batch kept; the rerun completes the store."""
+    cfg = write(tmp_path)
+    full = tmp_path / "disk-is-full"
+    full.touch()
+    proc = run(cfg, env={"CLPHASE_NO_SPACE": str(full), "CLPHASE_NO_SPACE_AT": moment})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if "%|" not in line]  # not the progress bars
+    assert len(lines) == 1 and "no space left on device" in lines[0] and str(tmp_path / "store.zarr") in lines[0]
+    assert not list(tmp_path.glob("store.zarr.*")), list(tmp_path.iterdir())  # no partial template, no lock
+    assert (tmp_path / "store.zarr").exists() == (moment == "finalize")
+    full.unlink()
+    proc = run(cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compare_stores(tmp_path / "store.zarr", reference)
+
+
+def test_a_closed_output_pipe_stops_the_run_with_sigpipes_exit_code(reference, tmp_path):
+    """``clphase run CONFIG | head -1``: exit 141 (128 + SIGPIPE) and one line, not 0 with nothing computed;
+    the lock is released and the rerun completes the store."""
+    cfg = write(tmp_path)
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m pipeline run {cfg} | head -1"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr[-3000:]
+    assert proc.stdout.startswith("sweep 'tiny'") and len(proc.stdout.splitlines()) == 1
+    assert proc.stderr.strip().splitlines() == [
+        "clphase run: stopped: its output pipe was closed (broken pipe); rerun the same command to resume"
+    ]
+    assert not Path(f"{tmp_path / 'store.zarr'}.lock").exists()
+    assert run(cfg).returncode == 0
+    compare_stores(tmp_path / "store.zarr", reference)
+
+
+def test_a_read_only_store_is_one_line_and_still_reads(reference, tmp_path):
+    """A finished store on a read-only file system (a bind mount, remounted read-only): ``run`` is one line
+    with exit 2 naming the store; ``status`` and ``plot`` still read it. Needs mount rights (root here)."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    subprocess.run(["cp", "-r", str(reference), str(src / "store.zarr")], check=True)
+    mounted = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
+        with pytest.raises(OSError):
+            (ro / "probe").touch()
+        cfg = write(tmp_path, store="ro/store.zarr")
+        proc = run(cfg)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"clphase run: error: invalid store: {str(ro / 'store.zarr')!r}; expected a store in a writable folder "
+            f"(cannot create its lock file {ro / 'store.zarr'}.lock: read-only file system)"
+        ]
+        assert clphase("status", str(ro / "store.zarr")).returncode == 0
+        assert clphase("plot", str(ro / "store.zarr"), "--out", str(tmp_path / "figs")).returncode == 0
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
 def test_damaged_store_is_detected_and_exactly_those_points_recomputed(reference, tmp_path):
     cfg = write(tmp_path)
     store = tmp_path / "store.zarr"
@@ -319,16 +381,88 @@ def test_second_run_on_the_same_store_is_refused(reference, tmp_path):
     compare_stores(tmp_path / "store.zarr", reference)
 
 
-def test_stale_lock_is_taken_over(reference, tmp_path):
+def hold_store(cfg: Path, tmp_path: Path) -> subprocess.Popen:
+    """A slow run of ``cfg``, returned once it holds the store's lock."""
+    env = {**os.environ, "CLPHASE_BATCH_DELAY_S": "0.3"}
+    with open(tmp_path / "first.err", "w") as err:
+        first = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "1"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+    lock = Path(f"{tmp_path / 'store.zarr'}.lock")
+    deadline = time.time() + 60
+    while not lock.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return first
+
+
+@pytest.mark.parametrize("spelling", ["symlink", "dot"])
+def test_the_lock_follows_the_store_not_its_spelling(reference, tmp_path, spelling):
+    """Through a symlink or as ``store.zarr/.``, a second run finds the first one's lock."""
+    cfg = write(tmp_path)
+    first = hold_store(cfg, tmp_path)
+    try:
+        other = tmp_path / "other"
+        other.mkdir()
+        if spelling == "symlink":
+            (other / "link.zarr").symlink_to(tmp_path / "store.zarr")
+            store = other / "link.zarr"
+        else:
+            store = f"{tmp_path / 'store.zarr'}/."
+        second = run(write(other, store=str(store)))
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"pid {first.pid}" in second.stderr and f"lock file {tmp_path / 'store.zarr'}.lock" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        assert first.wait(timeout=300) == 0
+    compare_stores(tmp_path / "store.zarr", reference)
+
+
+@pytest.mark.parametrize("lock_text", ["host", "pid reused", "empty", "garbage"])
+def test_a_lock_left_by_a_run_that_is_gone_is_taken_over(reference, tmp_path, lock_text):
+    """SLURM preempted the run on node17 and requeued it here; or the pid was reused; or the disk was full
+    when the lock was written. No process holds the lock: the run takes it over in one line and finishes."""
     cfg = write(tmp_path)
     subprocess.run(["cp", "-r", str(reference), str(tmp_path / "store.zarr")], check=True)
+    import zarr
+
+    mask = zarr.open_array(str(tmp_path / "store.zarr" / "done_theory"), mode="r+")
+    mask[(0,) * mask.ndim] = 0  # one batch back to pending: the resume has work to do
     dead = subprocess.Popen(["true"])
     dead.wait()
+    texts = {
+        "host": json.dumps({"pid": dead.pid, "host": "node17", "since": "2026-12-01T00:00:00+00:00"}),
+        "pid reused": json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "since": "earlier"}),
+        "empty": "",
+        "garbage": "\x00{not json",
+    }
     lock = Path(f"{tmp_path / 'store.zarr'}.lock")
-    lock.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "since": "earlier"}))
+    lock.write_text(texts[lock_text])
     proc = run(cfg)
-    assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    taken = [line for line in proc.stdout.splitlines() if "took over the lock" in line]
+    assert len(taken) == 1 and str(lock) in taken[0], proc.stdout
+    if lock_text == "host":
+        assert f"pid {dead.pid} on node17" in taken[0]
+    assert "pending batches: theory 1, threshold 0" in proc.stdout
     assert not lock.exists()
+    compare_stores(tmp_path / "store.zarr", reference)
+
+
+def test_unlock_removes_a_lock_no_run_holds_and_refuses_a_held_one(reference, tmp_path):
+    cfg = write(tmp_path)
+    store = tmp_path / "store.zarr"
+    lock = Path(f"{store}.lock")
+    first = hold_store(cfg, tmp_path)
+    try:
+        held = clphase("unlock", str(store))
+        assert held.returncode == 2 and f"pid {first.pid}" in held.stderr and str(lock) in held.stderr
+        assert lock.exists()
+    finally:
+        assert first.wait(timeout=300) == 0
+    lock.write_text(json.dumps({"pid": 4242, "host": "node17", "since": "earlier"}))
+    gone = clphase("unlock", f"{store}/.")
+    assert gone.returncode == 0 and "no run held it (pid 4242 on node17" in gone.stdout and not lock.exists()
+    again = clphase("unlock", str(store))
+    assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
 # --- 7. safety --------------------------------------------------------------------------------

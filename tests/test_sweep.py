@@ -218,12 +218,15 @@ def test_interrupted_run_resumes_to_the_same_store(finished, tmp_path, sig):
         last = err.strip().splitlines()[-1]
         assert last == f"clphase run: interrupted ({signal.Signals(sig).name}); rerun the same command to resume"
         assert not any(word in err for word in ("Traceback", "WARNING", "Warning", "leaked")), err
+    lock = Path(f"{tmp_path / 'store.zarr'}.lock")
+    assert lock.exists() == (sig == signal.SIGKILL)  # SIGTERM releases it; the kernel drops a killed run's flock
     first = keys(log)
     assert 8 <= len(first) < 40  # interrupted mid-run (40 batches in all)
     time.sleep(1.5)  # orphaned workers (SIGKILL) notice within 0.5 s that their parent is gone
     first = keys(log)
     proc = clphase("run", str(cfg), "--workers", "2", env={"CLPHASE_TASK_LOG": str(log)})
     assert proc.returncode == 0, proc.stderr
+    assert ("took over the lock of a run that is gone" in proc.stdout) == (sig == signal.SIGKILL)
     every = keys(log)
     assert set(every) == set(keys(finished[2]))  # every batch was computed
     recomputed = len(every) - len(set(every))

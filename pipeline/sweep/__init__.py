@@ -4,7 +4,8 @@
 - :mod:`~pipeline.sweep.grid`: the grid of points and its batches;
 - :mod:`~pipeline.sweep.tasks`: what a worker computes for a batch;
 - :mod:`~pipeline.sweep.results`: the variables a batch writes, and their status codes;
-- :mod:`~pipeline.sweep.store`: the zarr store (template, writes, locks, damage checks);
+- :mod:`~pipeline.sweep.store`: the zarr store (template, writes, damage checks);
+- :mod:`~pipeline.sweep.lock`: one run at a time per store (an ``flock`` that dies with its run);
 - :mod:`~pipeline.sweep.graph`: the batches on the cluster, written as they finish;
 - :mod:`~pipeline.sweep.cluster`: LocalCluster, SLURM (dask-jobqueue) or a running scheduler;
 - :mod:`~pipeline.sweep.estimate`, :mod:`~pipeline.sweep.progress`, :mod:`~pipeline.sweep.faults`:

@@ -9,7 +9,9 @@ that theory solver raise, to exercise the fallback (``all``: every solver raises
 ``CLPHASE_HANG_ONCE=<file>`` makes the first batch task to create that file block forever
 without using CPU (a deadlocked task), and ``CLPHASE_HANG_BATCH=<batch key>`` every run of that
 batch, to exercise the stall watchdog. ``CLPHASE_NO_SPACE=<file>`` makes a worker's write of a batch fail
-with ENOSPC (no space left on device) while that file exists. Unset, every hook is a no-op.
+with ENOSPC (no space left on device) while that file exists; ``CLPHASE_NO_SPACE_AT=template`` (or
+``finalize``) makes the template's write (or the final attributes') fail instead. Unset, every hook is a
+no-op.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ FAIL_SOLVER_ENV = "CLPHASE_FAIL_SOLVER"
 HANG_ENV = "CLPHASE_HANG_ONCE"
 HANG_BATCH_ENV = "CLPHASE_HANG_BATCH"
 NO_SPACE_ENV = "CLPHASE_NO_SPACE"
+NO_SPACE_AT_ENV = "CLPHASE_NO_SPACE_AT"
 _seen: dict[str, int] = {}
 
 
@@ -64,8 +67,9 @@ def _claim(flag: str | None) -> bool:
     return True
 
 
-def no_space_point(path: str) -> None:
-    """Raise ENOSPC, as a full disk does, while the file ``CLPHASE_NO_SPACE`` names exists."""
+def no_space_point(path: str, moment: str = "write") -> None:
+    """Raise ENOSPC, as a full disk does, at ``moment`` (``CLPHASE_NO_SPACE_AT``, default ``write``) while the
+    file ``CLPHASE_NO_SPACE`` names exists."""
     flag = os.environ.get(NO_SPACE_ENV)
-    if flag and os.path.exists(flag):
+    if flag and os.path.exists(flag) and os.environ.get(NO_SPACE_AT_ENV, "write") == moment:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)

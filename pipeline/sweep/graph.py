@@ -206,7 +206,13 @@ def run_sweep(
     done_all = not any(pending_batches(config, path).values())
     kill_point("finalize")
     stamp = now_utc()  # the format of created_at
-    update_attrs(path, updated_at=stamp, **({"completed_at": stamp} if done_all else {}))
+    try:
+        update_attrs(path, updated_at=stamp, **({"completed_at": stamp} if done_all else {}))
+    except OSError as err:
+        if err.errno not in NO_SPACE:
+            raise
+        raise SweepStoppedError(f"store {path!r}: {os.strerror(err.errno).lower()} while writing its attributes "
+                                "(every batch is written); free space, then rerun the same command") from None
     return summary
 
 

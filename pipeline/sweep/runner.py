@@ -10,22 +10,21 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SweepStoppedError
 from pipeline.sweep.cluster import attach, connect, jobqueue_settings, make_jobqueue_cluster, max_workers
 from pipeline.sweep.config import SweepConfig
 from pipeline.sweep.estimate import BATCH_OVERHEAD_S, STARTUP_S, estimate, parallel_efficiency, threshold_count, wall_s
 from pipeline.sweep.faults import kill_point
-from pipeline.sweep.graph import pending_batches, run_sweep
+from pipeline.sweep.graph import NO_SPACE, pending_batches, run_sweep
 from pipeline.sweep.grid import Grid, kinds
+from pipeline.sweep.lock import acquire_lock
 from pipeline.sweep.results import FAILED, STATUS_CODE, VARIABLES, point_status, status_name
 from pipeline.sweep.store import (
-    acquire_lock,
     damaged_batches,
     init_store,
     open_results,
     prepare_store,
     read_done,
-    release_lock,
     repair_metadata,
     require_store,
     reset_done,
@@ -126,9 +125,14 @@ def run(
         except OSError as err:
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY):  # another run moved its template into place first
                 raise InputError("store", config.store, "a store no other run is creating") from None
+            if err.errno in NO_SPACE:
+                raise SweepStoppedError(f"store {config.store!r}: {os.strerror(err.errno).lower()} while writing "
+                                        "its template; nothing was left behind: free space, then rerun") from None
             raise InputError("store", config.store, f"a writable path ({err.strerror})") from None
     lock = acquire_lock(config.store)
     try:
+        if lock.taken_over:
+            print(lock.taken_over)
         repaired = repair_metadata(config.store, config)
         if repaired:
             print(f"repaired unreadable metadata of {', '.join(repaired)}: their batches are recomputed")
@@ -154,7 +158,7 @@ def run(
             window = None if config.cluster.kind == "local" else 2 * max_workers(config.cluster)
             summary = run_sweep(config, config.store, client, window=window, retry=retry, pending=pending)
     finally:
-        release_lock(lock)
+        lock.release()
     names = {"theory": "theory points", "threshold": "threshold points", "train": "training runs"}
     work = ", ".join(f"{n} {names[kind]}" for kind, n in summary.work.items())
     print(f"done: {summary.batches} batches ({work}) in {summary.wall_s:.1f} s; "

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import tempfile
 import warnings
@@ -33,7 +32,7 @@ from pipeline.errors import InputError
 from pipeline.metrics import CONVENTIONS as WITHIN_CLASS_CONVENTIONS
 from pipeline.metrics import GRAD_NORM_TOL, LOSS_CHANGE_TOL
 from pipeline.sweep.config import SweepConfig, diff_science
-from pipeline.sweep.faults import kill_point
+from pipeline.sweep.faults import kill_point, no_space_point
 from pipeline.sweep.grid import Batch, Grid, kinds
 from pipeline.sweep.results import (
     DONE,
@@ -96,10 +95,11 @@ class NotAStoreError(InputError):
 class DamagedStoreError(InputError):
     """A store with damaged batches, which ``clphase run`` repairs."""
 
-    def __init__(self, path: str, damaged: list[str], cause: Exception) -> None:
+    def __init__(self, path: str, damaged: list[str], cause: Exception | None) -> None:
         self.field, self.value, self.allowed = "store", path, "an undamaged store"
         more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
-        ValueError.__init__(self, f"store {path!r} is damaged ({type(cause).__name__}): {damaged[0]}{more}; "
+        why = f" ({type(cause).__name__})" if cause is not None else ""
+        ValueError.__init__(self, f"store {path!r} is damaged{why}: {damaged[0]}{more}; "
                             "run `clphase run CONFIG` again with its config to repair it (`clphase status` lists "
                             "every damaged batch)")  # fmt: skip
 
@@ -269,10 +269,15 @@ def init_store(path: str, config: SweepConfig) -> None:
         if not (pid.isdigit() and _alive(int(pid))) or int(pid) == os.getpid():
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(f"{path}.partial-{os.getpid()}")
-    ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, zarr_format=3)
-    consolidate(str(tmp))
-    kill_point("template")
-    os.replace(tmp, path)
+    try:
+        ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, zarr_format=3)
+        no_space_point(str(tmp), "template")
+        consolidate(str(tmp))
+        kill_point("template")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half template stays behind to keep the disk full
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _dims(array: zarr.Array) -> tuple[str, ...]:
@@ -416,23 +421,6 @@ def reset_done(path: str, batch: Batch) -> None:
     array[batch.selection()] = 0
 
 
-# --- one run at a time ---------------------------------------------------------------------------
-
-LOCK_SUFFIX = ".lock"
-
-
-class StoreLockedError(InputError):
-    """Another live run holds the store."""
-
-    def __init__(self, path: str, holder: dict[str, Any]) -> None:
-        self.field, self.value, self.allowed = "store", path, "one run at a time"
-        ValueError.__init__(
-            self,
-            f"store {path!r} is in use by another clphase run (pid {holder.get('pid')} on "
-            f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish, or stop it",
-        )
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -443,44 +431,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(path: str) -> Path:
-    """Create ``<store>.lock`` (pid, host, time) atomically; take over a stale one.
-
-    A lock is stale when its host is this host and its pid is no longer alive.
-    """
-    lock = Path(f"{str(path).rstrip('/')}{LOCK_SUFFIX}")  # beside the store: zarr warns of foreign files inside
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_utc()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == record["host"] and not _alive(int(holder.get("pid", 0))):
-                lock.unlink(missing_ok=True)  # stale: its run died without releasing it
-                continue
-            raise StoreLockedError(path, holder) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-        return lock
-    raise StoreLockedError(path, {})
-
-
-def release_lock(lock: Path) -> None:
-    try:
-        if json.loads(lock.read_text()).get("pid") == os.getpid():
-            lock.unlink()
-    except (OSError, ValueError):
-        pass
-
-
 def batch_done(done: np.ndarray, batch: Batch) -> bool:
     return bool(done[batch.selection()].all())
 
 
 def update_attrs(path: str, **attrs: Any) -> None:
+    no_space_point(path, "finalize")
     _group(path, "r+").attrs.update(attrs)
     consolidate(path)
 
