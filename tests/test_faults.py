@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 import yaml
 
 from pipeline.cli import main
@@ -340,6 +341,65 @@ def test_a_read_only_store_is_one_line_and_still_reads(reference, tmp_path):
         subprocess.run(["umount", str(ro)], check=True)
 
 
+def test_silent_damage_is_named_refused_by_plot_and_repaired(reference, tmp_path):
+    """Damage that reads back without an error: a flipped bit in a data chunk (caught by its crc32c), two
+    chunks swapped (each passes its own crc32c, not its batch's checksum), a deleted coordinate chunk (reads
+    as fill values); then a truncated root zarr.json (the arrays keep a copy of its attributes). ``status``
+    names each, ``plot`` refuses in one line, ``run`` repairs exactly those, and the store equals a clean run."""
+    import zarr
+
+    from pipeline.sweep.grid import Grid
+    from pipeline.sweep.runner import load_config_from_store
+    from pipeline.sweep.store import _chunk_key, read_attrs
+
+    cfg = write(tmp_path)
+    store = tmp_path / "store.zarr"
+    subprocess.run(["cp", "-r", str(reference), str(store)], check=True)
+    config = load_config_from_store(read_attrs(str(store)))
+    flipped, swapped_a, swapped_b = [b for b in Grid(config).batches("theory")][3:6]
+    group = zarr.open_group(str(store), mode="r")
+
+    def chunk(name, batch):
+        return store / name / _chunk_key(group[name], batch)
+
+    data = bytearray(chunk("cos_minor_theory", flipped).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk("cos_minor_theory", flipped).write_bytes(bytes(data))
+    a, b = chunk("objective_theory", swapped_a), chunk("objective_theory", swapped_b)
+    a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
+    a.write_bytes(b_bytes)
+    b.write_bytes(a_bytes)
+    (store / "R" / "c" / "0").unlink()
+    assert xr.open_zarr(store).R.isnull().all()  # what a plain reader would see
+    status = clphase("status", str(store))
+    assert status.returncode == 0 and "coordinate R: damaged" in status.stdout, status.stdout + status.stderr
+    named = sorted(int(line.split("damaged batch ")[1].split()[0]) for line in status.stdout.splitlines()
+                   if "theory: damaged batch" in line)  # fmt: skip
+    assert named == [flipped.index, swapped_a.index, swapped_b.index], status.stdout
+    plot = clphase("plot", str(store), "--out", str(tmp_path / "figs"))
+    assert plot.returncode == 2 and len(plot.stderr.strip().splitlines()) == 1, plot.stderr
+    assert "is damaged: coordinate R" in plot.stderr and "clphase run CONFIG" in plot.stderr
+    assert not (tmp_path / "figs").exists()
+    log = tmp_path / "tasks.log"
+    proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr
+    assert "repaired the metadata or values of R\n" in proc.stdout  # a coordinate: no batch to recompute
+    assert sorted(keys(log)) == sorted(f"theory-{b.index}" for b in (flipped, swapped_a, swapped_b))
+    compare_stores(store, reference)
+
+    root = store / "zarr.json"
+    root.write_text(root.read_text()[:100])
+    for command in ("status", "plot"):
+        proc = clphase(command, str(store))
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "root metadata (zarr.json) is unreadable" in proc.stderr and "sweep 'tiny'" in proc.stderr
+    proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log)})
+    assert proc.returncode == 0 and "repaired the root metadata" in proc.stdout and "nothing to do" in proc.stdout
+    assert len(keys(log)) == 3  # nothing recomputed
+    assert xr.open_zarr(store).attrs["completed_at"]
+    compare_stores(store, reference)
+
+
 def test_damaged_store_is_detected_and_exactly_those_points_recomputed(reference, tmp_path):
     cfg = write(tmp_path)
     store = tmp_path / "store.zarr"
@@ -352,7 +412,8 @@ def test_damaged_store_is_detected_and_exactly_those_points_recomputed(reference
     log = tmp_path / "tasks.log"
     proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log)})
     assert proc.returncode == 0, proc.stderr
-    assert "damaged theory batch" in proc.stdout and "repaired unreadable metadata of R_threshold" in proc.stdout
+    assert "damaged theory batch" in proc.stdout
+    assert "repaired the metadata or values of R_threshold: every threshold batch is recomputed" in proc.stdout
     recomputed = sorted(keys(log))
     thresholds = [k for k in recomputed if k.startswith("threshold-")]
     assert [k for k in recomputed if k.startswith("theory-")] == ["theory-9"]  # the deleted chunk's batch

@@ -176,14 +176,16 @@ def test_store_written_before_profiles_resumes_and_is_reproduced(tmp_path):
     proc = clphase("run", str(fresh_cfg))
     assert proc.returncode == 0, proc.stderr
     old, new = xr.open_zarr(tmp_path / "main.zarr"), xr.open_zarr(tmp_path / "fresh.zarr")
-    # the old store keeps its format: the stationarity (format 2) and subsampled-dataset (format 3)
-    # variables added since are absent there, not NaN
-    assert old.attrs["clphase_format"] == "clphase-store-1" and new.attrs["clphase_format"] == "clphase-store-3"
+    # the old store keeps its format: the stationarity (format 2), subsampled-dataset (format 3) and
+    # per-batch checksum and writer (format 4) variables added since are absent there, not NaN
+    assert old.attrs["clphase_format"] == "clphase-store-1" and new.attrs["clphase_format"] == "clphase-store-4"
     assert set(new.data_vars) - set(old.data_vars) == {"grad_norm_train", "loss_change_train", "converged_train",
                                                        "n_train_class", "n_test_class", "gram_test_train",
                                                        "acc_test_class", "acc_many_test", "acc_medium_test",
                                                        "acc_few_test", "objective_subsampled",
-                                                       "cos_minor_subsampled", "collapsed_subsampled"}  # fmt: skip
+                                                       "cos_minor_subsampled", "collapsed_subsampled",
+                                                       *(f"{v}_{kind}" for v in ("checksum", "writer")
+                                                         for kind in ("theory", "threshold", "train"))}  # fmt: skip
     assert dict(old.sizes) == dict(new.sizes)
     for name in old.data_vars:
         attrs = dict(new[name].attrs)

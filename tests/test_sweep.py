@@ -187,6 +187,10 @@ def test_dry_run_writes_nothing(tmp_path):
 
 
 def compare_stores(a: Path, b: Path) -> None:
+    """Same results (wall times aside), and ``a`` passes every integrity check (checksums, coordinates)."""
+    from pipeline.sweep.runner import damage
+
+    assert damage(str(a)) == []
     ds_a, ds_b = open_results(a), open_results(b)
     for name in [*THEORY_VARS, "R_threshold", "status_threshold", "done_theory", "done_threshold"]:
         xr.testing.assert_equal(ds_a[name].load(), ds_b[name].load())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 import sys
 import time
@@ -24,7 +25,17 @@ from pipeline.sweep.faults import hang_point, kill_point, no_space_point
 from pipeline.sweep.grid import Batch, Grid, kinds
 from pipeline.sweep.progress import Progress
 from pipeline.sweep.results import FAILED, point_status, status_name
-from pipeline.sweep.store import batch_done, now_utc, read_batch, read_done, update_attrs, write_batch
+from pipeline.sweep.store import (
+    batch_done,
+    now_utc,
+    provenance,
+    read_attrs,
+    read_batch,
+    read_done,
+    update_attrs,
+    write_batch,
+    writer_id,
+)
 from pipeline.sweep.tasks import run_batch
 from pipeline.theory.objective import expectation_terms
 
@@ -70,6 +81,8 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
         "compute_s": compute_s,
         "point_s": float(arrays["time_theory"].sum()) if "time_theory" in arrays else compute_s,
         "failed": int(np.isin(status, FAILED).sum()),
+        "writer": writer_id(),
+        "provenance": provenance(),
     }
 
 
@@ -152,6 +165,7 @@ def run_sweep(
         return client.submit(compute_and_write, config, batch, path, only_failed, key=key, pure=False, retries=2,
                              resources=resources)  # fmt: skip
 
+    writers = json.loads((read_attrs(path) or {}).get("writers", "{}"))  # writer id -> provenance
     stall_s = config.cluster.stall_timeout_s
     stalls: Counter[str] = Counter()
     in_flight = {submit(item) for item in itertools.islice(todo, window)}
@@ -185,6 +199,9 @@ def run_sweep(
                             f"{report['batch'].index}; every completed batch is kept: free space, then rerun the "
                             "same command to resume"
                         )
+                    if str(report["writer"]) not in writers:  # a version of the code new to this store
+                        writers[str(report["writer"])] = report["provenance"]
+                        update_attrs(path, writers=json.dumps(writers, sort_keys=True))
                     summary.batches += 1
                     summary.points += report["points"]
                     summary.failed_points += report["failed"]
@@ -211,8 +228,10 @@ def run_sweep(
     except OSError as err:
         if err.errno not in NO_SPACE:
             raise
-        raise SweepStoppedError(f"store {path!r}: {os.strerror(err.errno).lower()} while writing its attributes "
-                                "(every batch is written); free space, then rerun the same command") from None
+        raise SweepStoppedError(
+            f"store {path!r}: {os.strerror(err.errno).lower()} while writing its attributes "
+            "(every batch is written); free space, then rerun the same command"
+        ) from None
     return summary
 
 

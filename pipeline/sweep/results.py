@@ -59,7 +59,8 @@ def kind_dims(kind: str, profile: str = "step") -> tuple[str, ...]:
 
 # the store format a store is written in; a store keeps the variables of the format it was created
 # in (an older store resumes without the variables added since, which stay absent, not NaN)
-FORMAT_VERSION = 3
+# 4: every chunk checksummed (crc32c codec), per-batch checksums and writers, a copy of the root attributes
+FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,12 @@ VARIABLES: dict[str, Variable] = {
 }  # fmt: skip
 
 DONE = {"theory": "done_theory", "threshold": "done_threshold", "train": "done_train"}
+# per batch, chunked as the done masks (store format 4 on): the CRC-32 of the batch's data as written, in
+# variable-name order (a chunk moved to another batch's place passes its own crc32c but not this), and
+# the CRC-32 of the writing code's provenance (the root attribute ``writers`` maps it to the provenance)
+CHECKSUM = {kind: f"checksum_{kind}" for kind in DONE}
+WRITER = {kind: f"writer_{kind}" for kind in DONE}
+BOOKKEEPING_SINCE = 4
 KIND_DIMS = {kind: kind_dims(kind) for kind in ("theory", "threshold", "train")}  # step stores
 
 

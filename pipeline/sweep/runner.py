@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -18,16 +20,21 @@ from pipeline.sweep.faults import kill_point
 from pipeline.sweep.graph import NO_SPACE, pending_batches, run_sweep
 from pipeline.sweep.grid import Grid, kinds
 from pipeline.sweep.lock import acquire_lock
-from pipeline.sweep.results import FAILED, STATUS_CODE, VARIABLES, point_status, status_name
+from pipeline.sweep.results import FAILED, STATUS_CODE, WRITER, point_status, status_name
 from pipeline.sweep.store import (
     damaged_batches,
+    damaged_coordinates,
     init_store,
+    kind_of,
+    now_utc,
     open_results,
     prepare_store,
     read_done,
     repair_metadata,
+    repair_root,
     require_store,
     reset_done,
+    update_attrs,
 )
 from pipeline.theory.profiles import SCAN_AXIS
 
@@ -56,8 +63,11 @@ def dry_run(config: SweepConfig, workers: int | None) -> int:
     if "threshold" in n_batches:
         what = "cascades (onsets rho*_m)" if spec.profile == "exp" else "thresholds"
         applicable = threshold_count(config)
-        rest = f"; {n_thresholds - applicable} not applicable (n_minor < 2 or a hinge loss)" if applicable < \
-            n_thresholds else ""
+        rest = (
+            f"; {n_thresholds - applicable} not applicable (n_minor < 2 or a hinge loss)"
+            if applicable < n_thresholds
+            else ""
+        )
         print(f"{what}: {n_thresholds} in {n_batches['threshold']} batches: {applicable} to compute{rest}")
     if config.train is not None:
         chunk = grid.chunks("train")
@@ -126,17 +136,23 @@ def run(
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY):  # another run moved its template into place first
                 raise InputError("store", config.store, "a store no other run is creating") from None
             if err.errno in NO_SPACE:
-                raise SweepStoppedError(f"store {config.store!r}: {os.strerror(err.errno).lower()} while writing "
-                                        "its template; nothing was left behind: free space, then rerun") from None
+                raise SweepStoppedError(
+                    f"store {config.store!r}: {os.strerror(err.errno).lower()} while writing "
+                    "its template; nothing was left behind: free space, then rerun"
+                ) from None
             raise InputError("store", config.store, f"a writable path ({err.strerror})") from None
     lock = acquire_lock(config.store)
     try:
         if lock.taken_over:
             print(lock.taken_over)
+        if repair_root(config.store):
+            print("repaired the root metadata (zarr.json) from the copy kept with the done masks")
         repaired = repair_metadata(config.store, config)
+        recompute = sorted({kind for kind in map(kind_of, repaired) if kind is not None})
         if repaired:
-            print(f"repaired unreadable metadata of {', '.join(repaired)}: their batches are recomputed")
-            for kind in {VARIABLES[n].kind if n in VARIABLES else n.removeprefix("done_") for n in repaired}:
+            print(f"repaired the metadata or values of {', '.join(repaired)}"
+                  + (f": every {' and '.join(recompute)} batch is recomputed" if recompute else ""))  # fmt: skip
+            for kind in recompute:
                 for batch in Grid(config).batches(kind):
                     reset_done(config.store, batch)
         for kind in kinds(config):
@@ -152,6 +168,8 @@ def run(
               + (f"; batches with failed points to retry: {len(retry)}" if retry_failed else ""))  # fmt: skip
         if n_pending == 0:
             print("nothing to do: every batch is done")
+            if "completed_at" not in require_store(config.store):  # a repaired root keeps only the fixed attributes
+                update_attrs(config.store, completed_at=now_utc())
             return 0
         with connect(config, workers, scheduler_address, scheduler_file) as client:
             print(f"dask dashboard: {client.dashboard_link}")
@@ -169,6 +187,7 @@ def run(
 
 def describe(config: SweepConfig, batch) -> str:
     """The coordinates a batch covers, for messages."""
+
     def plain(v: Any) -> str:
         return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v.item() if isinstance(v, np.generic) else v)
 
@@ -183,7 +202,7 @@ def damage(path: str) -> list[str]:
     config = load_config_from_store(attrs)
     if config is None:
         return ["its stored config cannot be read back"]
-    lines = []
+    lines = [f"coordinate {name} (its values are not the config's)" for name in damaged_coordinates(path, config)]
     for kind in kinds(config):
         try:
             done = read_done(path, kind)
@@ -221,6 +240,9 @@ def status(path: str) -> int:
     group = zarr.open_group(path, mode="r", use_consolidated=False)
     print(f"store {path}: {attrs.get('title', '')}, created {attrs.get('created_at', '?')}, "
           f"completed {attrs.get('completed_at', 'no')}")  # fmt: skip
+    for name in damaged_coordinates(path, config) if config else []:
+        print(f"coordinate {name}: damaged (its values are not the config's): rerun to repair it")
+    writers: Counter[int] = Counter()
     for kind in ("theory", "threshold", "train"):
         try:
             done = read_done(path, kind)
@@ -234,6 +256,11 @@ def status(path: str) -> int:
             codes = point_status(np.asarray(group[status_name(kind, profile)][...]), done.ndim)
         except Exception:
             codes = np.zeros(done.shape, dtype=np.int8)
+        try:
+            ids = np.asarray(group[WRITER[kind]][...])[done]
+            writers.update(dict(zip(*np.unique(ids, return_counts=True), strict=True)))
+        except Exception:  # a store of format 3 or older, or a damaged writer variable (named below)
+            pass
         for batch in damaged_batches(path, config, kind, done) if config else []:
             print(f"{kind:>9}: damaged batch {batch.index} ({describe(config, batch)}): rerun to recompute it")
             done[batch.selection()] = False
@@ -249,7 +276,22 @@ def status(path: str) -> int:
         if skipped or kind != "theory":
             parts.append(f"{skipped} {skipped_word}")
         print(f"{kind:>9}: {', '.join(parts)}, {int((~done & will_run).sum())} pending (of {done.size})")
+    if len(writers) > 1:
+        known = json.loads(attrs.get("writers", "{}"))
+        each = "; ".join(f"{_describe_writer(known.get(str(int(i))))}: {n} points" for i, n in writers.most_common())
+        print(
+            f"warning: {len(writers)} versions of the code wrote this store ({each}); "
+            "its points may not be comparable (ds.writer_<kind> says which wrote which)"
+        )
     return 0
+
+
+def _describe_writer(provenance: dict | None) -> str:
+    if provenance is None:
+        return "unrecorded code"
+    revision = str(provenance.get("git_revision", "?"))
+    short = revision[:12] + ("-dirty" if revision.endswith("-dirty") else "")
+    return f"git {short}, clphase {provenance.get('packages', {}).get('clphase', '?')}"
 
 
 # per task kind: what a done point is called, and what a point that is not computed is called

@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+import zlib
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from pipeline.errors import InputError
 from pipeline.metrics import CONVENTIONS as WITHIN_CLASS_CONVENTIONS
@@ -35,12 +38,15 @@ from pipeline.sweep.config import SweepConfig, diff_science
 from pipeline.sweep.faults import kill_point, no_space_point
 from pipeline.sweep.grid import Batch, Grid, kinds
 from pipeline.sweep.results import (
+    BOOKKEEPING_SINCE,
+    CHECKSUM,
     DONE,
     FORMAT_VERSION,
     KIND_STATUS,
     STATUS_CODE,
     VARIABLE_STATUS,
     VARIABLES,
+    WRITER,
     fill_value,
     profile_variables,
 )
@@ -64,6 +70,9 @@ PROFILE_CONVENTIONS = {
     "classes padded to the largest C",
     "counts": "profile counts: proportions from each named count vector, classes in the order given",
 }
+ROOT_COPY = "clphase_root"  # attribute of the done masks: a copy of the root's fixed attributes (a repair's source)
+ROOT_FIXED = ("clphase_format", "title", "config", "config_hash", "clphase_science", "conventions", "provenance",
+              "created_at", "profile")  # fmt: skip
 PACKAGES = ("clphase", "numpy", "scipy", "cvxpy", "clarabel", "scs", "xarray", "zarr", "dask", "distributed", "torch")
 
 
@@ -119,7 +128,9 @@ def git_revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
+@cache
 def provenance() -> dict[str, Any]:
+    """Python, package versions and git revision (``-dirty`` for uncommitted changes) of the running code."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -127,6 +138,17 @@ def provenance() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return {"python": platform.python_version(), "packages": versions, "git_revision": git_revision()}
+
+
+def writer_id() -> int:
+    """CRC-32 of this process's :func:`provenance`: what ``writer_<kind>`` records for each batch it writes."""
+    return zlib.crc32(json.dumps(provenance(), sort_keys=True).encode())
+
+
+def checksummed() -> dict[str, Any]:
+    """The zarr encoding of every array of a new store: zstd, then a crc32c checksum of each chunk, so a
+    flipped bit fails to decode instead of changing a number."""
+    return {"compressors": [ZstdCodec(level=0), Crc32cCodec()]}
 
 
 def now_utc() -> str:
@@ -171,14 +193,57 @@ def check_writable(path: str, field: str = "store") -> None:
         ) from None
 
 
+ROOT_DAMAGED = "_root_damaged"  # key read_attrs adds when the attributes come from the done masks' copy
+
+
 def read_attrs(path: str) -> dict[str, Any] | None:
-    """Store attributes, or None when ``path`` holds no store ({} when it holds no zarr group)."""
+    """Store attributes, or None when ``path`` holds no store ({} when it holds no zarr group).
+
+    When the root metadata is unreadable but a done mask keeps its copy (store format 4 on), that copy is
+    returned with ``ROOT_DAMAGED`` set: ``clphase run`` repairs the root from it.
+    """
     if not Path(path).exists():
         return None
     try:
         return dict(_group(path, "r").attrs)
     except Exception:
-        return {}
+        copy = _root_copy(path)
+        return {**copy, ROOT_DAMAGED: True} if copy else {}
+
+
+def _root_copy(path: str) -> dict[str, Any]:
+    """The root attributes kept in the first readable done mask's metadata ({} if none)."""
+    for name in DONE.values():
+        try:
+            meta = json.loads((Path(path) / name / "zarr.json").read_text())
+            return json.loads(meta["attributes"][ROOT_COPY])
+        except Exception:
+            continue
+    return {}
+
+
+def repair_root(path: str) -> bool:
+    """Rewrite an unreadable root ``zarr.json`` from the done masks' copy; True when it did."""
+    attrs = read_attrs(path)
+    if not attrs or not attrs.pop(ROOT_DAMAGED, False):
+        return False
+    root = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+    tmp = Path(path) / f"zarr.json.repair-{os.getpid()}"
+    tmp.write_text(json.dumps(root))
+    os.replace(tmp, Path(path) / "zarr.json")
+    consolidate(path)
+    return True
+
+
+class DamagedRootError(InputError):
+    """A store whose root metadata is unreadable while its arrays keep a copy: ``clphase run`` repairs it."""
+
+    def __init__(self, path: str, attrs: dict[str, Any]) -> None:
+        self.field, self.value, self.allowed = "store", path, "an undamaged store"
+        name = attrs.get("title", "").removeprefix("clphase sweep ")
+        ValueError.__init__(self, f"store {path!r} is damaged: its root metadata (zarr.json) is unreadable, its "
+                            f"arrays keep a copy; rerun `clphase run CONFIG` with its config (sweep {name!r}) to "
+                            "repair it")  # fmt: skip
 
 
 def require_store(path: str) -> dict[str, Any]:
@@ -188,6 +253,8 @@ def require_store(path: str) -> dict[str, Any]:
         raise InputError("store", path, "an existing results store (run `clphase run CONFIG` first)")
     if attrs.get("clphase_format") not in FORMATS:
         raise NotAStoreError(path)
+    if attrs.get(ROOT_DAMAGED):
+        raise DamagedRootError(path, attrs)
     return attrs
 
 
@@ -243,8 +310,22 @@ def init_store(path: str, config: SweepConfig) -> None:
         dims = grid.dims(kind)
         chunks = grid.chunks(kind)
         shape = tuple(len(coords[d]) for d in dims)
-        array = da.zeros(shape, dtype="int8", chunks=tuple(chunks[d] for d in dims))
+        chunk_shape = tuple(chunks[d] for d in dims)
+        array = da.zeros(shape, dtype="int8", chunks=chunk_shape)
         data_vars[name] = (dims, array, {"long_name": f"{kind} batch written (1) or pending (0)", "units": "1"})
+        data_vars[CHECKSUM[kind]] = (
+            dims,
+            da.zeros(shape, dtype="int64", chunks=chunk_shape),
+            {"long_name": f"CRC-32 of the {kind} batch's data as written (its variables in name order)", "units": "1"},
+        )
+        data_vars[WRITER[kind]] = (
+            dims,
+            da.zeros(shape, dtype="int64", chunks=chunk_shape),
+            {
+                "long_name": f"CRC-32 of the provenance of the code that wrote the {kind} batch (attribute writers)",
+                "units": "1",
+            },
+        )
     ds = xr.Dataset(data_vars, coords={d: coords[d] for d in coords if d != "onset" or "threshold" in kinds(config)})
     for coord, (long_name, units) in COORD_ATTRS.items():
         if coord in ds.coords:
@@ -262,6 +343,9 @@ def init_store(path: str, config: SweepConfig) -> None:
         provenance=json.dumps(provenance()),
         created_at=now_utc(),
     )
+    copy = json.dumps({key: ds.attrs[key] for key in ROOT_FIXED if key in ds.attrs})
+    for kind in kinds(config):
+        ds[DONE[kind]].attrs[ROOT_COPY] = copy
     # written next to its final place and moved there in one rename: a killed run leaves either no
     # store or a complete template, never half a template
     for stale in Path(path).parent.glob(f"{Path(path).name}.partial-*"):  # left by killed runs
@@ -270,7 +354,8 @@ def init_store(path: str, config: SweepConfig) -> None:
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(f"{path}.partial-{os.getpid()}")
     try:
-        ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, zarr_format=3)
+        encoding = {name: checksummed() for name in ds.variables}
+        ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, zarr_format=3, encoding=encoding)
         no_space_point(str(tmp), "template")
         consolidate(str(tmp))
         kill_point("template")
@@ -297,7 +382,7 @@ def read_batch(path: str, batch: Batch) -> dict[str, np.ndarray]:
 
 
 def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=None) -> None:
-    """Write one batch's chunk of every variable of its kind, then its block of the done mask.
+    """Write one batch's chunk of every variable of its kind, its checksum and writer, then its done mask.
 
     Written with zarr directly (one group open, no per-call xarray validation: ~6x faster per
     batch). ``write_empty_chunks``: a chunk of fill values (an all-NaN column) must exist on disk,
@@ -305,15 +390,27 @@ def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=
     the data and before the mask (fault injection).
     """
     group = _group(path, "r+")
-    for name, values in arrays.items():
+    digest = 0
+    for name in sorted(arrays):
         if name not in group:  # a store of an older format: a variable added since (store_version)
             continue
         array = group[name].with_config({"write_empty_chunks": True})
-        array[batch.selection(_dims(array))] = values
+        selection = batch.selection(_dims(array))
+        stored = np.ascontiguousarray(np.broadcast_to(np.asarray(arrays[name], dtype=array.dtype),
+                                                      _region_shape(array, selection)))  # fmt: skip
+        array[selection] = stored
+        digest = zlib.crc32(stored.tobytes(), digest)
     if between is not None:
         between()
+    if CHECKSUM[batch.kind] in group:  # store format 4 on
+        for name, value in ((CHECKSUM[batch.kind], digest), (WRITER[batch.kind], writer_id())):
+            group[name].with_config({"write_empty_chunks": True})[batch.selection()] = np.full(batch.shape, value)
     mask = group[DONE[batch.kind]].with_config({"write_empty_chunks": True})
     mask[batch.selection()] = np.ones(batch.shape, dtype="int8")
+
+
+def _region_shape(array: zarr.Array, selection: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(len(range(*s.indices(n))) for s, n in zip(selection, array.shape, strict=True))
 
 
 def read_done(path: str, kind: str) -> np.ndarray:
@@ -338,13 +435,15 @@ def read_done(path: str, kind: str) -> np.ndarray:
 
 
 def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray) -> list[Batch]:
-    """Batches marked done whose data chunks are missing or unreadable (deleted or truncated files).
+    """Batches marked done whose data is missing, unreadable or not what was written.
 
-    A deleted chunk would otherwise read back as fill values (NaN) behind a set done mask.
+    A deleted chunk would otherwise read back as fill values (NaN) behind a set done mask; a flipped bit
+    fails its chunk's crc32c; a chunk moved to another batch's place fails the batch's checksum (format 4).
     """
     group = _group(path, "r")
-    variables = profile_variables(config.grid.profile, store_version(path))
-    names = [name for name, var in variables.items() if var.kind == kind]
+    version = store_version(path)
+    variables = profile_variables(config.grid.profile, version)
+    names = sorted(name for name, var in variables.items() if var.kind == kind)
     arrays = {}
     broken_vars = []
     for name in names:
@@ -352,23 +451,66 @@ def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray)
             arrays[name] = group[name]
         except Exception:  # unreadable metadata: every batch of the variable
             broken_vars.append(name)
+    checksum = None
+    if version >= BOOKKEEPING_SINCE:
+        try:
+            checksum = group[CHECKSUM[kind]]
+        except Exception:
+            broken_vars.append(CHECKSUM[kind])
     out = []
     for batch in Grid(config).batches(kind):
         if not batch_done(done, batch):
             continue
-        if broken_vars:
+        if broken_vars or not _batch_intact(arrays, batch, checksum):
             out.append(batch)
-            continue
-        for array in arrays.values():
-            if not _chunk_exists(array, _chunk_key(array, batch)):
-                out.append(batch)
-                break
-            try:
-                array[batch.selection()]
-            except Exception:  # undecodable chunk
-                out.append(batch)
-                break
     return out
+
+
+def _batch_intact(arrays: dict[str, zarr.Array], batch: Batch, checksum: zarr.Array | None) -> bool:
+    """Every chunk of the batch exists, decodes, and (format 4) hashes to the batch's stored checksum."""
+    digest = 0
+    for name in sorted(arrays):
+        array = arrays[name]
+        if not _chunk_exists(array, _chunk_key(array, batch)):
+            return False
+        try:
+            values = np.ascontiguousarray(array[batch.selection(_dims(array))])
+        except Exception:  # undecodable chunk (a crc32c mismatch, a truncated file)
+            return False
+        digest = zlib.crc32(values.tobytes(), digest)
+    if checksum is None:  # a store of format 3 or older
+        return True
+    try:
+        stored = np.asarray(checksum[batch.selection()])
+    except Exception:
+        return False
+    return bool((stored == digest).all())
+
+
+def damaged_coordinates(path: str, config: SweepConfig) -> list[str]:
+    """Coordinates whose metadata or values are not the config's (a deleted chunk reads as fill values)."""
+    group = _group(path, "r")
+    out = []
+    for name, expected in _coordinates(config).items():
+        try:
+            stored = np.asarray(group[name][...])
+        except Exception:
+            out.append(name)
+            continue
+        if stored.shape != expected.shape or not all(_same(a, b) for a, b in zip(stored.tolist(), expected.tolist(),
+                                                                                   strict=True)):  # fmt: skip
+            out.append(name)
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b))
+
+
+def _coordinates(config: SweepConfig) -> dict[str, np.ndarray]:
+    """The coordinates a store of this config holds (the onsets only with thresholds)."""
+    coords = Grid(config).coords()
+    return {d: v for d, v in coords.items() if d != "onset" or "threshold" in kinds(config)}
 
 
 def _chunk_key(array: zarr.Array, batch: Batch) -> str:
@@ -383,36 +525,50 @@ def _chunk_exists(array: zarr.Array, key: str) -> bool:
 
 
 def repair_metadata(path: str, config: SweepConfig) -> list[str]:
-    """Rewrite the metadata of variables whose zarr.json is unreadable, from the config's template.
+    """Rewrite, from the config's template, variables whose zarr.json is unreadable and coordinates whose
+    metadata or values are damaged.
 
-    Returns the repaired variable names; their batches must then be recomputed.
+    Returns the repaired names; the batches of repaired data variables must then be recomputed.
     """
     group = _group(path, "r")
     broken = []
     expected = _expected_names(config, store_version(path))
-    for name in [*profile_variables(config.grid.profile), *DONE.values()]:
-        if name not in expected:
-            continue
+    for name in sorted(expected):
         try:
             group[name]
         except Exception:  # unreadable metadata
             broken.append(name)
+    broken += damaged_coordinates(path, config)
     if not broken:
         return []
     tmp = f"{path}.repair-{os.getpid()}"
-    init_store(tmp, config)
-    for name in broken:
-        shutil.rmtree(Path(path) / name, ignore_errors=True)
-        shutil.copytree(Path(tmp) / name, Path(path) / name)
-    shutil.rmtree(tmp)
+    try:
+        init_store(tmp, config)
+        for name in broken:
+            shutil.rmtree(Path(path) / name, ignore_errors=True)
+            shutil.copytree(Path(tmp) / name, Path(path) / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     consolidate(path)
     return broken
+
+
+def kind_of(name: str) -> str | None:
+    """The task kind whose batches a variable holds (None for a coordinate)."""
+    if name in VARIABLES:
+        return VARIABLES[name].kind
+    for table in (DONE, CHECKSUM, WRITER):
+        for kind, variable in table.items():
+            if variable == name:
+                return kind
+    return None
 
 
 def _expected_names(config: SweepConfig, version: int = FORMAT_VERSION) -> set[str]:
     kinds_ = kinds(config)
     variables = profile_variables(config.grid.profile, version)
-    return {n for n, v in variables.items() if v.kind in kinds_} | {DONE[k] for k in kinds_}
+    bookkeeping = (DONE, CHECKSUM, WRITER) if version >= BOOKKEEPING_SINCE else (DONE,)
+    return {n for n, v in variables.items() if v.kind in kinds_} | {t[k] for t in bookkeeping for k in kinds_}
 
 
 def reset_done(path: str, batch: Batch) -> None:
