@@ -400,6 +400,32 @@ def test_silent_damage_is_named_refused_by_plot_and_repaired(reference, tmp_path
     compare_stores(store, reference)
 
 
+def test_each_batch_records_the_code_that_wrote_it_and_status_warns_on_a_mix(reference, tmp_path):
+    """``writer_<kind>`` holds the CRC-32 of the writing code's provenance (git revision with -dirty, package
+    versions), ``attrs['writers']`` maps it back; a store two versions wrote gets one warning from status."""
+    import zarr
+
+    from pipeline.sweep.store import git_revision, provenance, writer_id
+
+    store = tmp_path / "store.zarr"
+    subprocess.run(["cp", "-r", str(reference), str(store)], check=True)
+    ds = open_results(store)
+    assert set(np.unique(ds.writer_theory.values)) == {writer_id()} == set(np.unique(ds.writer_threshold.values))
+    writers = json.loads(ds.attrs["writers"])
+    assert writers == {str(writer_id()): json.loads(json.dumps(provenance()))}
+    assert writers[str(writer_id())]["git_revision"] == git_revision()
+    assert "warning" not in clphase("status", str(store)).stdout
+    other = {**provenance(), "git_revision": "0123456789abcdef0123456789abcdef01234567-dirty"}
+    group = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+    group.attrs["writers"] = json.dumps({**writers, "7": other})
+    writer = group["writer_theory"]
+    writer[(0,) * writer.ndim] = 7  # the point of a batch written by a dirty checkout
+    status = clphase("status", str(store))
+    warning = [line for line in status.stdout.splitlines() if line.startswith("warning")]
+    assert len(warning) == 1 and "2 versions of the code" in warning[0], status.stdout
+    assert "git 0123456789ab-dirty" in warning[0] and ": 1 points" in warning[0]
+
+
 def test_damaged_store_is_detected_and_exactly_those_points_recomputed(reference, tmp_path):
     cfg = write(tmp_path)
     store = tmp_path / "store.zarr"
