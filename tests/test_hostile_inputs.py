@@ -59,3 +59,43 @@ def test_error_messages_are_bounded(capsys, tmp_path, n):
     assert len(lines) <= 21 and all(len(line) < 600 for line in lines)
     if n > 20:
         assert lines[-1].endswith(f"... and {n - 20} more problems")
+
+
+def test_a_huge_logspace_is_refused_before_it_is_made(capsys, tmp_path):
+    """10^7 points of R: refused from its n before 80 MB of axis and 10^7 checks (9 s and 1 GB before)."""
+    import tracemalloc
+
+    config = tmp_path / "huge.yaml"
+    config.write_text(QUICK.replace("logspace: [0, 3, 16]", "logspace: [0, 3, 10000000]"))
+    tracemalloc.start()
+    _refused(capsys, tmp_path, config, "grid.R.logspace: n = 10000000 points: expected at most batch.max_points")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20e6  # bytes: nothing of the axis's size was allocated
+
+
+def test_a_class_count_whose_gram_matrices_cannot_fit_is_refused(capsys, tmp_path):
+    config = tmp_path / "wide.yaml"
+    config.write_text(QUICK.replace("n_major: [2]", "n_major: [100000]"))
+    _refused(capsys, tmp_path, config, "grid.n_major / grid.n_minor: 100003 classes: a batch of 32 points")
+
+
+def test_a_store_path_with_a_newline_is_refused(capsys, tmp_path):
+    store = tmp_path / "a\nb.zarr"
+    config = tmp_path / "newline.yaml"
+    config.write_text(QUICK.replace("store: results/quick.zarr", f"store: {str(store)!r}".replace("'", '"')))
+    assert main(["run", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "store: " in err and "expected a path without control characters" in err and len(err.splitlines()) == 1
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "/dev/zero", "missing.json", "list.json"])
+def test_a_scheduler_file_that_is_not_one_is_one_line(capsys, tmp_path, path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    path = path if path.startswith("/") else str(tmp_path / path)
+    store = tmp_path / "never.zarr"
+    assert main(["run", str(ROOT / "configs" / "quick.yaml"), f"store={store}", "--scheduler-file", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clphase run: error: invalid scheduler-file: {path!r}; expected a dask scheduler file")
+    assert len(err.strip().splitlines()) == 1 and not store.exists()

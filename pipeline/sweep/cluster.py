@@ -6,6 +6,7 @@ defaults and is selected with ``clphase run CONFIG --cluster PROFILE`` (``cluste
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -220,11 +221,13 @@ CONNECT_TIMEOUT_S = 10
 
 def attach(scheduler_address: str | None, scheduler_file: str | None) -> Client:
     """A Client of a running scheduler; one InputError naming the address when it cannot be reached."""
+    if not scheduler_address:
+        _check_scheduler_file(scheduler_file)
     try:
         if scheduler_address:
             return Client(scheduler_address, timeout=f"{CONNECT_TIMEOUT_S}s")
         return Client(scheduler_file=scheduler_file, timeout=f"{CONNECT_TIMEOUT_S}s")
-    except (OSError, TimeoutError, ValueError) as err:
+    except Exception as err:  # OSError, TimeoutError, and distributed's asserts on a malformed address
         field, value = ("scheduler-address", scheduler_address) if scheduler_address else \
             ("scheduler-file", scheduler_file)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -232,6 +235,25 @@ def attach(scheduler_address: str | None, scheduler_file: str | None) -> Client:
             field, value, f"a dask scheduler reachable from here within {CONNECT_TIMEOUT_S} s ({reason}); check "
             "that it runs (`dask scheduler`), the host and port or file, and any firewall"
         ) from None
+
+
+SCHEDULER_FILE = ("a dask scheduler file (JSON with the scheduler's 'address', as `dask scheduler --scheduler-file` "
+                  "writes)")
+
+
+def _check_scheduler_file(path: str | None) -> None:
+    """One InputError unless ``path`` is a small JSON file with a string ``address`` (not /etc/passwd)."""
+    try:
+        with open(str(path), "rb") as f:
+            text = f.read(2**20 + 1)
+        if len(text) > 2**20:
+            raise ValueError("larger than 1 MiB")
+        info = json.loads(text)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or ("larger than 1 MiB" if len(text) > 2**20 else "not JSON")
+        raise InputError("scheduler-file", path, f"{SCHEDULER_FILE} ({reason})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("address"), str):
+        raise InputError("scheduler-file", path, f"{SCHEDULER_FILE} (it has no 'address')")
 
 
 @contextmanager

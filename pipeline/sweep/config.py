@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -165,7 +166,7 @@ class TrainSpec:
 @dataclass(frozen=True)
 class BatchSpec:
     points: int = 64  # theory points per task (one store chunk): ~0.2-1 s of work at 3-15 ms a point
-    max_points: int = 2_000_000  # refuse grids above this many points (a typo guard)
+    max_points: int = 2_000_000  # refuse grids above this many points (a typo guard): MAX_POINTS
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,8 @@ _SECTIONS = {"grid": GridSpec, "theory": TheorySpec, "batch": BatchSpec, "cluste
 _TOP = ("name", "store", *_SECTIONS)
 
 
-def _expand_R(raw: Any, problems: list[str], name: str = "R") -> list[float]:
+def _expand_R(raw: Any, problems: list[str], name: str = "R", cap: int | None = None) -> list[float]:
+    """An axis given as a list, or as ``{logspace: [lo, hi, n]}`` (refused before it is made when n > cap)."""
     if isinstance(raw, dict):
         if set(raw) != {"logspace"}:
             problems.append(f"grid.{name}: {raw!r}: expected a list of numbers or {{logspace: [lo, hi, n]}}")
@@ -267,6 +269,10 @@ def _expand_R(raw: Any, problems: list[str], name: str = "R") -> list[float]:
                 f"grid.{name}.logspace: {spec!r}: expected [lo, hi, n] in decades with integer n >= 1, e.g. [0, 4, 17]"
             )
             return []
+        if cap is not None and spec[2] > cap:  # checked before 8 n bytes are allocated
+            problems.append(f"grid.{name}.logspace: n = {int(spec[2])} points: expected at most batch.max_points = "
+                            f"{cap}; shrink it or raise batch.max_points")  # fmt: skip
+            return [1.0]  # a stand-in: the axis is reported once
         return [float(x) for x in np.logspace(spec[0], spec[1], int(spec[2]))]
     return raw
 
@@ -289,6 +295,7 @@ def _counts_axis(raw: Any, problems: list[str]) -> tuple:
     return tuple(out)
 
 
+MAX_POINTS = 2_000_000  # batch.max_points by default
 INT_MAX = 2**63 - 1  # the largest int64: integer axes are stored as int64 coordinates
 
 
@@ -375,6 +382,12 @@ def validate(raw: Any) -> SweepConfig:
     if not isinstance(store, str) or not store.strip():
         problems.append(f"store: {store!r}: expected a path such as results/{name}.zarr")
         store = ""
+    elif not store.isprintable():  # a newline or tab: every message and job script would be mangled
+        problems.append(f"store: {store!r}: expected a path without control characters (newline, tab)")
+        store = ""
+    early = raw.get("batch")  # the cap, before any axis is made (validated with its section below)
+    cap = early.get("max_points", MAX_POINTS) if isinstance(early, dict) else MAX_POINTS
+    cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1 else MAX_POINTS
 
     grid_raw = _section("grid", raw.get("grid"), problems)
     profile = grid_raw.get("profile", "step")
@@ -407,9 +420,9 @@ def validate(raw: Any) -> SweepConfig:
     if profile != "step":
         axes["profile"] = profile
     if "R" in grid_raw and profile == "step":
-        axes["R"] = _axis("R", _expand_R(grid_raw["R"], problems), problems, float, 1.0)
+        axes["R"] = _axis("R", _expand_R(grid_raw["R"], problems, cap=cap), problems, float, 1.0)
     if "rho" in grid_raw and profile == "exp":
-        axes["rho"] = _axis("rho", _expand_R(grid_raw["rho"], problems, "rho"), problems, float, 1.0)
+        axes["rho"] = _axis("rho", _expand_R(grid_raw["rho"], problems, "rho", cap), problems, float, 1.0)
     if "counts" in grid_raw and profile == "counts":
         axes["counts"] = _counts_axis(grid_raw["counts"], problems)
     int_axes = [("dim", 1), ("seed", 0)] + ([("n_major", 1), ("n_minor", 1)] if profile == "step" else [])
@@ -429,7 +442,7 @@ def validate(raw: Any) -> SweepConfig:
     batch_raw = _section("batch", raw.get("batch"), problems)
     batch = BatchSpec(
         points=_int_field("batch.points", batch_raw.get("points", 64), 1, problems),
-        max_points=_int_field("batch.max_points", batch_raw.get("max_points", 2_000_000), 1, problems),
+        max_points=_int_field("batch.max_points", batch_raw.get("max_points", MAX_POINTS), 1, problems),
     )
     cluster_raw = _section("cluster", raw.get("cluster"), problems)
     kind = cluster_raw.get("kind", "local")
@@ -470,7 +483,31 @@ def validate(raw: Any) -> SweepConfig:
                 "shrink an axis or raise batch.max_points"
             ]
         )
+    _check_gram_memory(grid, batch)
     return SweepConfig(name=name, store=store, grid=grid, theory=theory, batch=batch, cluster=cluster, train=train)
+
+
+GRAM_MEMORY_SHARE = 0.25  # of this machine's memory, the most one batch's Gram matrices may take
+
+
+def physical_memory() -> int:
+    """Bytes of memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_gram_memory(grid: GridSpec, batch: BatchSpec) -> None:
+    """Refuse a class count whose Gram matrices would not fit: a batch holds up to ``batch.points`` C x C
+    float64 matrices (C the largest class count, to which every Gram is padded)."""
+    points = min(batch.points, grid.n_theory_points)
+    need = points * grid.C_max**2 * 8
+    budget = GRAM_MEMORY_SHARE * physical_memory()
+    if need > budget:
+        field = {"step": "grid.n_major / grid.n_minor", "exp": "grid.C", "counts": "grid.counts"}[grid.profile]
+        fit = int(math.sqrt(budget / (8 * points)))
+        raise ConfigError([f"{field}: {grid.C_max} classes: a batch of {points} points (batch.points) holds "
+                           f"{need / 2**30:.3g} GiB of C x C Gram matrices, more than {GRAM_MEMORY_SHARE:.0%} of this "
+                           f"machine's {physical_memory() / 2**30:.0f} GiB; expected at most {fit} classes at "
+                           "this batch.points (or lower batch.points)"])  # fmt: skip
 
 
 def _optional_str(where: str, value: Any, problems: list[str]) -> str | None:
