@@ -305,7 +305,7 @@ def test_a_closed_output_pipe_stops_the_run_with_sigpipes_exit_code(reference, t
     proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m pipeline run {cfg} | head -1"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr[-3000:]
-    assert proc.stdout.startswith("sweep 'tiny'") and len(proc.stdout.splitlines()) == 1
+    assert proc.stdout.startswith("creating store") and len(proc.stdout.splitlines()) == 1
     assert proc.stderr.strip().splitlines() == [
         "clphase run: stopped: its output pipe was closed (broken pipe); rerun the same command to resume"
     ]

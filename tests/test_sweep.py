@@ -323,3 +323,34 @@ def test_sampled_training_at_k_inf_is_refused(tmp_path):
     proc = clphase("run", str(cfg), "--dry-run")
     assert proc.returncode == 2 and "train.estimator" in proc.stderr and "k = inf" in proc.stderr, proc.stderr
     assert not (tmp_path / "store.zarr").exists()
+
+
+def test_the_template_of_a_large_grid_is_one_task_per_variable_and_one_chunk_per_batch(tmp_path, monkeypatch):
+    """A 10^5-point grid (12520 batches): the template's dask graph holds one task per variable (it held one
+    per batch, 13 GB at 10^6 points), while each variable's zarr chunks stay one per batch."""
+    import zarr
+
+    from pipeline.sweep.config import validate
+    from pipeline.sweep.grid import Grid
+    from pipeline.sweep.store import init_store
+
+    raw = {**yaml.safe_load(yaml.safe_dump(TINY)), "store": str(tmp_path / "big.zarr"), "batch": {"points": 8}}
+    raw["grid"].update(R={"logspace": [0, 6, 2500]}, n_major=[1, 2, 3, 4, 5], n_minor=[2, 3, 4, 5], k=[1])
+    config = validate(raw)
+    assert config.grid.n_points == 10**5
+    graphs = {}
+    to_zarr = xr.Dataset.to_zarr
+
+    def spy(ds, *args, **kwargs):
+        graphs.update({name: len(ds[name].data.__dask_graph__()) for name in ds.data_vars})
+        return to_zarr(ds, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", spy)
+    init_store(config.store, config)
+    assert graphs and max(graphs.values()) == 1, graphs
+    group = zarr.open_group(config.store, mode="r")
+    grid = Grid(config)
+    assert group["cos_minor_theory"].nchunks == grid.n_batches("theory") == 12520
+    assert group["done_theory"].nchunks == group["checksum_theory"].nchunks == 12520
+    assert group["R_threshold"].nchunks == grid.n_batches("threshold")
+    assert not any((tmp_path / "big.zarr" / "cos_minor_theory").rglob("c/*"))  # metadata only, no data chunk

@@ -6,6 +6,7 @@ At most a bounded window of tasks is in flight; completed batches are never resu
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import json
 import os
@@ -86,13 +87,17 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
     }
 
 
-def pending_batches(config: SweepConfig, path: str) -> dict[str, list[Batch]]:
-    """Batches whose done mask is not set, per kind."""
+def pending_batches(config: SweepConfig, path: str, fresh: bool = False) -> dict[str, list[Batch]]:
+    """Batches whose done mask is not set, per kind (every batch of a ``fresh`` store, whose masks are not
+    read: a 10^6-point grid has 10^5 mask chunks, none written yet)."""
     grid = Grid(config)
     out = {}
     for kind in kinds(config):
-        done = read_done(path, kind)
-        out[kind] = [b for b in grid.batches(kind) if not batch_done(done, b)]
+        if fresh:
+            out[kind] = list(grid.batches(kind))
+        else:
+            done = read_done(path, kind)
+            out[kind] = [b for b in grid.batches(kind) if not batch_done(done, b)]
         # longest first, so the last tasks are short and no worker idles through a long tail
         out[kind].sort(key=lambda b: -_cost(grid, b))
     return out
@@ -102,7 +107,12 @@ def _cost(grid: Grid, batch: Batch) -> float:
     """Relative cost of a batch: points times the mean terms of the expectation per point (the
     count vectors of a two-group anchor, or the transform's nodes once those are fewer)."""
     k = grid.values(batch).get("k", np.array([1]))
-    return batch.n_points * float(np.mean([expectation_terms(x, 3) for x in k]))
+    return batch.n_points * float(np.mean([_terms(float(x)) for x in k]))
+
+
+@functools.cache
+def _terms(k: float) -> float:
+    return expectation_terms(k, 3)
 
 
 @dataclass
@@ -201,7 +211,7 @@ def run_sweep(
                         )
                     if str(report["writer"]) not in writers:  # a version of the code new to this store
                         writers[str(report["writer"])] = report["provenance"]
-                        update_attrs(path, writers=json.dumps(writers, sort_keys=True))
+                        set_attrs(path, "the code versions that wrote it", writers=json.dumps(writers, sort_keys=True))
                     summary.batches += 1
                     summary.points += report["points"]
                     summary.failed_points += report["failed"]
@@ -223,16 +233,20 @@ def run_sweep(
     done_all = not any(pending_batches(config, path).values())
     kill_point("finalize")
     stamp = now_utc()  # the format of created_at
+    set_attrs(path, "its attributes (every batch is written)", updated_at=stamp,
+              **({"completed_at": stamp} if done_all else {}))  # fmt: skip
+    return summary
+
+
+def set_attrs(path: str, what: str, **attrs) -> None:
+    """Update the store's attributes; a full disk stops the sweep with one line (SweepStoppedError)."""
     try:
-        update_attrs(path, updated_at=stamp, **({"completed_at": stamp} if done_all else {}))
+        update_attrs(path, **attrs)
     except OSError as err:
         if err.errno not in NO_SPACE:
             raise
-        raise SweepStoppedError(
-            f"store {path!r}: {os.strerror(err.errno).lower()} while writing its attributes "
-            "(every batch is written); free space, then rerun the same command"
-        ) from None
-    return summary
+        raise SweepStoppedError(f"store {path!r}: {os.strerror(err.errno).lower()} while writing {what}; every "
+                                "completed batch is kept: free space, then rerun the same command") from None
 
 
 MAX_STALLS = 2  # a batch whose worker stalled this often is given up (a rerun tries it again)

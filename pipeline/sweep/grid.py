@@ -81,6 +81,7 @@ class Grid:
         self.C_max = self.spec.C_max
         self._coords = self._make_coords()
         self._selected: np.ndarray | None = None  # train.select's mask over the train dims, made on first use
+        self._axes: dict[str, np.ndarray] = {}  # the config's values per dim (values), made on first use
 
     def _make_coords(self) -> dict[str, np.ndarray]:
         s = self.spec
@@ -172,7 +173,11 @@ class Grid:
 
     def values(self, batch: Batch) -> dict[str, np.ndarray]:
         """Coordinate values covered by a batch, per dim."""
-        # the config's own values (k stays int where it is): the coordinates only name count vectors
-        values = {d: np.asarray([n for n, _ in self.spec.counts] if d == "counts" else getattr(self.spec, d))
-                  for d, _ in batch.region}  # fmt: skip
-        return {d: values[d][s] for d, s in batch.region}
+        return {d: self._axis(d)[s] for d, s in batch.region}
+
+    def _axis(self, d: str) -> np.ndarray:
+        """The config's own values along ``d`` (k stays int where it is; the coordinates only name count
+        vectors), made once: converting an axis per batch made planning quadratic in the grid."""
+        if d not in self._axes:
+            self._axes[d] = np.asarray([n for n, _ in self.spec.counts] if d == "counts" else getattr(self.spec, d))
+        return self._axes[d]

@@ -130,6 +130,9 @@ def run(
         attach(scheduler_address, scheduler_file).close()
     kill_point("plan")
     if mode == "new":
+        grid = Grid(config)
+        n_chunks = sum(grid.n_batches(kind) for kind in kinds(config))
+        print(f"creating store {config.store}: {config.grid.n_points} points in {n_chunks} batches", flush=True)
         try:
             init_store(config.store, config)
         except OSError as err:
@@ -145,23 +148,10 @@ def run(
     try:
         if lock.taken_over:
             print(lock.taken_over)
-        if repair_root(config.store):
-            print("repaired the root metadata (zarr.json) from the copy kept with the done masks")
-        repaired = repair_metadata(config.store, config)
-        recompute = sorted({kind for kind in map(kind_of, repaired) if kind is not None})
-        if repaired:
-            print(f"repaired the metadata or values of {', '.join(repaired)}"
-                  + (f": every {' and '.join(recompute)} batch is recomputed" if recompute else ""))  # fmt: skip
-            for kind in recompute:
-                for batch in Grid(config).batches(kind):
-                    reset_done(config.store, batch)
-        for kind in kinds(config):
-            damaged = damaged_batches(config.store, config, kind, read_done(config.store, kind))
-            for batch in damaged:
-                print(f"damaged {kind} batch {batch.index} ({describe(config, batch)}): recomputing")
-                reset_done(config.store, batch)
+        if mode == "resume":
+            repair(config)
         retry = failed_batches(config) if retry_failed else []
-        pending = pending_batches(config, config.store)
+        pending = pending_batches(config, config.store, fresh=mode == "new")
         n_pending = sum(len(v) for v in pending.values()) + len(retry)
         print(f"sweep {config.name!r}: store {config.store} ({mode}); pending batches: "
               + ", ".join(f"{k} {len(v)}" for k, v in pending.items())
@@ -183,6 +173,25 @@ def run(
           f"failed points: {summary.failed_points}; failed batches: {len(summary.failed_batches)}")  # fmt: skip
     print(f"open with: import pipeline; ds = pipeline.open_results({config.store!r})")
     return 1 if summary.failed_batches else 0
+
+
+def repair(config: SweepConfig) -> None:
+    """Before a resume: repair the root metadata, damaged variable metadata and coordinates, and mark every
+    damaged batch pending, saying so."""
+    if repair_root(config.store):
+        print("repaired the root metadata (zarr.json) from the copy kept with the done masks")
+    repaired = repair_metadata(config.store, config)
+    recompute = sorted({kind for kind in map(kind_of, repaired) if kind is not None})
+    if repaired:
+        print(f"repaired the metadata or values of {', '.join(repaired)}"
+              + (f": every {' and '.join(recompute)} batch is recomputed" if recompute else ""))  # fmt: skip
+        for kind in recompute:
+            for batch in Grid(config).batches(kind):
+                reset_done(config.store, batch)
+    for kind in kinds(config):
+        for batch in damaged_batches(config.store, config, kind, read_done(config.store, kind)):
+            print(f"damaged {kind} batch {batch.index} ({describe(config, batch)}): recomputing")
+            reset_done(config.store, batch)
 
 
 def describe(config: SweepConfig, batch) -> str:

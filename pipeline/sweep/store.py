@@ -282,19 +282,25 @@ def prepare_store(path: str, config: SweepConfig) -> str:
 
 
 def init_store(path: str, config: SweepConfig) -> None:
-    """Write the template: coordinates, metadata and chunking of every variable; no data chunks."""
+    """Write the template: coordinates, metadata and chunking of every variable; no data chunks.
+
+    Each variable is one dask chunk (its zarr chunks, one per batch, are set in the encoding): the template's
+    never-computed graph then has a task per variable, not per batch (a 10^6-point grid had 10^6).
+    """
     grid = Grid(config)
     coords = grid.coords()
     profile = config.grid.profile
     data_vars = {}
+    zarr_chunks = {}
+
+    def blank(name: str, dims: tuple[str, ...], chunks: dict[str, int], dtype: str, fill: float, attrs: dict) -> None:
+        shape = tuple(len(coords[d]) for d in dims)
+        zarr_chunks[name] = tuple(chunks.get(d, len(coords[d])) for d in dims)
+        data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=-1), attrs)
+
     for name, var in profile_variables(profile).items():
         if var.kind not in kinds(config):
             continue
-        chunks = grid.chunks(var.kind)
-        dims = var.dims(profile)
-        shape = tuple(len(coords[d]) for d in dims)
-        chunk_shape = tuple(chunks.get(d, len(coords[d])) for d in dims)
-        array = da.full(shape, fill_value(var.dtype), dtype=var.dtype, chunks=chunk_shape)
         attrs = {"long_name": var.long_name, "units": var.units}
         if name in ("nc1_train", "trace_ratio_train"):
             attrs["conventions"] = WITHIN_CLASS_CONVENTIONS
@@ -304,28 +310,15 @@ def init_store(path: str, config: SweepConfig) -> None:
         if name.startswith("status_"):
             names = VARIABLE_STATUS.get(name, KIND_STATUS[var.kind])
             attrs.update(flag_values=[STATUS_CODE[n] for n in names], flag_meanings=" ".join(names))
-        data_vars[name] = (dims, array, attrs)
+        blank(name, var.dims(profile), grid.chunks(var.kind), var.dtype, fill_value(var.dtype), attrs)
     for kind in kinds(config):
-        name = DONE[kind]
-        dims = grid.dims(kind)
-        chunks = grid.chunks(kind)
-        shape = tuple(len(coords[d]) for d in dims)
-        chunk_shape = tuple(chunks[d] for d in dims)
-        array = da.zeros(shape, dtype="int8", chunks=chunk_shape)
-        data_vars[name] = (dims, array, {"long_name": f"{kind} batch written (1) or pending (0)", "units": "1"})
-        data_vars[CHECKSUM[kind]] = (
-            dims,
-            da.zeros(shape, dtype="int64", chunks=chunk_shape),
-            {"long_name": f"CRC-32 of the {kind} batch's data as written (its variables in name order)", "units": "1"},
-        )
-        data_vars[WRITER[kind]] = (
-            dims,
-            da.zeros(shape, dtype="int64", chunks=chunk_shape),
-            {
-                "long_name": f"CRC-32 of the provenance of the code that wrote the {kind} batch (attribute writers)",
-                "units": "1",
-            },
-        )
+        dims, chunks = grid.dims(kind), grid.chunks(kind)
+        written = f"{kind} batch written (1) or pending (0)"
+        checksum = f"CRC-32 of the {kind} batch's data as written (its variables in name order)"
+        writer = f"CRC-32 of the provenance of the code that wrote the {kind} batch (attribute writers)"
+        blank(DONE[kind], dims, chunks, "int8", 0, {"long_name": written, "units": "1"})
+        blank(CHECKSUM[kind], dims, chunks, "int64", 0, {"long_name": checksum, "units": "1"})
+        blank(WRITER[kind], dims, chunks, "int64", 0, {"long_name": writer, "units": "1"})
     ds = xr.Dataset(data_vars, coords={d: coords[d] for d in coords if d != "onset" or "threshold" in kinds(config)})
     for coord, (long_name, units) in COORD_ATTRS.items():
         if coord in ds.coords:
@@ -354,7 +347,8 @@ def init_store(path: str, config: SweepConfig) -> None:
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(f"{path}.partial-{os.getpid()}")
     try:
-        encoding = {name: checksummed() for name in ds.variables}
+        encoding = {name: {**checksummed(), **({"chunks": zarr_chunks[name]} if name in zarr_chunks else {})}
+                    for name in ds.variables}  # fmt: skip
         ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, zarr_format=3, encoding=encoding)
         no_space_point(str(tmp), "template")
         consolidate(str(tmp))
