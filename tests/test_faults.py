@@ -452,18 +452,12 @@ def test_damaged_store_is_detected_and_exactly_those_points_recomputed(reference
 
 def test_second_run_on_the_same_store_is_refused(reference, tmp_path):
     cfg = write(tmp_path)
-    env = {**os.environ, "CLPHASE_BATCH_DELAY_S": "0.3"}
-    with open(tmp_path / "err", "w") as err:
-        first = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(cfg), "--workers", "1"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
-        lock = Path(f"{tmp_path / 'store.zarr'}.lock")
-        deadline = time.time() + 60
-        while not lock.exists() and time.time() < deadline:
-            time.sleep(0.05)
-        second = run(cfg)
-        assert second.returncode == 2
-        assert f"pid {first.pid}" in second.stderr and "in use by another clphase run" in second.stderr
-        assert first.wait(timeout=300) == 0
+    first = hold_store(cfg, tmp_path)
+    lock = Path(f"{tmp_path / 'store.zarr'}.lock")
+    second = run(cfg)
+    assert second.returncode == 2
+    assert f"pid {first.pid}" in second.stderr and "in use by another clphase run" in second.stderr
+    assert first.wait(timeout=300) == 0
     assert not lock.exists()
     compare_stores(tmp_path / "store.zarr", reference)
 
