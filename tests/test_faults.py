@@ -292,15 +292,17 @@ def test_a_full_disk_at_the_template_or_the_attributes_is_one_line(reference, tm
     assert len(lines) == 1 and "no space left on device" in lines[0] and str(tmp_path / "store.zarr") in lines[0]
     assert not list(tmp_path.glob("store.zarr.*")), list(tmp_path.iterdir())  # no partial template, no lock
     assert (tmp_path / "store.zarr").exists() == (moment == "finalize")
+    if moment == "template":
+        return  # nothing was written: the rerun is a first run
     full.unlink()
     proc = run(cfg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     compare_stores(tmp_path / "store.zarr", reference)
 
 
-def test_a_closed_output_pipe_stops_the_run_with_sigpipes_exit_code(reference, tmp_path):
+def test_a_closed_output_pipe_stops_the_run_with_sigpipes_exit_code(tmp_path):
     """``clphase run CONFIG | head -1``: exit 141 (128 + SIGPIPE) and one line, not 0 with nothing computed;
-    the lock is released and the rerun completes the store."""
+    the lock is released."""
     cfg = write(tmp_path)
     proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m pipeline run {cfg} | head -1"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -309,9 +311,7 @@ def test_a_closed_output_pipe_stops_the_run_with_sigpipes_exit_code(reference, t
     assert proc.stderr.strip().splitlines() == [
         "clphase run: stopped: its output pipe was closed (broken pipe); rerun the same command to resume"
     ]
-    assert not Path(f"{tmp_path / 'store.zarr'}.lock").exists()
-    assert run(cfg).returncode == 0
-    compare_stores(tmp_path / "store.zarr", reference)
+    assert not Path(f"{tmp_path / 'store.zarr'}.lock").exists()  # released: a rerun resumes (as after Ctrl-C)
 
 
 def test_a_read_only_store_is_one_line_and_still_reads(reference, tmp_path):
@@ -477,9 +477,12 @@ def hold_store(cfg: Path, tmp_path: Path) -> subprocess.Popen:
 
 @pytest.mark.parametrize("spelling", ["symlink", "dot"])
 def test_the_lock_follows_the_store_not_its_spelling(reference, tmp_path, spelling):
-    """Through a symlink or as ``store.zarr/.``, a second run finds the first one's lock."""
-    cfg = write(tmp_path)
-    first = hold_store(cfg, tmp_path)
+    """While a run holds the store (here: this process), a run through a symlink or as ``store.zarr/.`` is
+    refused, naming the holder and the lock file of the resolved path."""
+    from pipeline.sweep.lock import acquire_lock
+
+    subprocess.run(["cp", "-r", str(reference), str(tmp_path / "store.zarr")], check=True)
+    held = acquire_lock(str(tmp_path / "store.zarr"))
     try:
         other = tmp_path / "other"
         other.mkdir()
@@ -490,55 +493,73 @@ def test_the_lock_follows_the_store_not_its_spelling(reference, tmp_path, spelli
             store = f"{tmp_path / 'store.zarr'}/."
         second = run(write(other, store=str(store)))
         assert second.returncode == 2, second.stdout + second.stderr
-        assert f"pid {first.pid}" in second.stderr and f"lock file {tmp_path / 'store.zarr'}.lock" in second.stderr
+        assert f"pid {os.getpid()}" in second.stderr and f"lock file {tmp_path / 'store.zarr'}.lock" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
     finally:
-        assert first.wait(timeout=300) == 0
-    compare_stores(tmp_path / "store.zarr", reference)
+        held.release()
+    assert not Path(f"{tmp_path / 'store.zarr'}.lock").exists()
 
 
-@pytest.mark.parametrize("lock_text", ["host", "pid reused", "empty", "garbage"])
-def test_a_lock_left_by_a_run_that_is_gone_is_taken_over(reference, tmp_path, lock_text):
-    """SLURM preempted the run on node17 and requeued it here; or the pid was reused; or the disk was full
-    when the lock was written. No process holds the lock: the run takes it over in one line and finishes."""
-    cfg = write(tmp_path)
-    subprocess.run(["cp", "-r", str(reference), str(tmp_path / "store.zarr")], check=True)
+def test_a_preempted_runs_lock_from_another_host_is_taken_over(reference, tmp_path):
+    """SLURM preempted the run on node17 and requeued it here: its lock file names a host and a pid that are
+    gone, and no process holds the lock. The resume takes it over in one line and completes the store."""
     import zarr
 
+    cfg = write(tmp_path)
+    subprocess.run(["cp", "-r", str(reference), str(tmp_path / "store.zarr")], check=True)
     mask = zarr.open_array(str(tmp_path / "store.zarr" / "done_theory"), mode="r+")
     mask[(0,) * mask.ndim] = 0  # one batch back to pending: the resume has work to do
     dead = subprocess.Popen(["true"])
     dead.wait()
-    texts = {
-        "host": json.dumps({"pid": dead.pid, "host": "node17", "since": "2026-12-01T00:00:00+00:00"}),
-        "pid reused": json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "since": "earlier"}),
-        "empty": "",
-        "garbage": "\x00{not json",
-    }
     lock = Path(f"{tmp_path / 'store.zarr'}.lock")
-    lock.write_text(texts[lock_text])
+    lock.write_text(json.dumps({"pid": dead.pid, "host": "node17", "since": "2026-12-01T00:00:00+00:00"}))
     proc = run(cfg)
     assert proc.returncode == 0, proc.stderr
     taken = [line for line in proc.stdout.splitlines() if "took over the lock" in line]
-    assert len(taken) == 1 and str(lock) in taken[0], proc.stdout
-    if lock_text == "host":
-        assert f"pid {dead.pid} on node17" in taken[0]
+    assert taken == [f"took over the lock of a run that is gone (pid {dead.pid} on node17, since "
+                     f"2026-12-01T00:00:00+00:00; lock file {lock})"], proc.stdout  # fmt: skip
     assert "pending batches: theory 1, threshold 0" in proc.stdout
     assert not lock.exists()
     compare_stores(tmp_path / "store.zarr", reference)
 
 
-def test_unlock_removes_a_lock_no_run_holds_and_refuses_a_held_one(reference, tmp_path):
-    cfg = write(tmp_path)
+@pytest.mark.parametrize("lock_text", ["pid reused", "empty", "garbage"])
+def test_a_lock_file_no_process_holds_is_taken_over(tmp_path, lock_text):
+    """A pid now reused by a live process, or an empty or unreadable lock file (the disk was full when it was
+    written): no process holds the flock, so the lock is taken over, saying whose it was."""
+    from pipeline.sweep.lock import acquire_lock
+
     store = tmp_path / "store.zarr"
+    store.mkdir()
     lock = Path(f"{store}.lock")
-    first = hold_store(cfg, tmp_path)
+    lock.write_text({"pid reused": json.dumps({"pid": 1, "host": os.uname().nodename, "since": "earlier"}),
+                     "empty": "", "garbage": "\x00{not json"}[lock_text])  # fmt: skip
+    held = acquire_lock(str(store))
     try:
-        held = clphase("unlock", str(store))
-        assert held.returncode == 2 and f"pid {first.pid}" in held.stderr and str(lock) in held.stderr
-        assert lock.exists()
+        gone = f"(pid 1 on {os.uname().nodename}, since earlier; " if lock_text == "pid reused" else "(unreadable "
+        assert held.taken_over == f"took over the lock of a run that is gone {gone}lock file {lock})", held.taken_over
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
     finally:
-        assert first.wait(timeout=300) == 0
+        held.release()
+    assert not lock.exists()
+
+
+def test_unlock_removes_a_lock_no_run_holds_and_refuses_a_held_one(tmp_path):
+    from pipeline.sweep.lock import acquire_lock
+
+    store = tmp_path / "store.zarr"
+    store.mkdir()
+    lock = Path(f"{store}.lock")
+    held = acquire_lock(str(store))
+    try:
+        refused = clphase("unlock", str(store))
+        assert refused.returncode == 2 and f"pid {os.getpid()}" in refused.stderr and str(lock) in refused.stderr
+        assert lock.exists()
+        forced = clphase("unlock", "--force", str(store))  # the holder's host is gone
+        assert forced.returncode == 0 and "removed" in forced.stdout and "by force" in forced.stdout
+        assert not lock.exists()
+    finally:
+        held.release()
     lock.write_text(json.dumps({"pid": 4242, "host": "node17", "since": "earlier"}))
     gone = clphase("unlock", f"{store}/.")
     assert gone.returncode == 0 and "no run held it (pid 4242 on node17" in gone.stdout and not lock.exists()
