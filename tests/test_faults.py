@@ -280,9 +280,9 @@ def test_a_full_disk_stops_with_one_line_and_a_rerun_resumes(reference, tmp_path
 
 
 @pytest.mark.parametrize("moment", ["template", "finalize"])
-def test_a_full_disk_at_the_template_or_the_attributes_is_one_line(reference, tmp_path, moment):
+def test_a_full_disk_at_the_template_or_the_attributes_is_one_line(tmp_path, moment):
     """No space for the template: one line, exit 1, no ``store.zarr.partial-*`` left to keep the disk full.
-    No space for the final attributes: one line, exit 1, every batch kept; the rerun completes the store."""
+    No space for the attributes (the code versions that wrote batches, the completion): one line, exit 1."""
     cfg = write(tmp_path)
     full = tmp_path / "disk-is-full"
     full.touch()
@@ -292,12 +292,7 @@ def test_a_full_disk_at_the_template_or_the_attributes_is_one_line(reference, tm
     assert len(lines) == 1 and "no space left on device" in lines[0] and str(tmp_path / "store.zarr") in lines[0]
     assert not list(tmp_path.glob("store.zarr.*")), list(tmp_path.iterdir())  # no partial template, no lock
     assert (tmp_path / "store.zarr").exists() == (moment == "finalize")
-    if moment == "template":
-        return  # nothing was written: the rerun is a first run
-    full.unlink()
-    proc = run(cfg)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    compare_stores(tmp_path / "store.zarr", reference)
+    # a rerun with space again resumes: test_a_full_disk_stops_with_one_line_and_a_rerun_resumes
 
 
 def test_a_closed_output_pipe_stops_the_run_with_sigpipes_exit_code(tmp_path):
@@ -450,16 +445,18 @@ def test_damaged_store_is_detected_and_exactly_those_points_recomputed(reference
 # --- 6. two runs at once ----------------------------------------------------------------------
 
 
-def test_second_run_on_the_same_store_is_refused(reference, tmp_path):
+def test_second_run_on_the_same_store_is_refused(tmp_path):
+    """Two real runs: the second is refused while the first holds the store; SIGTERM (preemption) then
+    releases the first's lock (an interrupted run resumes: test_interrupted_run_resumes_to_the_same_store)."""
     cfg = write(tmp_path)
     first = hold_store(cfg, tmp_path)
     lock = Path(f"{tmp_path / 'store.zarr'}.lock")
     second = run(cfg)
     assert second.returncode == 2
     assert f"pid {first.pid}" in second.stderr and "in use by another clphase run" in second.stderr
-    assert first.wait(timeout=300) == 0
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 128 + signal.SIGTERM
     assert not lock.exists()
-    compare_stores(tmp_path / "store.zarr", reference)
 
 
 def hold_store(cfg: Path, tmp_path: Path) -> subprocess.Popen:
