@@ -20,7 +20,8 @@ from pipeline.theory.threshold import Threshold, minority_threshold
 
 
 def solve(loss: str | Loss, profile: str | Profile, k: int | float | str, *, negatives: str = "marginal",
-          reduction: str = "sum", solver: str = "auto", dim: int | None = None, seed: int = 0) -> Solution:  # fmt: skip
+          reduction: str = "sum", solver: str = "auto", dim: int | None = None, seed: int = 0,
+          remedy: str | None = None) -> Solution:  # fmt: skip
     """Optimal class geometry at one point, certified, with its distinct directions.
 
     Parameters
@@ -39,6 +40,9 @@ def solve(loss: str | Loss, profile: str | Profile, k: int | float | str, *, neg
         Embedding dimension d; below C the rank-d solver runs (a local optimum and the convex bound).
     seed : int
         Seed of the rank solver's restarts.
+    remedy : str, optional
+        A remedy against Minority Collapse, e.g. ``'reweight(gamma=1) + logit_adjust(t=1)'``
+        (:mod:`pipeline.theory.remedies`; solved by the oblique solver, smooth losses, d >= C).
 
     Returns
     -------
@@ -65,10 +69,11 @@ def solve(loss: str | Loss, profile: str | Profile, k: int | float | str, *, neg
     check_option("solver", solver, SOLVERS)
     dim = None if dim is None else check_int("dim", dim, 1)
     seed = check_int("seed", seed, 0)
-    problem = Problem.from_profile(loss, profile, k, negatives, reduction)
+    problem = Problem.from_profile(loss, profile, k, negatives, reduction, remedy=remedy)
     solution = solve_problem(problem, solver, dim, seed)
     solution.classes = profile.labels()
-    if solution.status != "error" and solution.solver != "rank" and problem.loss.smooth:
+    plain = problem.remedy.is_none  # the split test is derived for the plain loss only
+    if plain and solution.status != "error" and solution.solver != "rank" and problem.loss.smooth:
         solution.directions = directions(problem, solution)
     return solution
 

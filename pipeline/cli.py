@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_solve.add_argument("--dim", default=None, help="embedding dimension d (rank solver when d < C)")
     p_solve.add_argument("--solver", default="auto", help="auto|symmetric|full|rank|oblique (default auto)")
     p_solve.add_argument("--seed", default="0", help="seed of the rank solver's restarts")
+    p_solve.add_argument("--remedy", default=None, help="a remedy against Minority Collapse, e.g. 'reweight(gamma=1) "
+                         "+ logit_adjust(t=1)' (docs/cli.md; default none)")  # fmt: skip
     p_solve.add_argument("--gram", action="store_true",
                          help=f"print the Gram matrix also beyond {GRAM_ROWS_MAX} classes")  # fmt: skip
     p_thr = sub.add_parser("threshold", help="minority-collapse threshold R* (or cascade onsets)",
@@ -157,7 +159,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     dim = None if args.dim is None else _to_int("dim", args.dim, 1)
     seed = _to_int("seed", args.seed, 0)
     solution = solve(args.loss, profile, args.k, negatives=args.negatives, reduction=args.reduction,
-                     solver=args.solver, dim=dim, seed=seed)  # fmt: skip
+                     solver=args.solver, dim=dim, seed=seed, remedy=args.remedy)  # fmt: skip
     if args.json:
         print(json.dumps({**solution.to_dict(), "dim": dim, "seed": seed}))  # dim: null when not given
         return 0 if solution.status != "error" else 1
@@ -169,8 +171,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 def solve_report(solution, profile: Profile, full_gram: bool = False) -> list[str]:
     """The lines ``clphase solve`` prints: one verdict per question, each saying what decided it."""
     problem = solution.problem
+    remedy = "" if problem.remedy.is_none else f"  remedy {problem.remedy.spec}"
     lines = [f"loss {problem.loss.id}  profile {profile.spec}  k={_k(problem.k)}  negatives={problem.negatives} "
-             f"reduction={problem.reduction}",
+             f"reduction={problem.reduction}{remedy}",
              f"solver {solution.solver}  status {solution.status}  objective {_fmt(solution.objective)}  "
              f"gap {solution.gap:.2e} (relative {solution.gap_rel:.2e})"]  # fmt: skip
     labels = profile.labels()

@@ -119,6 +119,8 @@ def expected_loss(
     cos: np.ndarray,
     hessian: bool | str = False,
     method: Method = "auto",
+    shift: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """Exact expected loss over the k negatives and its derivatives in ``cos``.
 
@@ -137,6 +139,9 @@ def expected_loss(
         product with a direction (what many-class solvers use: the dense array is A J^2).
     method : {'auto', 'transform', 'enumerate'}
         Route for psi = log1p (see the module docstring); psi linear and k = inf are closed forms.
+    shift, scale : (A, J), optional
+        A remedy's affine map of phi's argument (:mod:`pipeline.theory.remedies`): phi_aj(t) =
+        phi(scale_aj (t + shift_aj)); the derivatives stay in ``cos``.
 
     Returns
     -------
@@ -145,8 +150,13 @@ def expected_loss(
     hess : (A, J, J) d2L/dcos_aj dcos_al, the function v -> sum_l hess[a, j, l] v[a, l], or None
     """
     route = choose_method(loss, k, cos.shape[1], method)
-    z = cos - 1.0  # (A, J), argument of phi
+    z = cos - 1.0 if shift is None else cos - 1.0 + shift  # (A, J), argument of phi
+    if scale is not None:
+        z = scale * z
     phi, dphi, d2phi = loss.phi_terms(z) if hessian else (*loss.phi_dphi(z), None)  # (A, J) each
+    if scale is not None:  # derivatives in cos: dz/dcos = scale
+        dphi = scale * dphi
+        d2phi = None if d2phi is None else scale**2 * d2phi
     if route == "linear":
         scale = w[:, None] * q * linear_scale(k, rho)  # (A, J)
         value = (scale * phi).sum()
@@ -270,8 +280,10 @@ def class_objective(problem: Problem, G: np.ndarray) -> tuple[float, np.ndarray]
     D : (C, C) dL/dG with G[c, j] and G[j, c] treated as separate entries (row c is anchor c);
         the gradient in symmetric directions is (D + D.T) / 2.
     """
-    value, D, _ = expected_loss(problem.loss, problem.k, problem.rho, problem.p, problem.negative_distribution(), G,
-                                method=problem.expectation)  # fmt: skip
+    shift, scale = problem.phi_affine()
+    value, D, _ = expected_loss(problem.loss, problem.k, problem.rho, problem.anchor_weights(),
+                                problem.negative_distribution(), G, method=problem.expectation, shift=shift,
+                                scale=scale)  # fmt: skip
     return value.item(), D
 
 

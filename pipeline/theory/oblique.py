@@ -181,7 +181,8 @@ def minimise(
     V : (m, C) class vectors (unit columns; classes of a cluster share a column)
     result : pymanopt's OptimizerResult (iterations, gradient_norm, stopping_criterion)
     """
-    C, q = problem.C, problem.negative_distribution()
+    C, q, w = problem.C, problem.negative_distribution(), problem.anchor_weights()
+    shift, scale = problem.phi_affine()
     label = np.arange(C) if label is None else np.asarray(label)
     m = int(label.max()) + 1
     E = membership(label)[0]  # (C, m): class -> cluster
@@ -191,8 +192,8 @@ def minimise(
     def evaluate(W: np.ndarray) -> tuple[float, np.ndarray, Any]:
         V = W[:, label]  # (m, C)
         G = V.T @ V  # (C, C)
-        value, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, problem.p, q, G,
-                                      hessian="operator", method=problem.expectation)  # fmt: skip
+        value, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, w, q, G, hessian="operator",
+                                      method=problem.expectation, shift=shift, scale=scale)  # fmt: skip
         # D: (C, C) dL/dG, row c for anchor c
 
         def hessian(dW: np.ndarray) -> np.ndarray:
@@ -222,7 +223,8 @@ def solve_oblique(problem: Problem, dim: int | None = None, V0: np.ndarray | Non
     start = time.perf_counter()
     order = np.argsort(-problem.p, kind="stable")  # head first: the tail's merges are the factor's last columns
     sorted_problem = Problem.create(problem.loss, problem.p[order], problem.k, problem.negatives,
-                                    problem.reduction, expectation=problem.expectation)  # fmt: skip
+                                    problem.reduction, expectation=problem.expectation,
+                                    remedy=problem.remedy)  # fmt: skip
     V_sorted, result = minimise(sorted_problem, V0=V0)
     V = V_sorted[:, np.argsort(order)]  # (C, C) back in the problem's class order
     G = V.T @ V

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.theory.losses import NEGATIVES, REDUCTIONS, Loss, check_option, parse_loss
 from pipeline.theory.profiles import Profile, Step, parse_profile
+from pipeline.theory.remedies import NONE, Remedy, parse_remedy
 
 EXPECTATIONS: tuple[str, ...] = ("auto", "transform", "enumerate")
 
@@ -119,6 +120,9 @@ class Problem:
         How the expectation over the negatives is computed (all exact; see :mod:`pipeline.theory.objective`).
     profile : Profile, optional
         The imbalance profile p came from (:mod:`pipeline.theory.profiles`): labels and sweep axes.
+    remedy : Remedy
+        Anchor weights, negatives' base distribution, shifts and temperatures
+        (:mod:`pipeline.theory.remedies`); ``NONE`` is the paper's loss.
     """
 
     loss: Loss
@@ -129,6 +133,7 @@ class Problem:
     n_major: int | None = None
     expectation: str = "auto"
     profile: Profile | None = None
+    remedy: Remedy = NONE
 
     @classmethod
     def create(
@@ -141,12 +146,15 @@ class Problem:
         n_major: int | None = None,
         expectation: str = "auto",
         profile: Profile | None = None,
+        remedy: str | Remedy | None = None,
     ) -> Problem:
         """Validate the inputs and build a problem (``p`` is normalised to sum to 1).
 
         ``n_major`` marks the first ``n_major`` classes as the majority group (two-group problems).
         """
         loss = parse_loss(loss)
+        remedy = parse_remedy(remedy)
+        remedy.check_loss(loss)
         k = check_k(k)
         check_option("negatives", negatives, NEGATIVES)
         check_option("reduction", reduction, REDUCTIONS)
@@ -154,7 +162,7 @@ class Problem:
         p = np.asarray(p, dtype=float)
         if p.ndim != 1 or p.size < 2 or not np.all(np.isfinite(p)) or np.any(p <= 0):
             raise InputError("p", p.tolist(), "at least two positive, finite class proportions")
-        return cls(loss, p / p.sum(), k, negatives, reduction, n_major, expectation, profile)
+        return cls(loss, p / p.sum(), k, negatives, reduction, n_major, expectation, profile, remedy)
 
     @classmethod
     def from_profile(
@@ -165,12 +173,14 @@ class Problem:
         negatives: str = "marginal",
         reduction: str = "sum",
         expectation: str = "auto",
+        remedy: str | Remedy | None = None,
     ) -> Problem:
         """The problem at a profile's proportions (``'exp(C=10, rho=100)'`` or a :class:`Profile`)."""
         profile = parse_profile(profile)
         two = profile.two_groups()
         n_major = two[0] if two is not None else None
-        return cls.create(loss, profile.proportions(), k, negatives, reduction, n_major, expectation, profile)
+        return cls.create(loss, profile.proportions(), k, negatives, reduction, n_major, expectation, profile,
+                          remedy)  # fmt: skip
 
     @classmethod
     def two_group(
@@ -183,12 +193,13 @@ class Problem:
         negatives: str = "marginal",
         reduction: str = "sum",
         expectation: str = "auto",
+        remedy: str | Remedy | None = None,
     ) -> Problem:
         """K_A = n_major classes of proportion R p_minor and K_B = n_minor of proportion p_minor."""
         n_major = check_int("n_major", n_major, 1)
         n_minor = check_int("n_minor", n_minor, 1)
         R = check_ratio(R)
-        return cls.from_profile(loss, Step(n_major, n_minor, R), k, negatives, reduction, expectation)
+        return cls.from_profile(loss, Step(n_major, n_minor, R), k, negatives, reduction, expectation, remedy)
 
     @property
     def C(self) -> int:
@@ -200,8 +211,17 @@ class Problem:
         return 1.0 if self.reduction == "sum" else 1.0 / self.k
 
     def negative_distribution(self) -> np.ndarray:
-        """(C, C) matrix q: row c is the distribution of a negative's class for anchor class c."""
-        return negative_distribution(self.p, self.negatives)
+        """(C, C) matrix q: row c is the distribution of a negative's class for anchor class c (from p, or
+        from the remedy's base distribution)."""
+        return negative_distribution(self.remedy.negative_base(self.p), self.negatives)
+
+    def anchor_weights(self) -> np.ndarray:
+        """(C,) the anchors' class weights: p, or the remedy's reweighting of it."""
+        return self.remedy.anchor_weights(self.p)
+
+    def phi_affine(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(delta, scale), each (C, C) or None (no remedy): phi_cj(t) = phi(scale_cj (t + delta_cj))."""
+        return self.remedy.phi_affine(self.p, self.loss)
 
     def groups(self, rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Group classes of equal proportion.
@@ -251,4 +271,5 @@ class Problem:
             "reduction": self.reduction,
             "profile": None if self.profile is None else self.profile.spec,
             "p": self.p.tolist(),
+            "remedy": self.remedy.spec,
         }
