@@ -15,6 +15,7 @@ from pipeline.theory.dispatch import solve as solve_problem
 from pipeline.theory.losses import NEGATIVES, REDUCTIONS, Loss, check_option, parse_loss
 from pipeline.theory.problem import Problem, check_int, check_k
 from pipeline.theory.profiles import SCAN_AXIS, Exp, Profile, Step, parse_profile
+from pipeline.theory.remedies import parse_remedy
 from pipeline.theory.solution import SOLVERS, Solution
 from pipeline.theory.threshold import Threshold, minority_threshold
 
@@ -100,7 +101,7 @@ def directions(problem: Problem, solution: Solution) -> Directions:
 
 
 def threshold(loss: str | Loss, profile: str | Profile, k: int | float | str, *, negatives: str = "marginal",
-              reduction: str = "sum") -> Threshold | Cascade:  # fmt: skip
+              reduction: str = "sum", remedy: str | None = None) -> Threshold | Cascade:  # fmt: skip
     """Where minority classes merge: R* of a step profile, or the cascade onsets of an exp profile.
 
     Parameters
@@ -113,6 +114,9 @@ def threshold(loss: str | Loss, profile: str | Profile, k: int | float | str, *,
         ``'exp(C=4)'`` gives rho*_2, ..., rho*_{C-1}, where the m smallest classes first share one.
     k, negatives, reduction
         As for :func:`solve`.
+    remedy : str, optional
+        As for :func:`solve`; step profiles only so far (R* with status ``beyond`` where no sign change is
+        found up to R = 1e12: the criterion's R -> inf limit is not derived under a remedy).
 
     Returns
     -------
@@ -133,6 +137,9 @@ def threshold(loss: str | Loss, profile: str | Profile, k: int | float | str, *,
     if isinstance(profile, Exp):
         if profile.rho is not None:
             raise InputError("profile", profile.spec, f"exp(C={profile.C}) without rho: the threshold scans it")
+        if remedy is not None and not parse_remedy(remedy).is_none:
+            raise InputError("remedy", remedy, "remedy 'none' for the cascade of an exp profile (the cascade does "
+                             "not take remedies yet; solve does, at each rho)")  # fmt: skip
         return cascade(loss, profile.C, k, negatives, reduction)
     if not isinstance(profile, Step):
         raise InputError("profile", profile.spec, "step(K_A=.., K_B=..) or exp(C=..): a counts profile has no axis "
@@ -141,4 +148,4 @@ def threshold(loss: str | Loss, profile: str | Profile, k: int | float | str, *,
         raise InputError("profile", profile.spec, f"step(K_A={profile.K_A}, K_B={profile.K_B}) without R: "
                          "the threshold scans it")  # fmt: skip
     n_minor = check_int("n_minor", profile.K_B, 2)
-    return minority_threshold(loss, profile.K_A, n_minor, k, negatives, reduction)
+    return minority_threshold(loss, profile.K_A, n_minor, k, negatives, reduction, remedy=remedy)

@@ -71,6 +71,8 @@ summary beyond 12 classes: --gram prints it all); and the number of distinct cla
 THRESHOLD_HELP = """Prints R*, the smallest imbalance ratio R = p_major / p_minor at which the minority classes of a
 step profile share one direction (inf: apart at every R), with the criterion's limit as R -> inf; or, for
 exp(C), the onsets rho*_m at which the m smallest classes first share one direction."""
+REMEDY_ARG_HELP = ("a remedy against Minority Collapse, e.g. 'reweight(gamma=1) + logit_adjust(t=1)' (docs/cli.md; "
+                   "default none)")
 GRAM_ROWS_MAX = 12  # solve prints the Gram matrix up to this many classes, a summary beyond
 
 
@@ -97,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_solve.add_argument("--dim", default=None, help="embedding dimension d (rank solver when d < C)")
     p_solve.add_argument("--solver", default="auto", help="auto|symmetric|full|rank|oblique (default auto)")
     p_solve.add_argument("--seed", default="0", help="seed of the rank solver's restarts")
-    p_solve.add_argument("--remedy", default=None, help="a remedy against Minority Collapse, e.g. 'reweight(gamma=1) "
-                         "+ logit_adjust(t=1)' (docs/cli.md; default none)")  # fmt: skip
+    p_solve.add_argument("--remedy", default=None, help=REMEDY_ARG_HELP)
     p_solve.add_argument("--gram", action="store_true",
                          help=f"print the Gram matrix also beyond {GRAM_ROWS_MAX} classes")  # fmt: skip
     p_thr = sub.add_parser("threshold", help="minority-collapse threshold R* (or cascade onsets)",
                            description=THRESHOLD_HELP)  # fmt: skip
     _add_problem_args(p_thr, with_R=False)
+    p_thr.add_argument("--remedy", default=None, help=REMEDY_ARG_HELP + "; step profiles")
     p_run = sub.add_parser("run", help="run (or resume) a sweep from a YAML config")
     p_run.add_argument("config", help="YAML sweep config, e.g. configs/quick.yaml")
     p_run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grid.k=[1,4] store=results/x.zarr")
@@ -237,7 +239,7 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
     from pipeline.theory.cascade import Cascade
 
     result = threshold(args.loss, _profile(args, with_R=False), args.k, negatives=args.negatives,
-                       reduction=args.reduction)  # fmt: skip
+                       reduction=args.reduction, remedy=args.remedy)  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
@@ -249,10 +251,16 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
                 o.status, f"undecided (apart up to rho = {o.apart_below:.4g}; {o.message})")
             print(f"  rho*_{o.m} = {value}")
         return 0
+    if not result.remedy.is_none:
+        conventions += f", remedy {result.remedy.spec}"
     R_star = "inf" if math.isinf(result.R_star) else f"{result.R_star:.10g}"
+    if result.status == "beyond":
+        R_star = f"> {result.bracket[0]:g} (undecided beyond)"
     name = "R*_inf" if math.isinf(result.k) else "R*"
-    print(f"{name} = {R_star}  (loss {result.loss.id}, K_A={result.n_major}, K_B={result.n_minor}, {conventions}; "
-          f"lim g/p_minor^2 = {_fmt(result.criterion_limit)} +- {result.criterion_limit_error:.1e})")  # fmt: skip
+    limit = "" if math.isnan(result.criterion_limit) else \
+        f"; lim g/p_minor^2 = {_fmt(result.criterion_limit)} +- {result.criterion_limit_error:.1e}"
+    print(f"{name} = {R_star}  (loss {result.loss.id}, K_A={result.n_major}, K_B={result.n_minor}, {conventions}"
+          f"{limit})")  # fmt: skip
     if result.message:
         print(f"note: {result.message} (status {result.status})")
     return 0

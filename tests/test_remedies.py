@@ -120,9 +120,10 @@ PROFILES = ["step(K_A=2, K_B=2, R=10)", "step(K_A=1, K_B=2, R=5)", "exp(C=4, rho
 
 
 @pytest.mark.parametrize("case", range(24))
-def test_oblique_under_a_remedy_equals_an_independent_cvxpy_program(case):
+def test_solves_under_a_remedy_equal_an_independent_cvxpy_program(case):
     """24 seeded cases: each remedy alone and combined, both samplings and reductions, step and exp
-    profiles, k <= 4. Every Gram entry agrees to 1e-6 and the certificate is <= 1e-9 relative."""
+    profiles, k <= 4. Every Gram entry agrees to 1e-6 and the certificate is <= 1e-9 relative, for the oblique
+    solver and (step profiles) the group reduction."""
     rng = np.random.default_rng(case)
     remedy = REMEDIES[case % len(REMEDIES)]
     losses = ["infonce(tau=0.5)", "infonce(tau=1)", "sumexp(tau=1)"]
@@ -132,18 +133,19 @@ def test_oblique_under_a_remedy_equals_an_independent_cvxpy_program(case):
     problem = Problem.from_profile(loss, PROFILES[case % len(PROFILES)], int(rng.integers(1, 5)),
                                    negatives=["marginal", "other"][case % 2],
                                    reduction=["sum", "mean"][(case // 2) % 2], remedy=remedy)  # fmt: skip
-    solution = solve(problem)
-    assert solution.solver == "oblique" and solution.status == "optimal", solution.message
-    assert solution.gap_rel <= 1e-9
     G_ref, value_ref = reference_gram(problem)
-    np.testing.assert_allclose(solution.G, G_ref, atol=1e-6, err_msg=f"{problem.describe()}")
-    assert solution.objective == pytest.approx(value_ref, rel=1e-8, abs=1e-10)
+    solvers = ["oblique", "symmetric"] if problem.two_groups() is not None else ["oblique"]
+    for solver in solvers:  # one vector per class; and the group reduction where the classes form two groups
+        solution = solve(problem, solver)
+        assert solution.status == "optimal" and solution.gap_rel <= 1e-9, (solver, solution.message)
+        np.testing.assert_allclose(solution.G, G_ref, atol=1e-6, err_msg=f"{solver} {problem.describe()}")
+        assert solution.objective == pytest.approx(value_ref, rel=1e-8, abs=1e-10)
 
 
 def test_remedies_are_refused_by_the_solvers_that_do_not_take_them_yet():
     problem = Problem.two_group("infonce(tau=1)", 2, 2, 10.0, 4, remedy="reweight(gamma=1)")
-    for solver in ("symmetric", "full", "rank"):
-        with pytest.raises(InputError, match="remedies are solved by 'oblique'"):
+    for solver in ("full", "rank"):
+        with pytest.raises(InputError, match="remedies are solved by 'oblique' or 'symmetric'"):
             solve(problem, solver)
     hinge = Problem.two_group("triplet(margin=1)", 2, 2, 10.0, 4, remedy="ldam(m=0.5)")
     with pytest.raises(InputError, match="with a smooth loss"):
@@ -188,10 +190,60 @@ def test_solve_takes_a_remedy_and_echoes_it(capsys):
     args = ["solve", "--loss", "infonce(tau=0.5)", "--profile", "step(K_A=2, K_B=2, R=100)", "--k", "4"]
     assert main([*args, "--remedy", "class_tau", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["remedy"] == "class_tau(gamma=0.5)" and out["solver"] == "oblique" and out["status"] == "optimal"
-    assert out["collapsed"] is None and "not decided" in out["message"]
+    assert out["remedy"] == "class_tau(gamma=0.5)" and out["solver"] == "symmetric" and out["status"] == "optimal"
+    assert out["collapsed"] is False and out["c"] < 0.8  # the plain loss collapses here (R* = 64 at k = 4)
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["remedy"] == "none"
     assert main([*args, "--remedy", "ldam(m=0.1) + logit_adjust"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("clphase solve: error: invalid remedy: 'ldam(m=0.1) + logit_adjust'")
+
+
+TWO_GROUP_REMEDIES = ["reweight(gamma=1)", "reweight(gamma=0.5)", "balanced_negatives", "logit_adjust(t=1)",
+                      "ldam(m=0.5)", "class_tau(gamma=0.5)", "reweight(gamma=1) + logit_adjust(t=0.5)"]  # fmt: skip
+
+
+@pytest.mark.parametrize("remedy", TWO_GROUP_REMEDIES)
+@pytest.mark.parametrize(("negatives", "reduction", "k"), [("marginal", "sum", 16), ("other", "mean", 4096),
+                                                           ("marginal", "mean", math.inf)])  # fmt: skip
+def test_the_group_reduction_under_a_remedy_equals_the_oblique_solver(remedy, negatives, reduction, k):
+    """Two routes: the two-group reduction (the remedy's phi_cj per block pair) and one vector per class; and
+    the c = 1 criterion's verdict agrees with the unrestricted c at R = 3 and 3000."""
+    for R in (3.0, 3000.0):
+        problem = Problem.two_group("infonce(tau=0.5)", 2, 3, R, k, negatives, reduction, remedy=remedy)
+        grouped, free = solve(problem, "symmetric"), solve(problem, "oblique")
+        assert grouped.status == free.status == "optimal", (grouped.message, free.message)
+        np.testing.assert_allclose(grouped.G, free.G, atol=1e-7)
+        assert grouped.collapsed is not None and grouped.collapsed == (free.c > 1 - 1e-9)
+
+
+@pytest.mark.parametrize("remedy", TWO_GROUP_REMEDIES[:5] + TWO_GROUP_REMEDIES[6:])
+@pytest.mark.parametrize("k", [4, 65536, math.inf])
+def test_R_star_under_a_remedy_is_confirmed_by_unrestricted_solves(remedy, k):
+    """R* from the criterion's sign change; the oblique solver (no symmetry assumed) finds the minorities
+    apart at R*(1 - 1e-3) and merged at R*(1 + 1e-3)."""
+    from pipeline.theory.threshold import minority_threshold
+
+    result = minority_threshold("infonce(tau=0.5)", 2, 2, k, remedy=remedy)
+    assert result.status == "optimal" and math.isfinite(result.R_star) and result.remedy.spec == remedy
+    below, above = (solve(Problem.two_group("infonce(tau=0.5)", 2, 2, result.R_star * f, k, remedy=remedy), "oblique")
+                    for f in (1 - 1e-3, 1 + 1e-3))  # fmt: skip
+    assert below.c < 1 - 1e-5 and below.gap_rel <= 1e-9
+    assert above.c > 1 - 1e-9 and above.gap_rel <= 1e-9
+
+
+def test_a_remedy_that_keeps_minorities_apart_up_to_R_max_is_beyond_not_never(capsys):
+    """class_tau keeps the two minorities apart at every R scanned; without the R -> inf limit under a remedy
+    that is R* > 1e12, undecided beyond (status ``beyond``), not R* = inf."""
+    from pipeline.cli import main
+    from pipeline.theory.threshold import minority_threshold
+
+    result = minority_threshold("infonce(tau=0.5)", 2, 2, 16, remedy="class_tau(gamma=0.5)")
+    assert result.status == "beyond" and result.bracket[0] == pytest.approx(1e12)
+    assert main(["threshold", "--loss", "infonce(tau=0.5)", "--profile", "step(K_A=2, K_B=2)", "--k", "16",
+                 "--remedy", "class_tau", "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["remedy"] == "class_tau(gamma=0.5)" and out["status"] == "beyond" and out["R_star"] == "inf"
+    assert main(["threshold", "--loss", "infonce(tau=0.5)", "--profile", "exp(C=4)", "--k", "16",
+                 "--remedy", "reweight"]) == 2  # fmt: skip
+    assert "the cascade does not take remedies yet" in capsys.readouterr().err

@@ -23,8 +23,8 @@ SYMMETRIC_MAX_GROUPS = 4
 def choose_solver(problem: Problem, dim: int | None = None) -> str:
     """The solver ``auto`` picks for a problem (see :func:`solve`)."""
     _, K, _ = problem.groups()
-    if not problem.remedy.is_none:
-        return "oblique"  # the one solver that takes a remedy so far
+    if not problem.remedy.is_none and not (problem.two_groups() is not None or len(K) <= 2):
+        return "oblique"  # the group reduction takes a remedy for two proportion groups; the oblique for any
     if dim is not None and dim < problem.C:
         return "rank"
     if not problem.loss.smooth and len(K) > 2 and problem.two_groups() is None:
@@ -62,9 +62,9 @@ def solve(problem: Problem, solver: SolverName = "auto", dim: int | None = None,
         dim = check_int("dim", dim, 1)
     if solver == "auto":
         solver = choose_solver(problem, dim)
-    if not problem.remedy.is_none and (solver != "oblique" or not problem.loss.smooth):
+    if not problem.remedy.is_none and (solver not in ("oblique", "symmetric") or not problem.loss.smooth):
         raise InputError("remedy", problem.remedy.spec, f"remedy 'none' for solver {solver!r} and loss "
-                         f"{problem.loss.id}: remedies are solved by 'oblique' (solver 'auto' or 'oblique', "
+                         f"{problem.loss.id}: remedies are solved by 'oblique' or 'symmetric' (solver 'auto', "
                          "d >= C) with a smooth loss (infonce, sumexp, squared_hinge) so far")  # fmt: skip
     if solver == "oblique" and not problem.loss.smooth:
         raise InputError("solver", solver, f"'full' or 'auto' for {problem.loss.id} (oblique needs a smooth phi)")
@@ -81,12 +81,6 @@ def solve(problem: Problem, solver: SolverName = "auto", dim: int | None = None,
         bound = solve(problem, "auto", None)
         solution = solve_rank(problem, rank_dim, bound.lower_bound, seed=seed)
     two = problem.two_groups()
-    if not problem.remedy.is_none:  # the c = 1 criterion is derived for the plain family only
-        if two is not None and two[1] >= 2:
-            note = ("minority collapse under a remedy is not decided: the c = 1 criterion is derived for the plain "
-                    "loss only (read c and the certified gap)")  # fmt: skip
-            solution.message = "; ".join(filter(None, [solution.message, note]))
-        return solution
     if math.isnan(solution.criterion) and two is not None and two[1] >= 2 and problem.loss.smooth:
         solution.criterion, solution.criterion_error = criterion_with_error(problem)
         solution.collapsed = decide_collapse(solution.criterion, solution.criterion_error)

@@ -81,17 +81,25 @@ class GroupModel:
 
     def __post_init__(self) -> None:
         m, K, pi = self.m, self.K, self.pi
+        problem = self.problem
+        rep = np.array([int(np.flatnonzero(self.label == g)[0]) for g in range(m)])  # (m,) a class of each group
+        plain = problem.remedy.is_none
+        base = pi if plain else problem.remedy.negative_base(problem.p)[rep]  # (m,) per-class weight as a negative
         q = np.zeros((m, m + 1))  # per anchor group: [same class, class of group 1..m]
         for g in range(m):
-            q[g, 0] = pi[g]
-            q[g, 1:] = K * pi
-            q[g, 1 + g] = (K[g] - 1) * pi[g]
-            if self.problem.negatives == "other":
+            q[g, 0] = base[g]
+            q[g, 1:] = K * base
+            q[g, 1 + g] = (K[g] - 1) * base[g]
+            if problem.negatives == "other":
                 q[g, 0] = 0.0
                 q[g] /= q[g].sum()
         q.flags.writeable = False
         self._q = q
-        self._w = K * pi  # (m,) weight of each anchor group
+        self._w = K * (pi if plain else problem.anchor_weights()[rep])  # (m,) weight of each anchor group
+        # a remedy's affine map of phi's argument per (anchor group, category): a remedy sees classes only
+        # through their proportions, so one class per group stands for all of them
+        columns = np.concatenate([rep[:, None], np.tile(rep, (m, 1))], axis=1)  # (m, m + 1): class of each category
+        self._affine = tuple(None if x is None else x[rep[:, None], columns] for x in problem.phi_affine())
         self._to_S, self._to_S2 = _symmetric_maps(m)
         n_cat = K.astype(float)[None, :] - np.eye(m)  # (m, m): classes per category
         self._per_class = K[:, None] * np.where(n_cat > 0, n_cat, 1)  # (m, m): the divisors of class_gradient
@@ -130,9 +138,9 @@ class GroupModel:
         cos[:, 0] = 1.0
         cos[:, 1:] = S
         problem = self.problem
-        value, grad, hess = expected_loss(
-            problem.loss, problem.k, problem.rho, self._w, self._q, cos, hessian, problem.expectation
-        )
+        shift, scale = self._affine
+        value, grad, hess = expected_loss(problem.loss, problem.k, problem.rho, self._w, self._q, cos, hessian,
+                                          problem.expectation, shift=shift, scale=scale)  # fmt: skip
         for a in (grad, hess):
             if a is not None:
                 a.flags.writeable = False  # shared with the next caller

@@ -40,6 +40,7 @@ from scipy.optimize import brentq
 from pipeline.errors import InputError
 from pipeline.theory.losses import Loss, parse_loss
 from pipeline.theory.problem import Problem, check_int, check_k
+from pipeline.theory.remedies import NONE, Remedy, parse_remedy
 from pipeline.theory.solution import json_number
 from pipeline.theory.symmetric import CRITERION_RTOL, GroupModel, _TwoGroup
 
@@ -54,7 +55,9 @@ class Threshold:
     ``status``: ``optimal`` (R* finite, or inf because the limit of g / p_minor^2 is positive beyond
     its error bound: c stays below 1 at every R), ``asymptotic`` (R* = inf and c -> 1 only as
     R -> inf: the limit vanishes within its error bound and g stays positive beyond its own), or
-    ``error`` (the limit says a finite R* exists but none was found up to R = 1e300).
+    ``error`` (the limit says a finite R* exists but none was found up to R = 1e300), or ``beyond``
+    (under a remedy, whose R -> inf limit is not derived: g > 0 beyond its error bound at every R scanned,
+    so R* > R_max, and R* is not decided beyond it).
     """
 
     loss: Loss
@@ -68,9 +71,13 @@ class Threshold:
     bracket: tuple[float, float]
     status: str = "optimal"
     criterion_limit_error: float = 0.0
+    remedy: Remedy = NONE
 
     @property
     def message(self) -> str:
+        if self.status == "beyond":
+            return (f"c < 1 at every R scanned (up to {self.bracket[0]:.3g}); beyond it R* is not decided: the "
+                    "R -> inf limit of the criterion is derived for the plain loss only")  # fmt: skip
         if self.status == "asymptotic":
             return (
                 "c -> 1 only as R -> inf: lim g/p_minor^2 = 0 within its error bound, and g > 0 beyond its own "
@@ -90,6 +97,7 @@ class Threshold:
             "k": num(self.k),
             "negatives": self.negatives,
             "reduction": self.reduction,
+            "remedy": self.remedy.spec,
             "R_star": num(self.R_star),
             "status": self.status,
             "message": self.message,
@@ -178,6 +186,7 @@ def minority_threshold(
     R_max: float = R_MAX,
     per_decade: int = 8,
     expectation: str = "auto",
+    remedy: str | Remedy | None = None,
 ) -> Threshold:
     """Smallest R at which minority collapse (c = 1) is optimal, to 1e-10 relative, or inf.
 
@@ -197,6 +206,10 @@ def minority_threshold(
         Grid points per decade of R for the sign scan.
     expectation : {'auto', 'transform', 'enumerate'}
         Route of the expectation over the negatives (checks compare them).
+    remedy : str or Remedy, optional
+        A remedy (:mod:`pipeline.theory.remedies`): the criterion carries over (the group reduction takes the
+        remedy's phi_cj per block pair); its R -> inf limit does not, so without a sign change up to ``R_max``
+        the status is ``beyond``.
 
     Notes
     -----
@@ -214,18 +227,25 @@ def minority_threshold(
     k = check_k(k)
     if not loss.smooth:
         raise InputError("loss", loss.id, "a differentiable loss (infonce, sumexp, squared_hinge)")
+    remedy = parse_remedy(remedy)
+    remedy.check_loss(loss)
 
     def g_err(log10_R: float) -> tuple[float, float]:
-        problem = Problem.two_group(loss, n_major, n_minor, 10.0**log10_R, k, negatives, reduction, expectation)
+        problem = Problem.two_group(loss, n_major, n_minor, 10.0**log10_R, k, negatives, reduction, expectation,
+                                    remedy)  # fmt: skip
         return criterion_with_error(problem)
 
     def g(log10_R: float) -> float:
         return g_err(log10_R)[0]
 
-    limit, limit_error = criterion_limit(loss, n_major, n_minor, k, negatives, reduction, expectation)
+    if remedy.is_none:
+        limit, limit_error = criterion_limit(loss, n_major, n_minor, k, negatives, reduction, expectation)
+    else:  # not derived under a remedy: neither sign is known, so nothing is decided beyond R_max
+        limit, limit_error = math.nan, math.nan
 
     def result(R_star: float, bracket: tuple[float, float], status: str = "optimal") -> Threshold:
-        return Threshold(loss, n_major, n_minor, k, negatives, reduction, R_star, limit, bracket, status, limit_error)
+        return Threshold(loss, n_major, n_minor, k, negatives, reduction, R_star, limit, bracket, status, limit_error,
+                         remedy)  # fmt: skip
 
     g0, e0 = g_err(0.0)
     if g0 <= e0:  # collapse at balance (to within the bound when |g| <= its error there)
@@ -245,5 +265,7 @@ def minority_threshold(
             return result(10.0**log_R, (10.0**last_positive, 10.0**x))
     if limit < -limit_error:
         return result(math.inf, (10.0 ** grid[-1], math.inf), "error")
+    if math.isnan(limit):  # a remedy: apart up to R_max, undecided beyond
+        return result(math.inf, (10.0 ** grid[-1], math.inf), "beyond")
     status = "optimal" if limit > limit_error else "asymptotic"
     return result(math.inf, (10.0 ** grid[-1], math.inf), status)
