@@ -14,7 +14,9 @@ first section alone, ~3 minutes). Prints, in one run:
 3. the largest (C, k) that the cached ``full`` solver finishes within 60 s;
 4. long-tailed profiles exp(C, rho = 100) with the oblique solver: seconds per certified point up to
    C = 100 and k = 65536 (targets: C = 10 at k = 4096 in <= 2 s, C = 100 at k = 256 in <= 60 s), and
-   main's route at C = 10, k = 8 in the same run (``--profiles`` for this section alone, ~2 minutes).
+   main's route at C = 10, k = 8 in the same run (``--profiles`` for this section alone, ~2 minutes);
+5. under each remedy: a two-group point, R* at k = 4, 65536 and inf, exp(C = 10) (targets 5 ms, 1 s,
+   0.1 s; ``--remedies`` alone, ~1 minute).
 """
 
 from __future__ import annotations
@@ -209,6 +211,40 @@ def profiles() -> None:
               f"{ours[2]:>10.1e} {_cell(main_route, 8)} {ratio:>8} {dG:>9}", flush=True)  # fmt: skip
 
 
+REMEDY_CASES = ["none", "reweight(gamma=1)", "balanced_negatives", "logit_adjust(t=1)", "ldam(m=0.5)",
+                "class_tau(gamma=0.5)",
+                "reweight(gamma=0.5) + balanced_negatives + logit_adjust(t=1) + class_tau(gamma=1)"]
+
+
+def remedies() -> None:
+    """Section 5: under each remedy, the median time of a two-group point (the group reduction, R = 2, 10, 100),
+    of R* at k = 4, 65536 and inf, and of exp(C=10, rho=100) at k = 16 (oblique); targets 5 ms, 1 s, 0.1 s."""
+    from pipeline.theory.threshold import minority_threshold
+
+    print(f"\n# remedies, {LOSS}, K_A = K_B = 2 (median of 5 runs; in-process, imports warm)")
+    print(f"{'remedy':>45} {'point ms':>9} {'R* s (k=4, 65536, inf)':>24} {'exp(C=10) s':>12}")
+    solve(Problem.two_group(LOSS, 2, 2, 10.0, 4, remedy="reweight"))  # warm
+
+    def median(f) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+    def row(remedy: str) -> str:
+        point = np.median([median(lambda R=R: solve(Problem.two_group(LOSS, 2, 2, R, 16, remedy=remedy)))
+                           for R in (2.0, 10.0, 100.0)])  # fmt: skip
+        thresholds = [median(lambda k=k: minority_threshold(LOSS, 2, 2, k, remedy=remedy))
+                      for k in (4, 65536, math.inf)]  # fmt: skip
+        exp = median(lambda: solve(Problem.from_profile(LOSS, "exp(C=10, rho=100)", 16, remedy=remedy)))
+        return f"{remedy:>45} {point * 1e3:>9.2f} {'  '.join(f'{t:.3f}' for t in thresholds):>24} {exp:>12.3f}"
+
+    for remedy in REMEDY_CASES:
+        print(row(remedy), flush=True)
+
+
 def main() -> None:
     import argparse
 
@@ -217,16 +253,21 @@ def main() -> None:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--any-k", action="store_true", help="section 1 alone: the expectation at any k (~3 min)")
     only.add_argument("--profiles", action="store_true", help="section 4 alone: long-tailed profiles (~2 min)")
+    only.add_argument("--remedies", action="store_true", help="section 5 alone: solves under remedies (~1 min)")
     args = parser.parse_args()
     np.seterr(all="ignore")
     if args.profiles:
         profiles()
+        return
+    if args.remedies:
+        remedies()
         return
     any_k()
     if not args.any_k:
         compare()
         full_reach()
         profiles()
+        remedies()
 
 
 if __name__ == "__main__":
