@@ -48,19 +48,26 @@ class SampleLoss:
     positive: np.ndarray  # (A,)
     w: np.ndarray  # (A,) pair weights (sum 1)
     q: np.ndarray  # (A, N) probability of each sample as a negative
-    sample_weight: np.ndarray  # (N,) anchor weight of each sample, p_y / n
+    sample_weight: np.ndarray  # (N,) anchor weight of each sample, p_y / n (a remedy's a_y / n)
+    shift: np.ndarray | None = None  # (A, N) a remedy's delta between the anchor's class and each sample's
+    scale: np.ndarray | None = None  # (A, N) a remedy's tau / tau_c of the anchor's class
 
     @classmethod
-    def build(cls, loss: Any, p: np.ndarray, n: int, k: float, negatives: str, reduction: str) -> SampleLoss:
-        problem = Problem.create(loss, p, k, negatives, reduction)  # the class level: q, rho
-        p, C = problem.p, problem.C
+    def build(cls, loss: Any, p: np.ndarray, n: int, k: float, negatives: str, reduction: str,
+              remedy: Any = None) -> SampleLoss:  # fmt: skip
+        """``remedy`` (:mod:`pipeline.theory.remedies`) acts on samples through their classes: anchor weights
+        a_y / n, negatives drawn from pi_y / n, and phi_{y_s y_j} on the pair (anchor s, negative j)."""
+        problem = Problem.create(loss, p, k, negatives, reduction, remedy=remedy)  # the class level: a, q, rho
+        C = problem.C
+        a = problem.anchor_weights()  # (C,): p without a remedy
         y = np.repeat(np.arange(C), n)  # (N,)
         pairs = [(s, t) for s in range(C * n) for t in range(C * n) if y[t] == y[s] and (t != s or n == 1)]
         anchor, positive = (np.array(x) for x in zip(*pairs, strict=True))
         share = 1.0 / (n - 1) if n > 1 else 1.0
-        w = p[y[anchor]] / n * share  # (A,)
+        w = a[y[anchor]] / n * share  # (A,)
         q = problem.negative_distribution()[y[anchor]][:, y] / n  # (A, N)
-        return cls(problem.loss, problem.k, problem.rho, y, anchor, positive, w, q, p[y] / n)
+        shift, scale = (None if x is None else x[y[anchor]][:, y] for x in problem.phi_affine())  # (A, N) each
+        return cls(problem.loss, problem.k, problem.rho, y, anchor, positive, w, q, a[y] / n, shift, scale)
 
     def _cos(self, G: np.ndarray) -> np.ndarray:
         return G[self.anchor] - G[self.anchor, self.positive][:, None] + 1.0  # (A, N)
@@ -76,7 +83,8 @@ class SampleLoss:
     def evaluate(self, F: np.ndarray) -> tuple[float, np.ndarray, Any]:
         """L(F), dL/dF (d, N) and the Hessian-vector product dF -> (d, N), for unit columns F."""
         G = F.T @ F  # (N, N)
-        value, g, hvp = expected_loss(self.loss, self.k, self.rho, self.w, self.q, self._cos(G), hessian="operator")
+        value, g, hvp = expected_loss(self.loss, self.k, self.rho, self.w, self.q, self._cos(G), hessian="operator",
+                                      shift=self.shift, scale=self.scale)  # fmt: skip
         D = self._to_G(g)
 
         def hessian(dF: np.ndarray) -> np.ndarray:
@@ -107,9 +115,9 @@ class ExactFit:
 
 
 def fit_exact(loss: Any, p: np.ndarray, n: int, k: float, dim: int, seed: int, negatives: str = "marginal",
-              reduction: str = "sum") -> ExactFit:  # fmt: skip
-    """Minimise the exact sample-level loss of free features from a seeded random start."""
-    problem = SampleLoss.build(loss, p, n, k, negatives, reduction)
+              reduction: str = "sum", remedy: Any = None) -> ExactFit:  # fmt: skip
+    """Minimise the exact sample-level loss of free features from a seeded random start (under ``remedy``)."""
+    problem = SampleLoss.build(loss, p, n, k, negatives, reduction, remedy)
     rng = np.random.default_rng(seed)
     start = rng.standard_normal((dim, p.size * n))
     start /= np.linalg.norm(start, axis=0, keepdims=True)  # (d, N)
