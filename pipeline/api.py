@@ -15,7 +15,6 @@ from pipeline.theory.dispatch import solve as solve_problem
 from pipeline.theory.losses import NEGATIVES, REDUCTIONS, Loss, check_option, parse_loss
 from pipeline.theory.problem import Problem, check_int, check_k
 from pipeline.theory.profiles import SCAN_AXIS, Exp, Profile, Step, parse_profile
-from pipeline.theory.remedies import parse_remedy
 from pipeline.theory.solution import SOLVERS, Solution
 from pipeline.theory.threshold import Threshold, minority_threshold
 
@@ -137,10 +136,7 @@ def threshold(loss: str | Loss, profile: str | Profile, k: int | float | str, *,
     if isinstance(profile, Exp):
         if profile.rho is not None:
             raise InputError("profile", profile.spec, f"exp(C={profile.C}) without rho: the threshold scans it")
-        if remedy is not None and not parse_remedy(remedy).is_none:
-            raise InputError("remedy", remedy, "remedy 'none' for the cascade of an exp profile (the cascade does "
-                             "not take remedies yet; solve does, at each rho)")  # fmt: skip
-        return cascade(loss, profile.C, k, negatives, reduction)
+        return cascade(loss, profile.C, k, negatives, reduction, remedy=remedy)
     if not isinstance(profile, Step):
         raise InputError("profile", profile.spec, "step(K_A=.., K_B=..) or exp(C=..): a counts profile has no axis "
                          "to scan (use solve)")  # fmt: skip

@@ -244,6 +244,9 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()))
         return 0
     conventions = f"k={_k(result.k)}, negatives={result.negatives}, reduction={result.reduction}"
+    remedy = result.remedy if isinstance(result, Cascade) else result.remedy.spec
+    if remedy != "none":
+        conventions += f", remedy {remedy}"
     if isinstance(result, Cascade):
         print(f"collapse cascade of exp(C={result.C}, rho): loss {result.loss}, {conventions}")
         for o in result.onsets:
@@ -251,8 +254,6 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
                 o.status, f"undecided (apart up to rho = {o.apart_below:.4g}; {o.message})")
             print(f"  rho*_{o.m} = {value}")
         return 0
-    if not result.remedy.is_none:
-        conventions += f", remedy {result.remedy.spec}"
     R_star = "inf" if math.isinf(result.R_star) else f"{result.R_star:.10g}"
     if result.status == "beyond":
         R_star = f"> {result.bracket[0]:g} (undecided beyond)"

@@ -244,9 +244,6 @@ def test_a_remedy_that_keeps_minorities_apart_up_to_R_max_is_beyond_not_never(ca
                  "--remedy", "class_tau", "--json"]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out)
     assert out["remedy"] == "class_tau(gamma=0.5)" and out["status"] == "beyond" and out["R_star"] == "inf"
-    assert main(["threshold", "--loss", "infonce(tau=0.5)", "--profile", "exp(C=4)", "--k", "16",
-                 "--remedy", "reweight"]) == 2  # fmt: skip
-    assert "the cascade does not take remedies yet" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("remedy", ["reweight(gamma=1)", "balanced_negatives", "logit_adjust(t=1)", "ldam(m=0.5)",
@@ -267,3 +264,24 @@ def test_the_exact_sample_level_loss_finds_class_collapse_under_each_remedy(reme
         assert within_class(fit.features, fit.labels, 4).spread <= 1e-9  # every sample on its class vector
         assert fit.grad_norm <= 1e-7  # stationary, relative to the smallest anchor weight
         np.testing.assert_allclose(class_mean_gram(fit.features, fit.labels, 4), theory.G, atol=1e-6)
+
+
+@pytest.mark.parametrize("remedy", ["logit_adjust(t=1)", "ldam(m=0.5)", "reweight(gamma=0.5) + logit_adjust(t=0.5)"])
+def test_cascade_onsets_under_a_remedy_are_confirmed_by_unrestricted_solves(remedy, capsys):
+    """exp(C = 4) at k = 16: every onset rho*_m under the remedy is decided, and the oblique solver finds the m
+    smallest classes apart at rho*(1 - 1e-3) and on one direction at rho*(1 + 1e-3)."""
+    from pipeline.cli import main
+
+    assert main(["threshold", "--loss", "infonce(tau=0.5)", "--profile", "exp(C=4)", "--k", "16", "--remedy", remedy,
+                 "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["remedy"] == remedy and [o["status"] for o in out["onsets"]] == ["optimal", "optimal"]
+    for o in out["onsets"]:
+        m, rho_star = o["m"], o["rho_star"]
+        tails = []
+        for f in (1 - 1e-3, 1 + 1e-3):
+            s = solve(Problem.from_profile("infonce(tau=0.5)", f"exp(C=4, rho={rho_star * f})", 16, remedy=remedy),
+                      "oblique")  # fmt: skip
+            assert s.status == "optimal" and s.gap_rel <= 1e-9
+            tails.append(s.G[4 - m:, 4 - m:].min())  # the smallest cosine among the m smallest classes
+        assert tails[0] < 1 - 5e-9 and tails[1] > 1 - 1e-10, (m, rho_star, tails)

@@ -256,16 +256,18 @@ class Cascade:
     negatives: str
     reduction: str
     onsets: list[Onset] = field(default_factory=list)
+    remedy: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {"loss": self.loss, "profile": f"exp(C={self.C})", "k": json_number(self.k), "negatives": self.negatives,
-                "reduction": self.reduction, "onsets": [o.to_dict() for o in self.onsets]}  # fmt: skip
+                "reduction": self.reduction, "remedy": self.remedy,
+                "onsets": [o.to_dict() for o in self.onsets]}  # fmt: skip
 
 
 def tail_test(loss: Any, C: int, m: int, rho: float, k: float, negatives: str = "marginal",
-              reduction: str = "sum", start: dict | None = None) -> SplitTest:  # fmt: skip
+              reduction: str = "sum", start: dict | None = None, remedy: Any = None) -> SplitTest:  # fmt: skip
     """The split test of the m smallest classes of exp(C, rho), merged."""
-    problem = Problem.from_profile(loss, Exp(C, rho), k, negatives, reduction)
+    problem = Problem.from_profile(loss, Exp(C, rho), k, negatives, reduction, remedy=remedy)
     label = np.minimum(np.arange(C), C - m)  # (C,): the m smallest share cluster C - m
     test = split_test(problem, merged_geometry(problem, label, start), range(C - m, C), label)
     if test.merged is None and start is not None:  # a warm start from far along the scan can stall: cold
@@ -274,7 +276,7 @@ def tail_test(loss: Any, C: int, m: int, rho: float, k: float, negatives: str = 
 
 
 def onset(loss: Any, C: int, m: int, k: float, negatives: str = "marginal", reduction: str = "sum",
-          rho_max: float = RHO_MAX, rho_from: float = 1.0) -> Onset:  # fmt: skip
+          rho_max: float = RHO_MAX, rho_from: float = 1.0, remedy: Any = None) -> Onset:  # fmt: skip
     """rho*_m of exp(C, rho): the first rho on the scan where h_S turns positive, refined by Brent.
 
     The scan starts at ``rho_from``, below which the m smallest are known to be apart (the
@@ -283,7 +285,7 @@ def onset(loss: Any, C: int, m: int, k: float, negatives: str = "marginal", redu
     previous: tuple[float, SplitTest] | None = None
     warm: dict = {}
     for log_rho in np.arange(math.log10(rho_from), math.log10(rho_max) + 1e-9, _SCAN_STEP):
-        test = tail_test(loss, C, m, 10.0**log_rho, k, negatives, reduction, warm)
+        test = tail_test(loss, C, m, 10.0**log_rho, k, negatives, reduction, warm, remedy)
         if test.merged is None:
             why = (f"the merged geometry is certified only to {test.resolution:.2g} p_min^2"
                    if not test.resolution <= RESOLUTION_TOL else
@@ -293,12 +295,12 @@ def onset(loss: Any, C: int, m: int, k: float, negatives: str = "marginal", redu
         if test.merged:
             if previous is None:
                 if rho_from > 1:  # the nesting says apart below: start the scan lower
-                    return onset(loss, C, m, k, negatives, reduction, rho_max)
+                    return onset(loss, C, m, k, negatives, reduction, rho_max, remedy=remedy)
                 return Onset(m, 1.0, "optimal", h_after=test.h, message="merged already at rho = 1")
             lo, hi = previous[0], log_rho
 
             def h(x: float) -> float:
-                inner = tail_test(loss, C, m, 10.0**x, k, negatives, reduction, warm)
+                inner = tail_test(loss, C, m, 10.0**x, k, negatives, reduction, warm, remedy)
                 if inner.merged is None:
                     raise _UndecidedError(x)
                 return inner.h
@@ -308,8 +310,8 @@ def onset(loss: Any, C: int, m: int, k: float, negatives: str = "marginal", redu
             except _UndecidedError as stop:
                 # the test lands within its error band at the root itself: bracket it by decided tests
                 for d in (1e-9, 1e-8, 1e-7, 4e-7):  # decades: <= 9.2e-7 relative
-                    left = tail_test(loss, C, m, 10.0 ** (stop.x - d), k, negatives, reduction)
-                    right = tail_test(loss, C, m, 10.0 ** (stop.x + d), k, negatives, reduction)
+                    left = tail_test(loss, C, m, 10.0 ** (stop.x - d), k, negatives, reduction, remedy=remedy)
+                    right = tail_test(loss, C, m, 10.0 ** (stop.x + d), k, negatives, reduction, remedy=remedy)
                     if left.merged is False and right.merged is True:
                         return Onset(m, 10.0**stop.x, "optimal", previous[1].h, test.h, 10.0**lo,
                                      message=f"bracketed to {d * math.log(10):.1e} relative")  # fmt: skip
@@ -323,19 +325,26 @@ def onset(loss: Any, C: int, m: int, k: float, negatives: str = "marginal", redu
 
 
 def cascade(loss: Any, C: int, k: float, negatives: str = "marginal", reduction: str = "sum",
-            rho_max: float = RHO_MAX) -> Cascade:  # fmt: skip
+            rho_max: float = RHO_MAX, remedy: Any = None) -> Cascade:  # fmt: skip
     """The onsets rho*_2, ..., rho*_{C-1} of exp(C, rho).
 
-    (All C classes on one direction is never optimal: spreading any two lowers every phi term.)
+    (All C classes on one direction is never optimal: spreading any two lowers every phi term.) Under a
+    ``remedy`` the merges are not known to be nested, so each onset is scanned from rho = 1 on its own.
     """
     from pipeline.theory.losses import parse_loss
+    from pipeline.theory.remedies import parse_remedy
 
     loss = parse_loss(loss)
-    result = Cascade(loss.id, C, k, negatives, reduction)
+    remedy = parse_remedy(remedy)
+    remedy.check_loss(loss)
+    nested = remedy.is_none
+    result = Cascade(loss.id, C, k, negatives, reduction, remedy=remedy.spec)
     rho_from = 1.0
     for m in range(2, C):
-        found = onset(loss, C, m, k, negatives, reduction, rho_max, rho_from)
+        found = onset(loss, C, m, k, negatives, reduction, rho_max, rho_from if nested else 1.0, remedy)
         result.onsets.append(found)
+        if not nested:
+            continue
         if found.status == "beyond":  # nested: no larger set merges within the range either
             result.onsets.extend(Onset(j, math.inf, "beyond", message=found.message) for j in range(m + 1, C))
             break
