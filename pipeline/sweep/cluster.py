@@ -243,17 +243,22 @@ SCHEDULER_FILE = ("a dask scheduler file (JSON with the scheduler's 'address', a
 
 def _check_scheduler_file(path: str | None) -> None:
     """One InputError unless ``path`` is a small JSON file with a string ``address`` (not /etc/passwd)."""
+    def refuse(reason: str) -> InputError:
+        return InputError("scheduler-file", path, f"{SCHEDULER_FILE} ({reason})")
+
     try:
         with open(str(path), "rb") as f:
             text = f.read(2**20 + 1)
-        if len(text) > 2**20:
-            raise ValueError("larger than 1 MiB")
+    except OSError as err:
+        raise refuse(err.strerror) from None
+    if len(text) > 2**20:
+        raise refuse("larger than 1 MiB")
+    try:
         info = json.loads(text)
-    except (OSError, ValueError) as err:
-        reason = getattr(err, "strerror", None) or ("larger than 1 MiB" if len(text) > 2**20 else "not JSON")
-        raise InputError("scheduler-file", path, f"{SCHEDULER_FILE} ({reason})") from None
+    except ValueError:
+        raise refuse("not JSON") from None
     if not isinstance(info, dict) or not isinstance(info.get("address"), str):
-        raise InputError("scheduler-file", path, f"{SCHEDULER_FILE} (it has no 'address')")
+        raise refuse("it has no 'address'")
 
 
 @contextmanager

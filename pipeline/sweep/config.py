@@ -163,10 +163,13 @@ class TrainSpec:
     n_test: int = 20  # batch: held-out test samples a class (a balanced split)
 
 
+MAX_POINTS = 2_000_000  # batch.max_points by default
+
+
 @dataclass(frozen=True)
 class BatchSpec:
     points: int = 64  # theory points per task (one store chunk): ~0.2-1 s of work at 3-15 ms a point
-    max_points: int = 2_000_000  # refuse grids above this many points (a typo guard): MAX_POINTS
+    max_points: int = MAX_POINTS  # refuse grids above this many points (a typo guard)
 
 
 @dataclass(frozen=True)
@@ -295,7 +298,6 @@ def _counts_axis(raw: Any, problems: list[str]) -> tuple:
     return tuple(out)
 
 
-MAX_POINTS = 2_000_000  # batch.max_points by default
 INT_MAX = 2**63 - 1  # the largest int64: integer axes are stored as int64 coordinates
 
 

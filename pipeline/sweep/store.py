@@ -384,23 +384,31 @@ def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=
     the data and before the mask (fault injection).
     """
     group = _group(path, "r+")
-    digest = 0
+    written = []  # the values as stored, in name order: what the batch's checksum covers
     for name in sorted(arrays):
         if name not in group:  # a store of an older format: a variable added since (store_version)
             continue
         array = group[name].with_config({"write_empty_chunks": True})
         selection = batch.selection(_dims(array))
-        stored = np.ascontiguousarray(np.broadcast_to(np.asarray(arrays[name], dtype=array.dtype),
-                                                      _region_shape(array, selection)))  # fmt: skip
+        stored = np.broadcast_to(np.asarray(arrays[name], dtype=array.dtype), _region_shape(array, selection))
         array[selection] = stored
-        digest = zlib.crc32(stored.tobytes(), digest)
+        written.append(stored)
     if between is not None:
         between()
     if CHECKSUM[batch.kind] in group:  # store format 4 on
-        for name, value in ((CHECKSUM[batch.kind], digest), (WRITER[batch.kind], writer_id())):
+        for name, value in ((CHECKSUM[batch.kind], _digest(written)), (WRITER[batch.kind], writer_id())):
             group[name].with_config({"write_empty_chunks": True})[batch.selection()] = np.full(batch.shape, value)
     mask = group[DONE[batch.kind]].with_config({"write_empty_chunks": True})
     mask[batch.selection()] = np.ones(batch.shape, dtype="int8")
+
+
+def _digest(values: list[np.ndarray]) -> int:
+    """The batch checksum: CRC-32 of its variables' values (in name order) as stored, one definition for the
+    writer and the verifier."""
+    digest = 0
+    for x in values:
+        digest = zlib.crc32(np.ascontiguousarray(x).tobytes(), digest)
+    return digest
 
 
 def _region_shape(array: zarr.Array, selection: tuple[slice, ...]) -> tuple[int, ...]:
@@ -462,23 +470,22 @@ def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray)
 
 def _batch_intact(arrays: dict[str, zarr.Array], batch: Batch, checksum: zarr.Array | None) -> bool:
     """Every chunk of the batch exists, decodes, and (format 4) hashes to the batch's stored checksum."""
-    digest = 0
+    values = []
     for name in sorted(arrays):
         array = arrays[name]
         if not _chunk_exists(array, _chunk_key(array, batch)):
             return False
         try:
-            values = np.ascontiguousarray(array[batch.selection(_dims(array))])
+            values.append(array[batch.selection(_dims(array))])
         except Exception:  # undecodable chunk (a crc32c mismatch, a truncated file)
             return False
-        digest = zlib.crc32(values.tobytes(), digest)
     if checksum is None:  # a store of format 3 or older
         return True
     try:
         stored = np.asarray(checksum[batch.selection()])
     except Exception:
         return False
-    return bool((stored == digest).all())
+    return bool((stored == _digest(values)).all())
 
 
 def damaged_coordinates(path: str, config: SweepConfig) -> list[str]:
