@@ -42,7 +42,8 @@ def solve(loss: str | Loss, profile: str | Profile, k: int | float | str, *, neg
         Seed of the rank solver's restarts.
     remedy : str, optional
         A remedy against Minority Collapse, e.g. ``'reweight(gamma=1) + logit_adjust(t=1)'``
-        (:mod:`pipeline.theory.remedies`; solved by the oblique solver, smooth losses, d >= C).
+        (:mod:`pipeline.theory.remedies`; solved by the group reduction or the oblique solver, smooth losses,
+        d >= C; ``directions`` is not reported under a remedy yet).
 
     Returns
     -------
@@ -72,7 +73,7 @@ def solve(loss: str | Loss, profile: str | Profile, k: int | float | str, *, neg
     problem = Problem.from_profile(loss, profile, k, negatives, reduction, remedy=remedy)
     solution = solve_problem(problem, solver, dim, seed)
     solution.classes = profile.labels()
-    plain = problem.remedy.is_none  # the split test is derived for the plain loss only
+    plain = problem.remedy.is_none  # directions under a remedy: not checked yet, so not reported
     if plain and solution.status != "error" and solution.solver != "rank" and problem.loss.smooth:
         solution.directions = directions(problem, solution)
     return solution
@@ -114,8 +115,8 @@ def threshold(loss: str | Loss, profile: str | Profile, k: int | float | str, *,
     k, negatives, reduction
         As for :func:`solve`.
     remedy : str, optional
-        As for :func:`solve`; step profiles only so far (R* with status ``beyond`` where no sign change is
-        found up to R = 1e12: the criterion's R -> inf limit is not derived under a remedy).
+        As for :func:`solve`. R* has status ``beyond`` where no sign change is found up to R = 1e12 (the
+        criterion's R -> inf limit is not derived under a remedy); each cascade onset is scanned from rho = 1.
 
     Returns
     -------

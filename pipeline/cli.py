@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_thr = sub.add_parser("threshold", help="minority-collapse threshold R* (or cascade onsets)",
                            description=THRESHOLD_HELP)  # fmt: skip
     _add_problem_args(p_thr, with_R=False)
-    p_thr.add_argument("--remedy", default=None, help=REMEDY_ARG_HELP + "; step profiles")
+    p_thr.add_argument("--remedy", default=None, help=REMEDY_ARG_HELP)
     p_run = sub.add_parser("run", help="run (or resume) a sweep from a YAML config")
     p_run.add_argument("config", help="YAML sweep config, e.g. configs/quick.yaml")
     p_run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grid.k=[1,4] store=results/x.zarr")
@@ -244,9 +244,8 @@ def _cmd_threshold(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()))
         return 0
     conventions = f"k={_k(result.k)}, negatives={result.negatives}, reduction={result.reduction}"
-    remedy = result.remedy if isinstance(result, Cascade) else result.remedy.spec
-    if remedy != "none":
-        conventions += f", remedy {remedy}"
+    if not result.remedy.is_none:
+        conventions += f", remedy {result.remedy.spec}"
     if isinstance(result, Cascade):
         print(f"collapse cascade of exp(C={result.C}, rho): loss {result.loss}, {conventions}")
         for o in result.onsets:

@@ -37,6 +37,7 @@ from pipeline.theory.objective import class_objective, gap_bound, kkt_matrix
 from pipeline.theory.oblique import membership, minimise
 from pipeline.theory.problem import Problem
 from pipeline.theory.profiles import Exp
+from pipeline.theory.remedies import NONE, Remedy, parse_remedy
 from pipeline.theory.solution import json_number
 from pipeline.theory.symmetric import CRITERION_RTOL
 
@@ -256,11 +257,11 @@ class Cascade:
     negatives: str
     reduction: str
     onsets: list[Onset] = field(default_factory=list)
-    remedy: str = "none"
+    remedy: Remedy = NONE
 
     def to_dict(self) -> dict[str, Any]:
         return {"loss": self.loss, "profile": f"exp(C={self.C})", "k": json_number(self.k), "negatives": self.negatives,
-                "reduction": self.reduction, "remedy": self.remedy,
+                "reduction": self.reduction, "remedy": self.remedy.spec,
                 "onsets": [o.to_dict() for o in self.onsets]}  # fmt: skip
 
 
@@ -332,13 +333,12 @@ def cascade(loss: Any, C: int, k: float, negatives: str = "marginal", reduction:
     ``remedy`` the merges are not known to be nested, so each onset is scanned from rho = 1 on its own.
     """
     from pipeline.theory.losses import parse_loss
-    from pipeline.theory.remedies import parse_remedy
 
     loss = parse_loss(loss)
     remedy = parse_remedy(remedy)
     remedy.check_loss(loss)
     nested = remedy.is_none
-    result = Cascade(loss.id, C, k, negatives, reduction, remedy=remedy.spec)
+    result = Cascade(loss.id, C, k, negatives, reduction, remedy=remedy)
     rho_from = 1.0
     for m in range(2, C):
         found = onset(loss, C, m, k, negatives, reduction, rho_max, rho_from if nested else 1.0, remedy)

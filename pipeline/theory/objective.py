@@ -158,17 +158,17 @@ def expected_loss(
         dphi = scale * dphi
         d2phi = None if d2phi is None else scale**2 * d2phi
     if route == "linear":
-        scale = w[:, None] * q * linear_scale(k, rho)  # (A, J)
-        value = (scale * phi).sum()
-        grad = scale * dphi
+        weight = w[:, None] * q * linear_scale(k, rho)  # (A, J): not ``scale``, the remedy's factor applied above
+        value = (weight * phi).sum()
+        grad = weight * dphi
         hess = None
         if hessian == "operator":
-            diag = scale * d2phi  # (A, J)
+            diag = weight * d2phi  # (A, J)
             return value, grad, lambda v: diag * v
         if hessian:
             A, J = cos.shape
             hess = np.zeros((A, J, J), dtype=cos.dtype)
-            hess[:, np.arange(J), np.arange(J)] = scale * d2phi
+            hess[:, np.arange(J), np.arange(J)] = weight * d2phi
         return value, grad, hess
     if route == "enumerate":
         return _enumerated(loss, int(k), rho, w, q, z, phi, dphi, d2phi, hessian)

@@ -83,7 +83,7 @@ class GroupModel:
         m, K, pi = self.m, self.K, self.pi
         problem = self.problem
         rep = np.array([int(np.flatnonzero(self.label == g)[0]) for g in range(m)])  # (m,) a class of each group
-        plain = problem.remedy.is_none
+        plain = problem.remedy.is_none  # then pi itself (the group mean), so plain stores stay bitwise as they were
         base = pi if plain else problem.remedy.negative_base(problem.p)[rep]  # (m,) per-class weight as a negative
         q = np.zeros((m, m + 1))  # per anchor group: [same class, class of group 1..m]
         for g in range(m):
