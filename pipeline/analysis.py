@@ -101,6 +101,12 @@ def threshold_curve(ds: xr.Dataset) -> xr.DataArray:
     return ds.R_threshold.where(ok)
 
 
+def threshold_beyond(ds: xr.Dataset) -> xr.DataArray:
+    """True where R* lies beyond the scan and is not decided past it (under a remedy: its R -> inf limit is
+    not derived), False elsewhere; stored as R* = inf with status ``beyond_range``."""
+    return (ds.done_threshold == 1) & (ds.status_threshold == STATUS_CODE["beyond_range"])
+
+
 def thresholds_table(ds: xr.Dataset) -> list[dict[str, object]]:
     """Rows of (loss, n_major, n_minor, k, R_star, status) for CSV export."""
     curve = threshold_curve(ds).load()

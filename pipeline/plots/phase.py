@@ -18,10 +18,12 @@ from pipeline.analysis import (
     gram_points,
     has_training,
     minor_cosine,
+    threshold_beyond,
     threshold_curve,
     train_phase,
 )
 from pipeline.plots.axes import COLUMN_IN, OKABE_ITO, curves_against_k, k_axis, k_log_axes, log_edges
+from pipeline.theory.threshold import R_MAX
 
 
 def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tuple[plt.Figure, dict]:
@@ -60,9 +62,13 @@ def phase_diagram(ds: xr.Dataset, loss: str, n_major: int, n_minor: int) -> tupl
     if none.any():
         ax.plot(x_k[none], np.full(none.sum(), edges[-1]), "^", color="#d55e00", ms=5, clip_on=False,
                 label="R* = inf")  # fmt: skip
+    unscanned = threshold_beyond(ds).sel(point).values  # under a remedy: apart up to R_MAX, undecided past it
+    if unscanned.any():
+        ax.plot(x_k[unscanned], np.full(unscanned.sum(), edges[-1]), "^", color="0.35", mfc="white", ms=5,
+                clip_on=False, label=f"R* > {R_MAX:.0e}: apart up to there, not decided past it")  # fmt: skip
     ax.set_ylim(edges[0], edges[-1])  # the swept R, whatever R* is
     drawn = {"mesh": values, "threshold": (k[finite], curve.values[finite]), "no_threshold": k[none],
-             "beyond": k[beyond]}  # fmt: skip
+             "beyond": k[beyond], "unscanned": k[unscanned]}  # fmt: skip
     if has_training(ds):
         drawn["training"] = _training_markers(ds, ax, point, x_k)
     k_log_axes(ax, k, x_k, k_labels, plain_y=False)

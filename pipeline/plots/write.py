@@ -25,7 +25,9 @@ from pipeline.plots.axes import save_figure, slug
 from pipeline.plots.cascade import counts_gram, directions_diagram, gram_against_rho, onsets_figure
 from pipeline.plots.phase import gram_panels, phase_diagram, thresholds_figure, training_figure
 from pipeline.plots.practised import has_test_split, practised_figure, practised_shapes
+from pipeline.plots.remedies import thresholds_by_remedy
 from pipeline.sweep.results import STATUS_CODE
+from pipeline.theory.threshold import R_MAX
 
 
 def write_figures(path: str, out: str | Path, selection: str | None = None) -> dict[str, object]:
@@ -36,6 +38,13 @@ def write_figures(path: str, out: str | Path, selection: str | None = None) -> d
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = select(open_results(path), selection).load()
+    if "remedy" in ds.dims:
+        return write_remedy_figures(ds, out, start)
+    return write_store_figures(ds, out, start)
+
+
+def write_store_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, object]:
+    """Every figure and table of a store without a ``remedy`` dim (``ds`` already selected and loaded)."""
     if profile_of(ds) != "step":
         return write_profile_figures(ds, out, start)
     written: list[Path] = []
@@ -79,11 +88,45 @@ def write_figures(path: str, out: str | Path, selection: str | None = None) -> d
     return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
 
 
+def write_remedy_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, object]:
+    """A store that sweeps remedies: every figure of each remedy in ``remedy_<remedy>/`` (as for a store of
+    that remedy alone), and at the top the threshold against k per remedy and a summary linking them."""
+    written: list[Path] = []
+    skipped: list[str] = []
+    folders = []
+    for remedy in map(str, ds.remedy.values):
+        folder = out / f"remedy_{slug(remedy)}"
+        folder.mkdir(exist_ok=True)
+        done = write_store_figures(ds.sel(remedy=remedy), folder, start)
+        written += done["written"]
+        skipped += [f"{remedy}: {line}" for line in done["skipped"]]
+        folders.append((remedy, folder))
+    top = save_figure(thresholds_by_remedy(ds)[0], out, "remedies")
+    written += top
+    lines = [f"# {ds.attrs.get('title', 'clphase results')}: remedies", "",
+             f"Conventions: {ds.attrs.get('conventions', '')}", "",
+             "Each remedy's figures and tables are in its folder, as for a store of that remedy alone:",
+             ""]  # fmt: skip
+    lines += [f"- `{remedy}`: [{folder.name}/summary.md]({folder.name}/summary.md)" for remedy, folder in folders]
+    if skipped:
+        lines += ["", "Skipped (not drawn as values):", *[f"- {s}" for s in skipped]]
+    summary = out / "summary.md"
+    summary.write_text("\n".join(lines + figure_index(top)) + "\n")
+    written.append(summary)
+    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
+
+
+def title(ds: xr.Dataset) -> str:
+    """A summary's title: the store's, and the remedy of a store's remedy slice."""
+    remedy = f", remedy {ds.remedy.item()}" if "remedy" in ds.coords and ds.remedy.ndim == 0 else ""
+    return ds.attrs.get("title", "clphase results") + remedy
+
+
 def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[str], written: list[Path]) -> Path:
     """``summary.md`` of a step store: phase counts, every R*, training phases, what was skipped, and an
     index of every figure with its caption."""
     counts = phase_counts(ds)
-    lines = [f"# {ds.attrs.get('title', 'clphase results')}", "",
+    lines = [f"# {title(ds)}", "",
              f"Conventions: {ds.attrs.get('conventions', '')}", "",
              "| phase | theory points |", "|---|---|"]  # fmt: skip
     lines += [f"| {name} | {counts[name]} |" for name in PHASES
@@ -91,6 +134,7 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
     lines += ["", "| loss | K_A | K_B | k | R* | status |", "|---|---|---|---|---|---|"]
     for row in rows:
         R_star = "inf" if np.isinf(row["R_star"]) else ("" if np.isnan(row["R_star"]) else f"{row['R_star']:.4g}")
+        R_star = f"> {R_MAX:.0e}" if row["status"] == "beyond_range" else R_star  # apart up to R_MAX, undecided past
         cells = [row["loss"], row["n_major"], row["n_minor"], row["k"], R_star, row["status"]]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     if has_training(ds):
@@ -120,6 +164,8 @@ CAPTIONS = {
     "practised": "In-batch training on a subsampled dataset against the theory, and the tail's test accuracy",
     "directions": "Distinct class directions of the optimum over (k, rho), with the onset curves rho*_m(k)",
     "onsets": "The cascade onsets rho*_m against k",
+    "remedies": "Does a remedy prevent Minority Collapse: the threshold R*(k), or the first onset rho*_2(k), per "
+    "remedy",
 }
 
 
@@ -137,7 +183,7 @@ def figure_index(written: list[Path]) -> list[str]:
 def write_profile_summary(ds: xr.Dataset, path: Path, skipped: list[str], written: list[Path]) -> Path:
     """``summary.md`` of an exp or counts store: the distinct directions, the onsets, what was skipped, and
     an index of every figure."""
-    lines = [f"# {ds.attrs.get('title', 'clphase results')}", "", f"Conventions: {ds.attrs.get('conventions', '')}"]
+    lines = [f"# {title(ds)}", "", f"Conventions: {ds.attrs.get('conventions', '')}"]
     if "directions_theory" in ds:
         count = ds.directions_theory.values
         done = count[np.isfinite(count)]

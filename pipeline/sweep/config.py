@@ -27,6 +27,7 @@ from pipeline.theory.losses import NEGATIVES, REDUCTIONS, parse_loss
 from pipeline.theory.problem import check_k
 from pipeline.theory.profiles import SWEEP_AXES as PROFILE_AXES
 from pipeline.theory.profiles import Counts, Exp, Profile, Step
+from pipeline.theory.remedies import parse_remedy
 from pipeline.theory.solution import SOLVERS
 from pipeline.train.inputs import ENCODERS
 
@@ -74,6 +75,12 @@ class GridSpec:
     C: tuple[int, ...] = ()
     rho: tuple[float, ...] = ()
     counts: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    remedy: tuple[str, ...] = ("none",)  # canonical remedy specs (pipeline.theory.remedies); none: the paper's loss
+
+    @property
+    def remedied(self) -> bool:
+        """Whether the grid sweeps remedies: its stores then have a ``remedy`` dim (none implied without)."""
+        return self.remedy != ("none",)
 
     @property
     def profile_axes(self) -> tuple[str, ...]:
@@ -81,7 +88,7 @@ class GridSpec:
 
     @property
     def theory_axes(self) -> tuple[str, ...]:
-        return ("loss", *self.profile_axes, "k")
+        return ("loss", "remedy", *self.profile_axes, "k")
 
     @property
     def n_points(self) -> int:
@@ -110,8 +117,11 @@ class GridSpec:
         return max(len(c) for _, c in self.counts)
 
     def science(self) -> dict[str, Any]:
-        """The fields that fix the store: a step grid's are exactly those before profiles existed."""
+        """The fields that fix the store: a step grid's are exactly those before profiles existed, and a grid
+        without remedies has no ``remedy`` (its stores match those written before remedies)."""
         out = asdict(self)
+        if not self.remedied:
+            out.pop("remedy")
         other = {name for kind, names in PROFILE_AXES.items() if kind != self.profile for name in names}
         for name in other - set(self.profile_axes):
             out.pop(name)
@@ -330,6 +340,41 @@ def _axis(name: str, raw: Any, problems: list[str], kind: type, minimum: float) 
     return tuple(sorted(out))
 
 
+REMEDY_SOLVERS = ("auto", "symmetric", "oblique")  # the solvers that take a remedy (pipeline.theory.dispatch)
+
+
+def _remedy_axis(raw: Any, losses: list[str], problems: list[str]) -> tuple[str, ...]:
+    """``grid.remedy``: remedy specs (pipeline.theory.remedies), stored as their canonical strings; each must
+    apply to every loss of the grid (class_tau needs a temperature, any remedy a smooth loss)."""
+    values = raw if isinstance(raw, list) else [raw]
+    if not values:
+        problems.append(f"grid.remedy: {raw!r}: expected a non-empty list of remedies, e.g. [none, reweight(gamma=1)]")
+        return ("none",)
+    out = []
+    for value in values:
+        try:
+            remedy = parse_remedy(value if value is not None else "null")
+        except InputError as err:
+            problems.append(f"grid.remedy: {value!r}: expected {err.allowed}")
+            continue
+        for loss_id in losses if not remedy.is_none else ():
+            loss = parse_loss(loss_id)
+            try:
+                remedy.check_loss(loss)
+            except InputError as err:
+                problems.append(f"grid.remedy: {value!r}: expected {err.allowed}, or drop {loss_id} from grid.loss")
+                break
+            if not loss.smooth:
+                problems.append(f"grid.remedy: {value!r}: remedies are solved for smooth losses (infonce, sumexp, "
+                                f"squared_hinge); expected grid.loss without {loss_id}, or remedy none")  # fmt: skip
+                break
+        out.append(remedy.spec)
+    if len(set(out)) != len(out):
+        problems.append(f"grid.remedy: duplicate values {sorted({x for x in out if out.count(x) > 1})}: expected "
+                        "each remedy once (specs are compared in their canonical form)")  # fmt: skip
+    return tuple(out) or ("none",)
+
+
 def _section(name: str, raw: Any, problems: list[str]) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -419,6 +464,8 @@ def validate(raw: Any) -> SweepConfig:
     if len(set(losses)) != len(losses):
         problems.append(f"grid.loss: duplicate values {sorted({x for x in losses if losses.count(x) > 1})}")
     axes: dict[str, Any] = {"loss": tuple(losses)}
+    if "remedy" in grid_raw:
+        axes["remedy"] = _remedy_axis(grid_raw["remedy"], losses, problems)
     if profile != "step":
         axes["profile"] = profile
     if "R" in grid_raw and profile == "step":
@@ -441,6 +488,9 @@ def validate(raw: Any) -> SweepConfig:
         negatives=_choice("theory.negatives", theory_raw.get("negatives", "marginal"), NEGATIVES, problems),
         reduction=_choice("theory.reduction", theory_raw.get("reduction", "sum"), REDUCTIONS, problems),
     )
+    if axes.get("remedy", ("none",)) != ("none",) and theory.solver not in REMEDY_SOLVERS:
+        problems.append(f"theory.solver: {theory.solver!r}: grid.remedy is solved by the group reduction or the "
+                        f"oblique solver; expected one of {', '.join(REMEDY_SOLVERS)}")  # fmt: skip
     batch_raw = _section("batch", raw.get("batch"), problems)
     batch = BatchSpec(
         points=_int_field("batch.points", batch_raw.get("points", 64), 1, problems),
@@ -471,6 +521,7 @@ def validate(raw: Any) -> SweepConfig:
     train = None
     if raw.get("train") is not None:
         train = _train(_section("train", raw.get("train"), problems), axes, problems)
+        _check_remedy_training(axes.get("remedy", ("none",)), train, problems)
     if problems:
         raise ConfigError(problems)
     grid = GridSpec(**axes)
@@ -553,6 +604,8 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
         values = values if isinstance(values, list) else [values]
         if axis == "k":  # 'inf' (a string in YAML) names the grid's k = inf
             values = [math.inf if isinstance(v, str) and v.strip().lower() in ("inf", ".inf") else v for v in values]
+        if axis == "remedy":  # a remedy as the grid stores it: its canonical spec
+            values = [_canonical_remedy(v) for v in values]
         grid_values = axes[axis]
         picked = []
         for v in values:
@@ -625,6 +678,29 @@ def _train(raw: dict[str, Any], axes: dict[str, tuple], problems: list[str]) -> 
         n_max=n_max,
         n_test=_int_field("train.n_test", raw.get("n_test", d.n_test), 1, problems),
     )
+
+
+def _canonical_remedy(value: Any) -> Any:
+    """A remedy spec in canonical form, or the value as given where it is not one (reported as not on the grid)."""
+    try:
+        return parse_remedy(value).spec if isinstance(value, str) else value
+    except InputError:
+        return value
+
+
+def _check_remedy_training(remedies: tuple[str, ...], train: TrainSpec, problems: list[str]) -> None:
+    """Training applies a remedy with i.i.d. negatives: anchor weights and the negatives' distribution in every
+    estimator, shifts and temperatures per negative class in ``expected`` and ``exact`` only."""
+    chosen = [parse_remedy(spec) for spec in train.select.get("remedy", remedies)]
+    if all(remedy.is_none for remedy in chosen):
+        return
+    if train.negatives_from == "batch":
+        problems.append("train.negatives_from: 'batch': in-batch training does not apply remedies yet; expected "
+                        "'iid', or train.select.remedy: [none]")  # fmt: skip
+    per_class = [r.spec for r in chosen if r.shift is not None or r.class_tau is not None]
+    if train.estimator == "sampled" and per_class:
+        problems.append(f"train.estimator: 'sampled': the shifts and temperatures of {per_class[0]!r} act per "
+                        "negative class; expected 'expected' or 'exact' (free features)")  # fmt: skip
 
 
 def _batch_fields(raw: dict[str, Any], model: str, trained_k: tuple, n_max: int | None, problems: list[str]) -> None:

@@ -86,6 +86,8 @@ class Grid:
     def _make_coords(self) -> dict[str, np.ndarray]:
         s = self.spec
         coords = {"loss": np.array(s.loss, dtype=object)}  # variable-length UTF-8 in zarr v3
+        if s.remedied:
+            coords["remedy"] = np.array(s.remedy, dtype=object)  # canonical specs; absent: none implied
         if self.profile == "step":
             coords.update(R=np.array(s.R, dtype=float), n_major=np.array(s.n_major, dtype=np.int64),
                           n_minor=np.array(s.n_minor, dtype=np.int64))  # fmt: skip
@@ -113,7 +115,7 @@ class Grid:
     def chunks(self, kind: str) -> dict[str, int]:
         """Chunk size along each of the kind's dims."""
         scan = SCAN_AXIS[self.profile]
-        ones = {d: 1 for d in ("loss", *self.spec.profile_axes)}
+        ones = {d: 1 for d in ("loss", "remedy", *self.spec.profile_axes)}
         n_scan = len(self._coords[scan])
         if kind == "theory":
             n_k = len(self.spec.k)
@@ -131,7 +133,7 @@ class Grid:
         raise ValueError(f"unknown task kind {kind!r}")
 
     def dims(self, kind: str) -> tuple[str, ...]:
-        return kind_dims(kind, self.profile)
+        return kind_dims(kind, self.profile, self.spec.remedied)
 
     def n_batches(self, kind: str) -> int:
         chunks = self.chunks(kind)

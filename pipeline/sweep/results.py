@@ -24,6 +24,8 @@ KIND_STATUS = {
     "threshold": ("pending", "optimal", "error", "not_applicable", "asymptotic"),
     "train": ("pending", "error", "not_applicable", "trained", "diverged"),
 }
+# under a remedy R* may lie beyond the scan (its R -> inf limit is not derived): a grid with remedies adds this
+REMEDY_THRESHOLD_STATUS = ("beyond_range",)
 VARIABLE_STATUS = {"status_onset": ("pending", "optimal", "error", "not_applicable", "beyond_range", "undecided")}
 FAILED = (STATUS_CODE["error"], STATUS_CODE["diverged"])  # the codes --retry-failed recomputes
 
@@ -36,15 +38,18 @@ THRESHOLD = ("loss", "n_major", "n_minor", "k")
 TRAIN = (*THEORY, "dim", "seed")
 
 
-def kind_dims(kind: str, profile: str = "step") -> tuple[str, ...]:
+def kind_dims(kind: str, profile: str = "step", remedy: bool = False) -> tuple[str, ...]:
     """The dims a task kind's batches span: theory points, thresholds (R* or cascade onsets), runs.
+
+    ``remedy``: the grid sweeps remedies (``grid.remedy``), a dim after ``loss``; a store without it holds
+    the paper's loss (remedy ``none``), as every store written before remedies does.
 
     Examples
     --------
     >>> kind_dims("theory", "exp"), kind_dims("threshold", "exp")
     (('loss', 'C', 'rho', 'k'), ('loss', 'C', 'k'))
     """
-    theory = ("loss", *PROFILE_AXES[profile], "k")
+    theory = ("loss", *(("remedy",) if remedy else ()), *PROFILE_AXES[profile], "k")
     if kind == "theory":
         return theory
     if kind == "train":
@@ -73,8 +78,8 @@ class Variable:
     profiles: tuple[str, ...] = PROFILES  # the profiles whose stores hold it
     since: int = 1  # the store format that introduced it
 
-    def dims(self, profile: str = "step") -> tuple[str, ...]:
-        return (*kind_dims(self.kind, profile), *self.extra)
+    def dims(self, profile: str = "step", remedy: bool = False) -> tuple[str, ...]:
+        return (*kind_dims(self.kind, profile, remedy), *self.extra)
 
 
 STEP = ("step",)

@@ -43,6 +43,7 @@ from pipeline.sweep.results import (
     DONE,
     FORMAT_VERSION,
     KIND_STATUS,
+    REMEDY_THRESHOLD_STATUS,
     STATUS_CODE,
     VARIABLE_STATUS,
     VARIABLES,
@@ -61,6 +62,8 @@ COORD_ATTRS = {
     "rho": ("long-tail imbalance rho = p_0 / p_{C-1}, p_c proportional to rho^(-c / (C - 1))", "1"),
     "counts": ("named class-count vector (its counts: the config attribute)", "1"),
     "onset": ("m: the m smallest classes merge at rho*_m", "1"),
+    "remedy": ("remedy against Minority Collapse (pipeline.theory.remedies; none: the paper's loss); a store "
+               "without this dim holds remedy none", "1"),
     "k": ("negatives per anchor", "1"),
     "dim": ("embedding dimension d", "1"),
 }
@@ -309,8 +312,11 @@ def init_store(path: str, config: SweepConfig) -> None:
                          flag_meanings="unknown not_converged converged")  # fmt: skip
         if name.startswith("status_"):
             names = VARIABLE_STATUS.get(name, KIND_STATUS[var.kind])
+            if name == "status_threshold" and config.grid.remedied:  # a step store's attrs stay as they were
+                names = (*names, *REMEDY_THRESHOLD_STATUS)
             attrs.update(flag_values=[STATUS_CODE[n] for n in names], flag_meanings=" ".join(names))
-        blank(name, var.dims(profile), grid.chunks(var.kind), var.dtype, fill_value(var.dtype), attrs)
+        dims = var.dims(profile, config.grid.remedied)
+        blank(name, dims, grid.chunks(var.kind), var.dtype, fill_value(var.dtype), attrs)
     for kind in kinds(config):
         dims, chunks = grid.dims(kind), grid.chunks(kind)
         written = f"{kind} batch written (1) or pending (0)"

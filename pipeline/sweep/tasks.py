@@ -46,7 +46,8 @@ def point_problem(config: SweepConfig, point: dict) -> Problem:
     """The theory problem at a grid point: its profile, k and the sweep's conventions."""
     theory = config.theory
     profile = config.grid.profile_at(point)
-    return Problem.from_profile(point["loss"], profile, point["k"], theory.negatives, theory.reduction)
+    return Problem.from_profile(point["loss"], profile, point["k"], theory.negatives, theory.reduction,
+                                remedy=point.get("remedy"))  # a store without a remedy dim: none
 
 
 def solve_with_fallback(problem: Problem, solver: str):
@@ -88,7 +89,9 @@ def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None 
             problem = point_problem(config, pt)
             solution, used_fallback = solve_with_fallback(problem, theory.solver)
             if grid.profile != "step":
-                directions = distinct_directions(problem, solution.G) if problem.loss.smooth else None
+                # the split test is derived for the paper's loss: not reported under a remedy (NaN)
+                plain = problem.loss.smooth and problem.remedy.is_none
+                directions = distinct_directions(problem, solution.G) if plain else None
         except Exception:
             out["status_theory"][idx] = STATUS_CODE["error"]
             out["time_theory"][idx] = time.perf_counter() - start
@@ -127,14 +130,16 @@ def run_threshold_batch(config: SweepConfig, batch: Batch, only: np.ndarray | No
             out["status_threshold"][idx] = STATUS_CODE["not_applicable"]
             continue
         try:
-            result = minority_threshold(loss, n_major, n_minor, k, theory.negatives, theory.reduction)
+            result = minority_threshold(loss, n_major, n_minor, k, theory.negatives, theory.reduction,
+                                        remedy=pt.get("remedy"))  # fmt: skip
         except Exception:
             out["status_threshold"][idx] = STATUS_CODE["error"]
             continue
         out["R_threshold"][idx] = result.R_star
         out["criterion_limit"][idx] = result.criterion_limit if math.isfinite(result.criterion_limit) else -np.inf
         out["criterion_limit_error"][idx] = result.criterion_limit_error
-        out["status_threshold"][idx] = STATUS_CODE[result.status]
+        # beyond: under a remedy, apart up to the scan's largest R and undecided past it (R* stored as inf)
+        out["status_threshold"][idx] = STATUS_CODE[{"beyond": "beyond_range"}.get(result.status, result.status)]
     return out
 
 
@@ -148,7 +153,7 @@ def _onsets(config: SweepConfig, grid: Grid, batch: Batch, only, out: dict[str, 
         if not parse_loss(pt["loss"]).smooth:
             continue
         try:
-            result = cascade(pt["loss"], pt["C"], pt["k"], theory.negatives, theory.reduction)
+            result = cascade(pt["loss"], pt["C"], pt["k"], theory.negatives, theory.reduction, remedy=pt.get("remedy"))
         except Exception:
             status[:] = STATUS_CODE["error"]
             continue
@@ -196,7 +201,7 @@ def batch_runs(config: SweepConfig, batch: Batch, only: np.ndarray | None = None
             problem = point_problem(config, point)
         problems[point[scan]] = problem
         runs.append(Run(problem.loss, problem.p, problem.n_major, problem.k, point["dim"], point["seed"],
-                        theory.negatives, theory.reduction, counts=counts))  # fmt: skip
+                        theory.negatives, theory.reduction, counts=counts, remedy=problem.remedy))  # fmt: skip
         where.append((idx, point))
     return runs, where, problems
 

@@ -53,12 +53,17 @@ class Objective:
     counts: torch.Tensor | None = None  # (Mc, C) count vectors n; None: psi linear, transform or limit
     P_a: torch.Tensor | None = None  # (B, M, Mc) their multinomial probabilities
     nodes: torch.Tensor | None = None  # (n,) quadrature nodes of the transform (pipeline.theory.transform), large k
+    # a remedy's phi_cj(t) = phi(scale (t + delta)) (pipeline.theory.remedies), by anchor and negative class
+    delta: torch.Tensor | None = None  # (B, M, K) shifts, K = C columns (expected); None: none
+    scale: torch.Tensor | None = None  # (B, M, K) tau / tau_c; None: 1
 
     def terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-run loss (B,) (the weighted mean over anchors) and g = its derivative in z (B, M, K)."""
         loss, rho, M = self.loss, self.rho, z.shape[1]
         scale = self.w / M  # (B, M)
-        phi, dphi = loss.phi_dphi(z)  # (B, M, K) each
+        phi, dphi = loss.phi_dphi(self._affine(z))  # (B, M, K) each
+        if self.scale is not None:
+            dphi = dphi.mul_(self.scale)  # d/dz phi(s (z + delta)) = s phi'(s (z + delta))
         if self.q_a is None:  # sampled: psi(rho sum_j phi(z_j))
             S = rho * phi.sum(-1)  # (B, M)
             L = loss.psi(S)  # (B, M)
@@ -79,6 +84,15 @@ class Objective:
             L = (self.P_a * loss.psi(S)).sum(-1)  # (B, M)
             g = dphi.mul_((self.P_a * loss.dpsi(S)) @ self.counts).mul_((scale * rho)[..., None])
         return (self.w * L).mean(1), g
+
+
+    def _affine(self, z: torch.Tensor) -> torch.Tensor:
+        """The argument of phi: z, or a remedy's scale (z + delta) (B, M, K)."""
+        if self.delta is not None:
+            z = z + self.delta
+        if self.scale is not None:
+            z = z * self.scale
+        return z
 
 
 def contrastive_grad(

@@ -48,6 +48,7 @@ from pipeline.sweep.config import TrainSpec
 from pipeline.theory.losses import Loss
 from pipeline.theory.objective import choose_method, count_vectors, multinomial_weights
 from pipeline.theory.problem import negative_distribution
+from pipeline.theory.remedies import NONE, Remedy
 from pipeline.theory.transform import nodes as transform_nodes
 from pipeline.train.data import make_data
 from pipeline.train.objective import Objective, contrastive_grad, normalize, normalize_backward
@@ -68,6 +69,7 @@ class Run:
     reduction: str = "sum"
     start: np.ndarray | None = None  # (C, dim) unit class vectors to start from (train.init: theory)
     counts: np.ndarray | None = None  # (C,) integer training samples a class (a subsampled dataset, train.n_max)
+    remedy: Remedy = NONE  # a remedy (pipeline.theory.remedies): anchor weights, negatives, phi_cj in the loss
 
 
 @dataclass
@@ -123,10 +125,7 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     if spec.estimator == "exact":
         return [_exact_run(run, spec) for run in runs]
     first = runs[0]
-    for r in runs:
-        same = (r.loss.psi_kind, r.loss.phi_kind, r.p.size, r.n_major, r.k, r.dim, r.negatives, r.reduction)
-        assert same == (first.loss.psi_kind, first.loss.phi_kind, first.p.size, first.n_major, first.k, first.dim,
-                        first.negatives, first.reduction), "runs of one batch must share their shape"  # fmt: skip
+    assert all(_shape(r) == _shape(first) for r in runs), "runs of one batch must share their shape"
     device = pick_device(spec.device)
     width = first.dim + (spec.hidden if spec.model == "mlp" else 0)  # floats a sample keeps per step
     run_bytes = 4 * first.p.size * spec.samples_per_class * width
@@ -136,11 +135,17 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     return [result for stack in stacks for result in _train_stack(stack, spec, data, device)]
 
 
+def _shape(r: Run) -> tuple:
+    """What every run of one stacked program shares."""
+    return r.loss.psi_kind, r.loss.phi_kind, r.p.size, r.n_major, r.k, r.dim, r.negatives, r.reduction, r.remedy
+
+
 def _exact_run(run: Run, spec: TrainSpec) -> RunResult:
     """One free-feature run minimised exactly (:mod:`pipeline.train.exact_ufm`), measured like the others."""
     from pipeline.train.exact_ufm import fit_exact
 
-    fit = fit_exact(run.loss, run.p, spec.samples_per_class, run.k, run.dim, run.seed, run.negatives, run.reduction)
+    fit = fit_exact(run.loss, run.p, spec.samples_per_class, run.k, run.dim, run.seed, run.negatives, run.reduction,
+                    run.remedy)  # fmt: skip
     return measured(run, fit.features, fit.labels, fit.loss, fit.grad_norm)
 
 
@@ -203,7 +208,8 @@ def _train_stack(
 
     offsets = (torch.arange(B, device=device) * N)[:, None]  # (B, 1): rows of run b in the flat (B * N, d)
     p_runs = np.stack([r.p for r in runs])  # (B, C) float64
-    w_class = torch.tensor(p_runs * C, dtype=torch.float32, device=device)  # (B, C) weights of balanced anchors
+    a_runs = np.stack([r.remedy.anchor_weights(r.p) for r in runs])  # (B, C): p, or a remedy's reweighting
+    w_class = torch.tensor(a_runs * C, dtype=torch.float32, device=device)  # (B, C) weights of balanced anchors
     loss_fn = replace(first.loss, param=stack_param(runs, device))
     rho = 1.0 if first.reduction == "sum" else 1.0 / k
     M = max(C, spec.batch_size // C * C)
@@ -215,32 +221,38 @@ def _train_stack(
     rows = torch.arange(B, device=device)[:, None]  # (B, 1)
     w = w_class[rows, y_a]  # (B, M)
     # class distribution of one negative, by run and anchor class
-    q_neg = np.stack([negative_distribution(r.p, r.negatives) for r in runs])  # (B, C anchor, C negative)
+    base = [r.remedy.negative_base(r.p) for r in runs]  # p, or a remedy's balanced negatives
+    q_neg = np.stack([negative_distribution(b, r.negatives) for b, r in zip(base, runs, strict=True)])  # (B, C, C)
+    affine = _phi_affine(runs, rows, y_a, device)  # a remedy's phi_cj: (delta, scale) per anchor and class, or None
     if spec.estimator == "sampled":
+        if affine != (None, None):
+            raise ValueError(f"estimator 'sampled' under remedy {first.remedy.spec!r}: its shifts and temperatures "
+                             "act per negative class; use estimator 'expected' or 'exact'")  # fmt: skip
         objective = Objective(loss_fn, rho, k, w)
         if first.negatives == "other":  # one alias table per run and anchor class
             negatives = AliasSampler(q_neg.reshape(B * C, C), n, device)
             table_of_anchor = rows * C + y_a  # (B, M)
         else:  # one table per run
-            negatives = AliasSampler(p_runs, n, device)
+            negatives = AliasSampler(np.stack(base), n, device)
             table_of_anchor = rows.expand(B, M)  # (B, M)
     else:
         first_row_n = torch.arange(C, device=device) * n + offsets[..., None]  # (B, 1, C): one negative a class
         q_a = torch.tensor(q_neg, dtype=torch.float32, device=device)[rows, y_a]  # (B, M, C)
         route = choose_method(first.loss, k, C)
+        delta, scale = affine
         if route in ("linear", "limit"):
-            objective = Objective(loss_fn, rho, k, w, q_a)
-        elif route == "transform":  # nodes for every z in [-2, 2]: x = rho phi(z) <= rho phi(2)
-            x_max = rho * max(float(r.loss.phi(2.0)) for r in runs)
+            objective = Objective(loss_fn, rho, k, w, q_a, delta=delta, scale=scale)
+        elif route == "transform":  # nodes for every z in [-2, 2]: x = rho phi_cj(z) <= rho phi(s_max (2 + d_max))
+            reach = 2.0 if affine == (None, None) else _affine_reach(runs)
+            x_max = rho * max(float(r.loss.phi(reach)) for r in runs)
             t = torch.tensor(np.array(transform_nodes(k, x_max)), dtype=torch.float32, device=device)
-            objective = Objective(loss_fn, rho, k, w, q_a, nodes=t)
+            objective = Objective(loss_fn, rho, k, w, q_a, nodes=t, delta=delta, scale=scale)
         else:
             counts = count_vectors(k, C).astype(np.float64)  # (Mc, C)
             P = np.stack([multinomial_weights(counts, q_b) for q_b in q_neg])  # (B, C anchor, Mc)
             P_a = torch.tensor(P, dtype=torch.float32, device=device)[rows, y_a]  # (B, M, Mc)
-            objective = Objective(
-                loss_fn, rho, k, w, q_a, torch.tensor(counts, dtype=torch.float32, device=device), P_a
-            )
+            objective = Objective(loss_fn, rho, k, w, q_a, torch.tensor(counts, dtype=torch.float32, device=device),
+                                  P_a, delta=delta, scale=scale)  # fmt: skip
     kernel = spec.kernel if spec.kernel != "auto" else "dense" if device.type == "cuda" else "sparse"
     tail = TailLoss(spec.steps, B, device)
 
@@ -280,6 +292,32 @@ def _train_stack(
         grad_norm = parameter_grad_norm(gradient, params) / p_runs.min(axis=1)  # (B,)
     return [measured(run, F[b], y, tail_loss[b], float(grad_norm[b]), float(change[b]), exact)
             for b, run in enumerate(runs)]  # fmt: skip
+
+
+def _phi_affine(runs: list[Run], rows: torch.Tensor, y_a: torch.Tensor,
+                device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    """A remedy's phi_cj(t) = phi(scale_cj (t + delta_cj)) gathered by each anchor's class: (delta (B, M, C),
+    scale (B, M, C)), each None where the runs' remedy has none (the expected estimator's K = C columns are the
+    negatives' classes)."""
+    parts = [r.remedy.phi_affine(r.p, r.loss) for r in runs]  # [(delta (C, C) | None, scale (C, C) | None)]
+    out = []
+    for i in range(2):
+        if parts[0][i] is None:
+            out.append(None)
+            continue
+        table = torch.tensor(np.stack([part[i] for part in parts]), dtype=torch.float32, device=device)  # (B, C, C)
+        out.append(table[rows, y_a])  # (B, M, C)
+    return out[0], out[1]
+
+
+def _affine_reach(runs: list[Run]) -> float:
+    """The largest argument of phi a remedy's phi_cj(z) takes for z in [-2, 2], in phi's own units."""
+    reach = 2.0
+    for r in runs:
+        delta, scale = r.remedy.phi_affine(r.p, r.loss)
+        shifted = 2.0 + (0.0 if delta is None else float(delta.max()))
+        reach = max(reach, shifted * (1.0 if scale is None else float(scale.max())))
+    return reach
 
 
 class TailLoss:
@@ -362,5 +400,6 @@ def _stationarity(run: Run, spec: TrainSpec, H: np.ndarray) -> float:
 
     if not np.all(np.isfinite(H)):
         return math.nan
-    problem = SampleLoss.build(run.loss, run.p, spec.samples_per_class, run.k, run.negatives, run.reduction)
+    problem = SampleLoss.build(run.loss, run.p, spec.samples_per_class, run.k, run.negatives, run.reduction,
+                               run.remedy)  # fmt: skip
     return problem.grad_norm(H.T)

@@ -1,0 +1,92 @@
+"""Figures of a store that sweeps remedies (a ``remedy`` dim): the threshold against k per remedy.
+
+A step store gets R*(k), an exp store the first cascade onset rho*_2(k) (the two smallest classes merge),
+one curve per remedy and a panel per (loss, class counts). Where the threshold lies beyond the scan and is
+not decided past it (a remedy's R -> inf limit is not derived), an open triangle sits at the top edge; where
+the paper's loss has no threshold at all (R* = inf, proved by its limit), a filled one. Same conventions as
+:mod:`pipeline.plots.phase`.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+from pipeline.analysis import onset_curve, threshold_beyond, threshold_curve
+from pipeline.plots.axes import COLUMN_IN, OKABE_ITO, k_axis, k_log_axes
+from pipeline.sweep.results import STATUS_CODE
+from pipeline.theory.cascade import RHO_MAX
+from pipeline.theory.threshold import R_MAX
+
+MARKERS = "osD^v<>ph*"
+
+
+def _panels(ds: xr.Dataset) -> list[tuple[str, dict, xr.DataArray, xr.DataArray, float]]:
+    """(title, point, threshold over (remedy, k), beyond the scan over (remedy, k), the scan's end) per panel."""
+    if "R_threshold" in ds:
+        curve, beyond = threshold_curve(ds).load(), threshold_beyond(ds).load()
+        return [(f"{loss}, K_A={a}, K_B={b}", {"loss": loss, "n_major": a, "n_minor": b}, curve, beyond, R_MAX)
+                for loss in curve.loss.values for a in curve.n_major.values for b in curve.n_minor.values
+                if b > 1]  # fmt: skip
+    m2 = {"onset": 2}
+    curve = onset_curve(ds).sel(m2).load()
+    done = ds.done_threshold == 1
+    beyond = (done & (ds.status_onset.sel(m2) == STATUS_CODE["beyond_range"])).load()
+    curve = curve.where(~beyond)  # inf there: drawn as the open triangle, not as a value
+    return [(f"{loss}, exp(C={C})", {"loss": loss, "C": C}, curve, beyond, RHO_MAX)
+            for loss in curve.loss.values for C in curve.C.values if C > 2]  # fmt: skip
+
+
+def thresholds_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
+    """R*(k) (step) or rho*_2(k) (exp) per remedy, a panel per loss and class counts.
+
+    Returns the figure and ``{"panel, remedy": (k, values)}`` of the finite values drawn, with
+    ``{"panel, remedy, beyond": k}`` where the threshold lies beyond the scan and ``{"panel, remedy, never": k}``
+    where it is proved infinite.
+    """
+    panels = _panels(ds)
+    step = "R_threshold" in ds
+    n_cols = min(len(panels), 2) or 1
+    n_rows = -(-len(panels) // n_cols) or 1
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(COLUMN_IN * (0.8 + 0.8 * n_cols), 0.9 + 2.3 * n_rows),
+                             layout="constrained", squeeze=False)  # fmt: skip
+    k = ds.k.values
+    x_k, k_labels = k_axis(k)
+    drawn: dict[str, object] = {}
+    top = 0.0
+    for ax, (title, point, curve, beyond, scan_end) in zip(axes.flat, panels, strict=False):
+        for i, remedy in enumerate(map(str, ds.remedy.values)):
+            style = {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)]}
+            values = curve.sel({**point, "remedy": remedy}).values  # (k,)
+            finite = np.isfinite(values)
+            ax.plot(x_k[finite], values[finite], ms=3, lw=1, label=remedy, **style)
+            top = max(top, scan_end)
+            out = beyond.sel({**point, "remedy": remedy}).values  # (k,) apart up to the scan's end, undecided past it
+            never = np.isposinf(values)  # (k,) no threshold, proved by the limit (the paper's loss)
+            for where, face, name in ((out, "white", "beyond"), (never, style["color"], "never")):
+                if where.any():
+                    ax.plot(x_k[where], np.full(where.sum(), scan_end), ls="none", ms=5, mfc=face, clip_on=False,
+                            color=style["color"], marker="^")  # fmt: skip
+                    drawn[f"{title}, {remedy}, {name}"] = k[where]
+            drawn[f"{title}, {remedy}"] = (k[finite], values[finite])
+        ax.set_yscale("log")
+        ax.set_ylim(0.5, scan_end * 3)  # R, rho >= 1: every threshold and the triangles at the scan's end show
+        k_log_axes(ax, k, x_k, k_labels, plain_y=False)
+        ax.set_title(title, fontsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("threshold R*" if step else "first onset rho*_2")
+    what = ("R*(k): the minorities merge above the curve" if step
+            else "rho*_2(k): the two smallest classes merge above the curve")  # fmt: skip
+    fig.suptitle(f"does a remedy prevent Minority Collapse?\n{what}\ntriangles at {top:.0e}: open, apart up to "
+                 "there, not decided past it; filled, never (proved)", fontsize=7)  # fmt: skip
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), fontsize=6, frameon=False, loc="outside lower center",
+                   ncol=min(3, len(handles)), title="remedy", title_fontsize=6)  # fmt: skip
+    return fig, drawn

@@ -1,0 +1,190 @@
+"""Remedies as a sweep axis (issue 21): ``grid.remedy`` is a store dim, each point equals the solvers called
+directly, ``none`` is the store without the axis, training applies the remedy, bad remedies are one line."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from pipeline import api
+from pipeline.cli import main
+from pipeline.sweep.config import ConfigError, load_config, validate
+from pipeline.sweep.results import STATUS_CODE
+from pipeline.theory.threshold import minority_threshold
+from tests.conftest import theory_store
+
+REMEDIES = ["none", "reweight(gamma=1)", "logit_adjust", "class_tau(gamma=0.5) + balanced_negatives"]
+
+
+def _step(store: Path, remedy: list[str] | None, **grid) -> dict:
+    spec = {"loss": ["infonce(tau=0.5)"], "R": [1, 20, 300], "n_major": [2], "n_minor": [2], "k": [4, math.inf],
+            **grid}  # fmt: skip
+    if remedy is not None:
+        spec["remedy"] = remedy
+    return {"name": "rem", "store": str(store), "grid": spec, "batch": {"points": 4}}
+
+
+def test_the_remedy_axis_is_a_store_dim_whose_points_equal_the_solvers(tmp_path):
+    config = validate(_step(tmp_path / "r.zarr", REMEDIES))
+    assert config.grid.remedy == ("none", "reweight(gamma=1)", "logit_adjust(t=1)",
+                                  "balanced_negatives + class_tau(gamma=0.5)")  # canonical specs  # fmt: skip
+    ds = xr.open_zarr(theory_store(config))
+    assert ds.cos_minor_theory.dims == ("loss", "remedy", "R", "n_major", "n_minor", "k")
+    assert list(ds.remedy.values) == list(config.grid.remedy)
+    for remedy in config.grid.remedy:
+        for k in (4, math.inf):
+            threshold = minority_threshold("infonce(tau=0.5)", 2, 2, k, remedy=remedy)
+            point = {"remedy": remedy, "k": k, "n_major": 2, "n_minor": 2, "loss": "infonce(tau=0.5)"}
+            assert float(ds.R_threshold.sel(point)) == threshold.R_star
+            for R in (1, 20, 300):
+                solution = api.solve("infonce(tau=0.5)", f"step(K_A=2, K_B=2, R={R})", k, remedy=remedy)
+                stored = ds.sel({**point, "R": R})
+                np.testing.assert_array_equal(stored.gram_theory.values, solution.G)
+                assert float(stored.cos_minor_theory) == solution.c
+                assert int(stored.status_theory) == STATUS_CODE["optimal"]
+    # the remedies move R*: logit adjustment merges the minorities earlier, reweighting too (README table)
+    R_star = ds.R_threshold.sel(k=4).squeeze()
+    assert R_star.sel(remedy="logit_adjust(t=1)") < R_star.sel(remedy="reweight(gamma=1)") < R_star.sel(remedy="none")
+
+
+def test_remedy_none_is_the_store_without_the_axis(tmp_path):
+    """Every stored value of the ``none`` slice equals a store of the same grid without ``grid.remedy`` (the
+    layout every store written before remedies has), bitwise but for wall times."""
+    with_axis = xr.open_zarr(theory_store(validate(_step(tmp_path / "a.zarr", ["none", "reweight"]))))
+    plain_config = validate(_step(tmp_path / "b.zarr", None))
+    assert plain_config.science() == validate(_step(tmp_path / "c.zarr", ["none"])).science()  # none: no axis
+    assert "remedy" not in plain_config.science()["grid"]
+    plain = xr.open_zarr(theory_store(plain_config))
+    assert "remedy" not in plain.dims
+    none = with_axis.sel(remedy="none")
+    for name in plain.data_vars:
+        if name.startswith(("time_", "checksum_", "writer_")):
+            continue  # wall times; the checksums of batches of other shapes
+        assert plain[name].dims == none[name].dims, name
+        assert np.array_equal(plain[name].values, none[name].values, equal_nan=True), name
+
+
+def test_exp_stores_sweep_remedies_through_the_cascade(tmp_path):
+    from pipeline.theory.cascade import cascade
+
+    raw = {"name": "e", "store": str(tmp_path / "e.zarr"), "grid": {"profile": "exp", "loss": ["infonce(tau=0.5)"],
+           "remedy": ["none", "reweight"], "C": [3], "rho": [1, 100], "k": [4]}}  # fmt: skip
+    ds = xr.open_zarr(theory_store(validate(raw)))
+    assert ds.rho_onset.dims == ("loss", "remedy", "C", "k", "onset")
+    for remedy in ("none", "reweight(gamma=1)"):
+        expected = cascade("infonce(tau=0.5)", 3, 4, remedy=remedy).onsets[0].rho_star
+        assert float(ds.rho_onset.sel(remedy=remedy, onset=2).squeeze()) == expected
+    # the split test is derived for the paper's loss: directions are not reported under a remedy
+    assert np.isfinite(ds.directions_theory.sel(remedy="none").values).all()
+    assert np.isnan(ds.directions_theory.sel(remedy="reweight(gamma=1)").values).all()
+
+
+def test_training_applies_the_remedy_and_reaches_its_optimum(tmp_path):
+    """Free features trained under a remedy (anchor weights, balanced negatives, shifts and temperatures in
+    phi) end at the optimum of the same remedied objective, on both sides of its threshold: at R = 20 the
+    minorities stay apart under reweighting and merge under logit adjustment (R* = 8.1)."""
+    from pipeline.sweep.graph import compute_and_write
+    from pipeline.sweep.grid import Grid
+
+    raw = _step(tmp_path / "t.zarr", ["reweight", "logit_adjust + class_tau", "balanced_negatives"], R=[20], k=[4])
+    raw["grid"]["dim"] = [4]
+    raw["train"] = {"steps": 1000, "runs_per_batch": 1}
+    raw["cluster"] = {"n_workers": 1}
+    config = validate(raw)
+    theory_store(config)
+    for batch in Grid(config).batches("train"):
+        compute_and_write(config, batch, config.store)
+    ds = xr.open_zarr(tmp_path / "t.zarr").squeeze()
+    assert (ds.status_train == STATUS_CODE["trained"]).all()
+    assert float(ds.dist_to_theory.max()) < 3e-3, ds.dist_to_theory.values
+    c = ds.cos_minor_train
+    assert float(c.sel(remedy="reweight(gamma=1)")) < 0.7
+    assert float(c.sel(remedy="logit_adjust(t=1) + class_tau(gamma=0.5)")) > 1 - 1e-3
+    # the trained geometry's remedied objective sits at the optimum's, within float32 training's resolution
+    gap = (ds.objective_train - ds.objective_theory) / ds.objective_theory
+    assert float(gap.max()) < 1e-5 and float(gap.min()) > -1e-9
+
+
+BAD = [
+    ("grid.remedy=[warp]", "grid.remedy: 'warp': expected 'none', or terms joined by ' + '"),
+    ("grid.remedy=['reweight(gamma=-1)']", "grid.remedy: 'reweight(gamma=-1)': expected reweight's gamma finite"),
+    ("grid.remedy=['logit_adjust(t=nan)']", "grid.remedy: 'logit_adjust(t=nan)': expected logit_adjust's t finite"),
+    ("grid.remedy=['ldam(m=-0.5)']", "grid.remedy: 'ldam(m=-0.5)': expected ldam's m finite and >= 0"),
+    ("grid.remedy=['logit_adjust + ldam']", "expected at most one shift: logit_adjust or ldam"),
+    ("grid.remedy=[reweight, 'reweight(gamma=1)']", "grid.remedy: duplicate values ['reweight(gamma=1)']"),
+    ("grid.remedy=[]", "grid.remedy: []: expected a non-empty list of remedies"),
+    ("grid.remedy=[null]", "grid.remedy: None: expected 'none', or terms"),
+]
+
+
+@pytest.mark.parametrize("override, expected", BAD, ids=[b[0] for b in BAD])
+def test_a_bad_remedy_is_one_line_and_no_store(capsys, tmp_path, override, expected):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_step(tmp_path / "never.zarr", None)))
+    assert main(["run", str(config), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "never.zarr").exists()
+
+
+@pytest.mark.parametrize("loss, remedy, expected", [
+    ("squared_hinge(margin=1)", "class_tau", "grid.remedy: 'class_tau': expected remedies without class_tau for "
+                                            "squared_hinge"),
+    ("triplet(margin=1)", "reweight", "grid.remedy: 'reweight': remedies are solved for smooth losses"),
+])  # fmt: skip
+def test_a_remedy_the_loss_does_not_take_is_one_line(capsys, tmp_path, loss, remedy, expected):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_step(tmp_path / "never.zarr", [remedy], loss=[loss])))
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "never.zarr").exists()
+
+
+def test_remedies_the_solver_or_the_trainer_does_not_apply_are_refused(tmp_path):
+    base = tmp_path / "c.yaml"
+    base.write_text(yaml.safe_dump(_step(tmp_path / "never.zarr", ["none", "ldam"])))
+    cases = {
+        ("theory.solver=full",): "theory.solver: 'full': grid.remedy is solved by the group reduction",
+        ("grid.k=[4]", "train={estimator: sampled}"): "train.estimator: 'sampled': the shifts and temperatures of "
+                                                      "'ldam(m=0.5)'",
+        ("grid.k=[4]", "train={negatives_from: batch, n_max: 50}"): "train.negatives_from: 'batch': in-batch "
+                                                                    "training does not apply remedies yet",
+    }  # fmt: skip
+    for overrides, expected in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_config(base, list(overrides))
+        assert expected in str(err.value), str(err.value)
+    # selecting the remedies the trainer applies is accepted
+    ok = load_config(base, ["grid.k=[4]", "train={estimator: sampled, select: {remedy: [none]}}"])
+    assert ok.train.select["remedy"] == ("none",)
+
+
+def test_plot_draws_each_remedy_alone_and_the_thresholds_per_remedy(tmp_path):
+    from pipeline.plots.remedies import thresholds_by_remedy
+    from pipeline.plots.write import write_figures
+
+    store = theory_store(validate(_step(tmp_path / "p.zarr", ["none", "logit_adjust", "class_tau(gamma=1)"])))
+    done = write_figures(store, tmp_path / "figs")
+    names = {p.relative_to(tmp_path / "figs").as_posix() for p in done["written"]}
+    assert {"remedies.png", "summary.md", "remedy_none/phase_infonce-tau0.5_A2_B2.png",
+            "remedy_logit-adjust-t1/thresholds.csv"} <= names  # fmt: skip
+    ds = xr.open_zarr(store)
+    _, drawn = thresholds_by_remedy(ds)
+    panel = "infonce(tau=0.5), K_A=2, K_B=2"
+    for remedy in ("none", "logit_adjust(t=1)"):
+        k, values = drawn[f"{panel}, {remedy}"]
+        assert list(k) == [4, math.inf]
+        np.testing.assert_array_equal(values, ds.R_threshold.sel(remedy=remedy).squeeze().values)
+    # class_tau(gamma=1) keeps the minorities apart up to R = 1e12 at k = 4 and inf: undecided past it, so drawn
+    # as beyond the scan, never as R* = inf (which only the paper's loss's limit proves)
+    status = ds.status_threshold.sel(remedy="class_tau(gamma=1)").squeeze().values
+    assert (status == STATUS_CODE["beyond_range"]).all()
+    assert list(drawn[f"{panel}, class_tau(gamma=1), beyond"]) == [4, math.inf]
+    assert f"{panel}, class_tau(gamma=1), never" not in drawn
+    assert "remedy_class-tau-gamma1/summary.md" in (tmp_path / "figs" / "summary.md").read_text()
