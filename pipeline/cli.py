@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
+        load_loss_files(os.environ.get(LOSSES_ENV, ""))
         return COMMANDS[args.command](args)
     except InputError as err:
         for line in str(err).splitlines():
@@ -352,6 +353,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+LOSSES_ENV = "CLPHASE_LOSSES"  # Python files that register losses (register_loss), separated by os.pathsep
+
+
+def load_loss_files(paths: str) -> None:
+    """Run each Python file of ``CLPHASE_LOSSES``: its ``register_loss`` calls make the losses known by name to
+    every command (and, through the config, to a sweep's workers)."""
+    import runpy
+
+    for path in filter(None, paths.split(os.pathsep)):
+        try:
+            runpy.run_path(path)
+        except InputError:
+            raise
+        except Exception as err:  # the user's file: any failure is one line
+            raise InputError(LOSSES_ENV, path, f"a Python file that registers losses with pipeline.theory.losses."
+                             f"register_loss (it raised {type(err).__name__}: {err})") from None  # fmt: skip
 
 
 class Interrupted(KeyboardInterrupt):

@@ -23,7 +23,7 @@ import yaml
 
 from pipeline.errors import MAX_SHOWN, InputError, shorten
 from pipeline.theory.inbatch import POSITIVES
-from pipeline.theory.losses import NEGATIVES, REDUCTIONS, parse_loss
+from pipeline.theory.losses import NEGATIVES, PSI_FAMILIES, REDUCTIONS, Loss, parse_loss
 from pipeline.theory.problem import check_k
 from pipeline.theory.profiles import SWEEP_AXES as PROFILE_AXES
 from pipeline.theory.profiles import Counts, Exp, Profile, Step
@@ -204,10 +204,13 @@ class SweepConfig:
     batch: BatchSpec = field(default_factory=BatchSpec)
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     train: TrainSpec | None = None
+    # the registered losses the grid names (pipeline.theory.losses.register_loss), sent to the workers with it
+    losses: tuple[Loss, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, as ``validate`` reads it back (stored with every store)."""
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "losses"}
+        out = {name: asdict(value) if hasattr(value, "__dataclass_fields__") else value for name, value in out.items()}
         out["grid"] = self.grid.science()  # the profile's axes only
         if out["train"] is not None:
             out["train"] = applicable_train(out["train"])
@@ -223,6 +226,8 @@ class SweepConfig:
         """The fields that determine the store's contents and layout (compared on resume)."""
         science = {"grid": self.grid.science(), "theory": asdict(self.theory), "batch.points": self.batch.points}
         science["train"] = None if self.train is None else asdict(self.train)
+        if self.losses:  # a registered loss's definition: another phi under the same name is another store
+            science["losses"] = loss_definitions(self.losses)
         for name in LATER_TRAIN_FIELDS:  # added later: at their defaults, stores written before still match
             if science["train"] is not None and science["train"][name] == getattr(TrainSpec, name):
                 science["train"].pop(name)
@@ -230,6 +235,13 @@ class SweepConfig:
 
     def science_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.science(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def loss_definitions(losses: tuple[Loss, ...]) -> dict[str, dict[str, str]]:
+    """What a reader sees of each registered loss: psi, phi's definition and its fingerprint."""
+    psi = {kind: name for name, kind in PSI_FAMILIES.items()}
+    return {loss.name: {"psi": psi[loss.psi_kind], "phi": loss.custom.definition,
+                        "fingerprint": loss.custom.fingerprint} for loss in losses}  # fmt: skip
 
 
 LATER_TRAIN_FIELDS = ("init", "negatives_from", "sampler", "positives", "n_max", "n_test")
@@ -537,7 +549,9 @@ def validate(raw: Any) -> SweepConfig:
             ]
         )
     _check_gram_memory(grid, batch)
-    return SweepConfig(name=name, store=store, grid=grid, theory=theory, batch=batch, cluster=cluster, train=train)
+    losses = tuple(loss for loss in map(parse_loss, grid.loss) if loss.custom is not None)
+    return SweepConfig(name=name, store=store, grid=grid, theory=theory, batch=batch, cluster=cluster, train=train,
+                       losses=losses)  # fmt: skip
 
 
 GRAM_MEMORY_SHARE = 0.25  # of this machine's memory, the most one batch's Gram matrices may take

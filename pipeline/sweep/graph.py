@@ -38,6 +38,7 @@ from pipeline.sweep.store import (
     writer_id,
 )
 from pipeline.sweep.tasks import run_batch
+from pipeline.theory.losses import install_losses
 from pipeline.theory.objective import expectation_terms
 
 TASK_LOG_ENV = "CLPHASE_TASK_LOG"  # file to which every computed batch appends its key (tests)
@@ -51,6 +52,7 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
     ``only_failed`` recomputes just the batch's points with a failed status and keeps the others.
     """
     start = time.perf_counter()
+    install_losses(config.losses)  # a worker knows the client's registered losses from the config alone
     only = None
     if only_failed:
         existing = read_batch(path, batch)

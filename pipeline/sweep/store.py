@@ -34,7 +34,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from pipeline.errors import InputError
 from pipeline.metrics import CONVENTIONS as WITHIN_CLASS_CONVENTIONS
 from pipeline.metrics import GRAD_NORM_TOL, LOSS_CHANGE_TOL
-from pipeline.sweep.config import SweepConfig, diff_science
+from pipeline.sweep.config import SweepConfig, diff_science, loss_definitions
 from pipeline.sweep.faults import kill_point, no_space_point
 from pipeline.sweep.grid import Batch, Grid, kinds
 from pipeline.sweep.results import (
@@ -75,7 +75,7 @@ PROFILE_CONVENTIONS = {
 }
 ROOT_COPY = "clphase_root"  # attribute of the done masks: a copy of the root's fixed attributes (a repair's source)
 ROOT_FIXED = ("clphase_format", "title", "config", "config_hash", "clphase_science", "conventions", "provenance",
-              "created_at", "profile")  # fmt: skip
+              "created_at", "profile", "losses")  # fmt: skip
 PACKAGES = ("clphase", "numpy", "scipy", "cvxpy", "clarabel", "scs", "xarray", "zarr", "dask", "distributed", "torch")
 
 
@@ -330,6 +330,8 @@ def init_store(path: str, config: SweepConfig) -> None:
         if coord in ds.coords:
             ds[coord].attrs.update(long_name=long_name, units=units)
     extra = {} if profile == "step" else {"profile": profile}  # a step store's attrs stay as they were
+    if config.losses:  # registered losses: their definitions, for a reader (and the science hash)
+        extra["losses"] = json.dumps(loss_definitions(config.losses))
     ds.attrs.update(
         **extra,
         clphase_format=FORMAT,

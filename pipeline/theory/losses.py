@@ -16,19 +16,26 @@ sumexp(tau)       s              exp(t / tau)            tau > 0
 triplet(margin)   s              max(0, t + margin)      margin > 0
 squared_hinge(m)  s              max(0, t + margin)^2    margin > 0
 ================  =============  ======================  ================
+
+A researcher's own loss is registered from Python with :func:`register_loss` (psi ``log1p`` or ``linear``, the
+two the engine integrates exactly; phi any convex nondecreasing function, checked on a grid) and is then
+named like a built-in in ``solve``, ``threshold``, sweeps and training.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.errors import InputError
 
 PsiKind = Literal["log1p", "identity"]
-PhiKind = Literal["exp", "hinge", "squared_hinge"]
+PhiKind = Literal["exp", "hinge", "squared_hinge", "custom"]
 Negatives = Literal["marginal", "other"]
 Reduction = Literal["sum", "mean"]
 NEGATIVES: tuple[str, ...] = ("marginal", "other")
@@ -89,10 +96,14 @@ class Loss:
     phi_kind: PhiKind
     param_name: str
     param: float
+    custom: CustomPhi | None = field(default=None, repr=False)  # a registered phi (phi_kind 'custom')
 
     @property
     def id(self) -> str:
-        """Canonical loss id, e.g. ``infonce(tau=0.5)``; ``parse_loss(loss.id) == loss``."""
+        """Canonical loss id, e.g. ``infonce(tau=0.5)``, or a registered loss's name; ``parse_loss(loss.id) ==
+        loss``."""
+        if self.custom is not None:
+            return self.name
         return f"{self.name}({self.param_name}={self.param:g})"
 
     @property
@@ -117,6 +128,8 @@ class Loss:
 
     # phi and its derivatives -----------------------------------------------------------------
     def phi(self, t: Any) -> Any:
+        if self.custom is not None:
+            return self.custom.derivative(t, 0)
         if self.phi_kind == "exp":
             return _exp(t / self.param)
         if self.phi_kind == "hinge":
@@ -124,6 +137,8 @@ class Loss:
         return _relu(t + self.param) ** 2
 
     def dphi(self, t: Any) -> Any:
+        if self.custom is not None:
+            return self.custom.derivative(t, 1)
         if self.phi_kind == "exp":
             return _exp(t / self.param) / self.param
         if self.phi_kind == "hinge":
@@ -145,6 +160,8 @@ class Loss:
         return self.phi(t), self.dphi(t), self.d2phi(t)
 
     def d2phi(self, t: Any) -> Any:
+        if self.custom is not None:
+            return self.custom.derivative(t, 2)
         if self.phi_kind == "exp":
             return _exp(t / self.param) / self.param**2
         if self.phi_kind == "hinge":
@@ -155,6 +172,9 @@ class Loss:
         """phi applied to a cvxpy expression (convex, nondecreasing, DPP-compatible)."""
         import cvxpy as cp
 
+        if self.custom is not None:
+            raise InputError("solver", "full", f"'symmetric', 'oblique' or 'auto' for the registered loss {self.name} "
+                             "(the cvxpy program needs phi as a cvxpy atom; the built-ins have one)")  # fmt: skip
         if self.phi_kind == "exp":
             return cp.exp(t / self.param)
         if self.phi_kind == "hinge":
@@ -163,6 +183,177 @@ class Loss:
 
     def __str__(self) -> str:
         return self.id
+
+
+# --- registered losses -------------------------------------------------------------------------
+
+PSI_FAMILIES = {"log1p": "log1p", "linear": "identity"}  # register_loss's psi -> Loss.psi_kind
+CHECK_T = (-4.0, 2.0)  # phi is checked on this range of its argument: t = G_cj - 1 in [-2, 0], and room for remedies
+CHECK_POINTS = 601
+_REGISTRY: dict[str, Loss] = {}
+
+
+@dataclass(frozen=True, eq=False)
+class CustomPhi:
+    """A registered phi: either a torch function (its derivatives by autograd) or float64 numpy functions for
+    phi, phi' and phi''. Either is evaluated on numpy arrays (float64) and on torch tensors (training).
+
+    Attributes
+    ----------
+    definition : str
+        What a reader sees in a store's attributes (given, or the function's source).
+    fingerprint : str
+        CRC-32 of phi's float64 values on a fixed grid: two phis under one name never share a store.
+    """
+
+    fn: Callable[[Any], Any]
+    d1: Callable[[Any], Any] | None = None
+    d2: Callable[[Any], Any] | None = None
+    definition: str = ""
+    fingerprint: str = ""
+
+    @property
+    def autograd(self) -> bool:
+        return self.d1 is None
+
+    def derivative(self, t: Any, order: int) -> Any:
+        """phi (order 0), phi' (1) or phi'' (2) at t, a float, a numpy array or a torch tensor (same type out)."""
+        is_torch = type(t).__module__.startswith("torch")
+        if not self.autograd:
+            fn = (self.fn, self.d1, self.d2)[order]
+            if not is_torch:
+                return fn(t)
+            import torch
+
+            return torch.as_tensor(fn(t.detach().cpu().double().numpy()), dtype=t.dtype, device=t.device)
+        import torch
+
+        x = t.detach() if is_torch else torch.as_tensor(_np().asarray(t, dtype=float))
+        if order == 0:
+            with torch.no_grad():
+                out = self.fn(x)
+        else:
+            with torch.enable_grad():
+                x = x.clone().requires_grad_(True)
+                out = self.fn(x)
+                for _ in range(order):  # a derivative of a constant (phi linear: phi'') is zero, not an error
+                    grad = None
+                    if out.requires_grad:
+                        grad = torch.autograd.grad(out.sum(), x, create_graph=True, allow_unused=True)[0]
+                    out = torch.zeros_like(x) if grad is None else grad
+            out = out.detach()
+        if is_torch:
+            return out
+        return float(out) if _np().ndim(t) == 0 else out.numpy()
+
+
+def register_loss(name: str, psi: str, phi: Callable[[Any], Any], dphi: Callable[[Any], Any] | None = None,
+                  d2phi: Callable[[Any], Any] | None = None, definition: str | None = None) -> Loss:  # fmt: skip
+    """Register a loss of the family under ``name``, usable wherever a built-in loss id is.
+
+    Parameters
+    ----------
+    name : str
+        Lower-case identifier, not a built-in's name; re-registering a name replaces it.
+    psi : {'log1p', 'linear'}
+        The outer function: log(1 + s) (InfoNCE-like) or s; the two the engine integrates exactly.
+    phi : callable
+        The inner function of t = f·f^- - f·f^+. Without ``dphi`` a torch function of a tensor (autograd gives
+        phi' and phi''); with ``dphi`` and ``d2phi`` a numpy function of float64 arrays.
+    dphi, d2phi : callable, optional
+        phi' and phi'' (numpy), checked against finite differences of phi.
+    definition : str, optional
+        How a reader should read phi (stored in a store's attributes); default: the function's source.
+
+    Returns
+    -------
+    Loss
+
+    Raises
+    ------
+    InputError
+        One line naming what fails: phi not finite, decreasing or not convex on t in [-4, 2] (or negative,
+        with psi log1p), or a derivative that does not match phi.
+
+    Examples
+    --------
+    >>> import torch
+    >>> mine = register_loss("infonce_again", "log1p", lambda t: torch.exp(t / 0.5), definition="exp(t / 0.5)")
+    >>> parse_loss("infonce_again").phi(0.0)
+    1.0
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in _BUILTINS:
+        raise InputError("loss name", name, f"a lower-case identifier other than {', '.join(LOSS_NAMES)}")
+    if psi not in PSI_FAMILIES:
+        raise InputError("psi", psi, f"one of {', '.join(PSI_FAMILIES)} (the families the engine integrates exactly)")
+    if (dphi is None) != (d2phi is None):
+        raise InputError("dphi", name, "both dphi and d2phi (numpy), or neither (phi a torch function, autograd)")
+    if not callable(phi) or (dphi is not None and not (callable(dphi) and callable(d2phi))):
+        raise InputError("phi", name, "callables: phi (and dphi, d2phi)")
+    if definition is None:
+        try:
+            definition = inspect.getsource(phi).strip()
+        except (OSError, TypeError):
+            definition = repr(phi)
+    custom = CustomPhi(phi, dphi, d2phi, str(definition))
+    t = _np().linspace(*CHECK_T, CHECK_POINTS)
+    values = _checked_phi(name, custom, t, positive=psi == "log1p")
+    fingerprint = f"{zlib.crc32(_np().ascontiguousarray(values[::20], dtype='<f8').tobytes()):08x}"
+    custom = CustomPhi(phi, dphi, d2phi, str(definition), fingerprint)
+    loss = Loss(name, PSI_FAMILIES[psi], "custom", "", 1.0, custom)
+    _REGISTRY[name] = loss
+    return loss
+
+
+def _checked_phi(name: str, custom: CustomPhi, t: Any, positive: bool) -> Any:
+    """phi (n,) on the grid t (n,), after checking it is finite, nondecreasing and convex there (and >= 0 where
+    ``positive``: log1p's argument is a sum of phi), and that given derivatives match its finite differences
+    (each failure one InputError)."""
+    np = _np()
+    try:
+        phi, d1, d2 = (np.asarray(custom.derivative(t, order), dtype=float) for order in range(3))
+    except Exception as err:  # the user's function: any failure is one line
+        raise InputError("phi", name, f"a function of an array of t ({type(err).__name__}: {err})") from None
+    if any(x.shape != t.shape or not np.isfinite(x).all() for x in (phi, d1, d2)):
+        raise InputError("phi", name, "finite values of phi, phi' and phi'' for t in [-4, 2], elementwise")
+    scale = max(1.0, float(np.abs(phi).max()), float(np.abs(d1).max()), float(np.abs(d2).max()))
+    tol = 1e-9 * scale
+
+    def where(mask: Any) -> str:
+        return f"t = {t[np.argmax(mask)]:.3g}"
+
+    if positive and (phi < -tol).any():
+        raise InputError("phi", name, f"phi >= 0 (log1p's argument is a sum of phi): phi < 0 at {where(phi < -tol)}")
+    if (d1 < -tol).any():
+        raise InputError("phi", name, f"a nondecreasing phi: phi' < 0 at {where(d1 < -tol)}")
+    if (d2 < -tol).any():
+        raise InputError("phi", name, f"a convex phi: phi'' < 0 at {where(d2 < -tol)}")
+    h = t[1] - t[0]
+    second = (phi[2:] - 2 * phi[1:-1] + phi[:-2]) / h**2  # convexity from phi itself, whatever phi'' says
+    if (second < -1e-6 * scale).any():
+        where_second = where(second < -1e-6 * scale)
+        raise InputError("phi", name, f"a convex phi: its second differences are < 0 at {where_second}")
+    if not custom.autograd:  # given derivatives must be phi's: central differences, O(h^2)
+        for order, (lower, upper) in ((1, (phi[:-2], phi[2:])), (2, (d1[:-2], d1[2:]))):
+            given = (d1, d2)[order - 1][1:-1]
+            diff = (upper - lower) / (2 * h)
+            bad = np.abs(given - diff) > 1e-3 * scale
+            if bad.any():
+                of = "phi" if order == 1 else "dphi"
+                raise InputError(f"d{of}", name, f"the derivative of {of} (it differs from {of}'s finite differences "
+                                 f"at {where(bad)})")  # fmt: skip
+    return phi
+
+
+def registered_losses() -> dict[str, Loss]:
+    """The registered losses by name."""
+    return dict(_REGISTRY)
+
+
+def install_losses(losses: tuple[Loss, ...]) -> None:
+    """Register losses made elsewhere (a sweep's workers receive the client's registered losses with the config)."""
+    for loss in losses:
+        _REGISTRY.setdefault(loss.name, loss)
 
 
 def make_loss(name: str, **params: float) -> Loss:
@@ -204,6 +395,8 @@ def parse_loss(loss_id: str | Loss) -> Loss:
         return loss_id
     if not isinstance(loss_id, str):
         raise InputError("loss", loss_id, "a loss id string such as 'infonce(tau=0.5)'")
+    if loss_id.strip() in _REGISTRY:
+        return _REGISTRY[loss_id.strip()]
     match = _LOSS_ID.match(loss_id)
     lower = _LOSS_ID.match(loss_id.lower())
     if match is None and lower is not None and lower.group(1) in _BUILTINS:
@@ -211,8 +404,11 @@ def parse_loss(loss_id: str | Loss) -> Loss:
     if match is None:
         raise InputError("loss", loss_id, f"an id of the form name(param=value), one of {LOSS_HELP}")
     name, args = match.group(1), match.group(2)
+    if name in _REGISTRY:
+        raise InputError("loss", loss_id, f"the registered loss {name!r} without parameters")
     if name not in _BUILTINS:
-        raise InputError("loss", loss_id, f"a loss named one of {', '.join(LOSS_NAMES)} ({LOSS_HELP})")
+        mine = f"; registered: {', '.join(_REGISTRY)}" if _REGISTRY else ""
+        raise InputError("loss", loss_id, f"a loss named one of {', '.join(LOSS_NAMES)} ({LOSS_HELP}){mine}")
     params: dict[str, float] = {}
     if args:
         for item in args.split(","):
