@@ -6,6 +6,7 @@ stays light):
 - :func:`solve` (loss, profile, k, ...): the certified optimal class geometry at one point;
 - :func:`threshold` (loss, profile, k, ...): R* of a step profile, or the cascade onsets of exp(C);
 - :func:`open_results` (path): a results store as a lazy ``xarray.Dataset``;
+- :func:`register_loss` (name, psi, phi): a loss of one's own, then named like a built-in everywhere;
 - :mod:`pipeline.plots`: the figures, each from an ``xarray.Dataset``.
 
 >>> import pipeline
@@ -19,7 +20,8 @@ from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
-_EXPORTS = {"solve": "pipeline.api", "threshold": "pipeline.api", "open_results": "pipeline.sweep.store"}
+_EXPORTS = {"solve": "pipeline.api", "threshold": "pipeline.api", "open_results": "pipeline.sweep.store",
+            "register_loss": "pipeline.theory.losses"}
 __all__ = [*_EXPORTS, "plots"]
 
 
