@@ -271,3 +271,49 @@ def onsets_table(ds: xr.Dataset) -> list[dict[str, object]]:
                                  "rho_star": float(curve.sel(point)), "apart_below": float(apart.sel(point)),
                                  "status": state})  # fmt: skip
     return rows
+
+
+def etf_distance(G: np.ndarray) -> float:
+    """||G - G_ETF||_F / C: how far a Gram matrix (C, C; NaN padding dropped) is from the simplex ETF of its
+    C classes, the balanced optimum (cosines -1 / (C - 1)); 0 at the ETF."""
+    C = int(np.isfinite(np.diag(G)).sum())
+    G = G[:C, :C]
+    etf = (C * np.eye(C) - np.ones((C, C))) / (C - 1)
+    return float(np.linalg.norm(G - etf) / C)
+
+
+def remedy_rows(ds: xr.Dataset) -> list[dict[str, object]]:
+    """Rows of a store that sweeps remedies, for ``remedies.csv``: per (loss, shape, remedy, k) and scan value
+    (R or rho), the minority (step) or tail (exp) cosine, collapse as the optimality condition decides it
+    (step; NaN where undecided or n/a), the distance of the optimum to the simplex ETF, and R* with its
+    status (step)."""
+    step = "cos_minor_theory" in ds
+    scan = "R" if step else "rho"
+    dims = ("loss", *(("n_major", "n_minor") if step else ("C",)), "remedy", "k")
+    done = theory_done(ds)
+    cosine = (ds.cos_minor_theory if step else ds.cos_tail_theory).where(done).transpose(*dims, scan).values
+    gram = ds.gram_theory.where(done).transpose(*dims, scan, "class_i", "class_j").values  # (..., scan, C, C)
+    collapsed = ds.collapsed_theory.transpose(*dims, scan).values if step else None
+    if step:
+        names = {code: name for name, code in STATUS_CODE.items()}
+        R_star = ds.R_threshold.transpose(*dims).values
+        status = ds.status_threshold.where(ds.done_threshold == 1, 0).transpose(*dims).values
+    coords = [ds[d].values for d in dims]
+    rows = []
+    for idx in np.ndindex(*cosine.shape[:-1]):
+        point = {d: _cell(d, coords[a][i]) for a, (d, i) in enumerate(zip(dims, idx, strict=True))}
+        extra = {"R_star": float(R_star[idx]), "R_star_status": names[int(status[idx])]} if step else {}
+        for s_i, value in enumerate(ds[scan].values):
+            G = gram[(*idx, s_i)]
+            row = {**point, scan: float(value), "cosine": float(cosine[(*idx, s_i)])}
+            if step:
+                row["collapsed"] = float(collapsed[(*idx, s_i)])
+            row["etf_distance"] = etf_distance(G) if np.isfinite(np.diag(G)).any() else float("nan")
+            rows.append({**row, **extra})
+    return rows
+
+
+def _cell(dim: str, v: object) -> object:
+    """A coordinate value as a CSV cell: k as an integer or 'inf', the rest as plain Python values."""
+    v = v.item() if isinstance(v, np.generic) else v
+    return k_label(v) if dim == "k" else v

@@ -3,6 +3,7 @@ directly, ``none`` is the store without the axis, training applies the remedy, b
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import xarray as xr
 import yaml
 
 from pipeline import api
+from pipeline.analysis import etf_distance
 from pipeline.cli import main
 from pipeline.sweep.config import ConfigError, load_config, validate
 from pipeline.sweep.results import STATUS_CODE
@@ -188,3 +190,25 @@ def test_plot_draws_each_remedy_alone_and_the_thresholds_per_remedy(tmp_path):
     assert list(drawn[f"{panel}, class_tau(gamma=1), beyond"]) == [4, math.inf]
     assert f"{panel}, class_tau(gamma=1), never" not in drawn
     assert "remedy_class-tau-gamma1/summary.md" in (tmp_path / "figs" / "summary.md").read_text()
+    # remedies.csv: a row per (loss, shape, remedy, k, R) with the stored cosine, decision and R*
+    with open(tmp_path / "figs" / "remedies.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == ds.cos_minor_theory.size
+    row = next(r for r in rows if r["remedy"] == "logit_adjust(t=1)" and r["k"] == "4" and r["R"] == "20.0")
+    point = {"remedy": "logit_adjust(t=1)", "k": 4, "R": 20}
+    assert float(row["cosine"]) == float(ds.cos_minor_theory.sel(point).squeeze())
+    R_star = float(ds.R_threshold.sel(remedy="logit_adjust(t=1)", k=4).squeeze())
+    assert float(row["collapsed"]) == 1.0 and float(row["R_star"]) == R_star < 20
+    assert float(row["etf_distance"]) == etf_distance(ds.gram_theory.sel(point).squeeze().values)
+
+
+def test_the_distance_to_the_simplex_etf():
+    C = 4
+    etf = (C * np.eye(C) - np.ones((C, C))) / (C - 1)
+    assert etf_distance(etf) < 1e-15
+    merged = etf.copy()  # the two last classes merged at their own mean direction: closed form
+    merged[2, 3] = merged[3, 2] = 1.0
+    assert etf_distance(merged) == pytest.approx(math.sqrt(2) * (1 + 1 / 3) / 4, rel=1e-14)
+    padded = np.full((6, 6), np.nan)
+    padded[:C, :C] = merged
+    assert etf_distance(padded) == etf_distance(merged)

@@ -55,6 +55,7 @@ def thresholds_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     x_k, k_labels = k_axis(k)
     drawn: dict[str, object] = {}
     top = 0.0
+    n_remedies = ds.sizes["remedy"]
     for ax, (title, point, curve, beyond, scan_end) in zip(axes.flat, panels, strict=False):
         for i, remedy in enumerate(map(str, ds.remedy.values)):
             style = {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)]}
@@ -64,10 +65,11 @@ def thresholds_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
             top = max(top, scan_end)
             out = beyond.sel({**point, "remedy": remedy}).values  # (k,) apart up to the scan's end, undecided past it
             never = np.isposinf(values)  # (k,) no threshold, proved by the limit (the paper's loss)
+            nudge = 10 ** (0.04 * (i - (n_remedies - 1) / 2))  # side by side: several remedies share a k
             for where, face, name in ((out, "white", "beyond"), (never, style["color"], "never")):
                 if where.any():
-                    ax.plot(x_k[where], np.full(where.sum(), scan_end), ls="none", ms=5, mfc=face, clip_on=False,
-                            color=style["color"], marker="^")  # fmt: skip
+                    ax.plot(x_k[where] * nudge, np.full(where.sum(), scan_end), ls="none", ms=4, mfc=face,
+                            clip_on=False, color=style["color"], marker="^")  # fmt: skip
                     drawn[f"{title}, {remedy}, {name}"] = k[where]
             drawn[f"{title}, {remedy}"] = (k[finite], values[finite])
         ax.set_yscale("log")
@@ -89,4 +91,42 @@ def thresholds_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     if handles:
         fig.legend(handles.values(), handles.keys(), fontsize=6, frameon=False, loc="outside lower center",
                    ncol=min(3, len(handles)), title="remedy", title_fontsize=6)  # fmt: skip
+    return fig, drawn
+
+
+def tail_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
+    """An exp store's tail: the optimal cosine between the two smallest classes against rho, one curve per remedy
+    and a panel per (loss, C, k). Returns the figure and ``{"panel, remedy": (rho, cosines)}`` drawn."""
+    done = (ds.done_theory == 1) & (ds.status_theory != STATUS_CODE["error"])
+    cos = ds.cos_tail_theory.where(done).load()  # (loss, remedy, C, rho, k)
+    panels = [(f"{loss}, exp(C={C}), k = {'∞' if np.isinf(k) else f'{k:g}'}", {"loss": loss, "C": C, "k": k})
+              for loss in cos.loss.values for C in cos.C.values for k in cos.k.values]  # fmt: skip
+    n_cols = min(len(panels), 4)
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(COLUMN_IN * (0.3 + 0.65 * n_cols), 0.9 + 1.8 * n_rows),
+                             layout="constrained", squeeze=False, sharex=True, sharey=True)  # fmt: skip
+    rho = ds.rho.values
+    drawn: dict[str, object] = {}
+    for ax, (title, point) in zip(axes.flat, panels, strict=False):
+        for i, remedy in enumerate(map(str, ds.remedy.values)):
+            values = cos.sel({**point, "remedy": remedy}).values  # (rho,)
+            ok = np.isfinite(values)
+            ax.plot(rho[ok], values[ok], lw=1, ms=2.5, label=remedy, color=OKABE_ITO[i % len(OKABE_ITO)],
+                    marker=MARKERS[i % len(MARKERS)])  # fmt: skip
+            drawn[f"{title}, {remedy}"] = (rho[ok], values[ok])
+        ax.set_xscale("log")
+        ax.set_ylim(-0.2, 1.05)
+        ax.axhline(1.0, color="0.6", lw=0.6, ls=":")
+        ax.set_title(title, fontsize=6)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.supxlabel("imbalance rho = p_0 / p_{C-1}", fontsize=7)
+    fig.supylabel("cosine of the two smallest classes (theory)", fontsize=7)
+    fig.suptitle("the tail under each remedy: 1 is merged (Minority Collapse of the tail pair)", fontsize=7)
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), fontsize=6, frameon=False, loc="outside lower center",
+               ncol=min(4, len(handles)), title="remedy", title_fontsize=6)  # fmt: skip
     return fig, drawn

@@ -16,6 +16,7 @@ from pipeline.analysis import (
     onsets_table,
     phase_counts,
     profile_of,
+    remedy_rows,
     select,
     thresholds_table,
     train_phase,
@@ -25,7 +26,7 @@ from pipeline.plots.axes import save_figure, slug
 from pipeline.plots.cascade import counts_gram, directions_diagram, gram_against_rho, onsets_figure
 from pipeline.plots.phase import gram_panels, phase_diagram, thresholds_figure, training_figure
 from pipeline.plots.practised import has_test_split, practised_figure, practised_shapes
-from pipeline.plots.remedies import thresholds_by_remedy
+from pipeline.plots.remedies import tail_by_remedy, thresholds_by_remedy
 from pipeline.sweep.results import STATUS_CODE
 from pipeline.theory.threshold import R_MAX
 
@@ -102,6 +103,15 @@ def write_remedy_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, o
         skipped += [f"{remedy}: {line}" for line in done["skipped"]]
         folders.append((remedy, folder))
     top = save_figure(thresholds_by_remedy(ds)[0], out, "remedies")
+    if "cos_tail_theory" in ds and "rho" in ds.dims:
+        top += save_figure(tail_by_remedy(ds)[0], out, "remedies_tail")
+    if "R" in ds.dims or "rho" in ds.dims:  # per remedy, k and scan value: cosine, collapse, distance to the ETF
+        rows = remedy_rows(ds)
+        with open(out / "remedies.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        top.append(out / "remedies.csv")
     written += top
     lines = [f"# {ds.attrs.get('title', 'clphase results')}: remedies", "",
              f"Conventions: {ds.attrs.get('conventions', '')}", "",
@@ -164,6 +174,7 @@ CAPTIONS = {
     "practised": "In-batch training on a subsampled dataset against the theory, and the tail's test accuracy",
     "directions": "Distinct class directions of the optimum over (k, rho), with the onset curves rho*_m(k)",
     "onsets": "The cascade onsets rho*_m against k",
+    "remedies_tail": "The tail under each remedy: the cosine of the two smallest classes against rho",
     "remedies": "Does a remedy prevent Minority Collapse: the threshold R*(k), or the first onset rho*_2(k), per "
     "remedy",
 }

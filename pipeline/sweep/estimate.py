@@ -97,10 +97,10 @@ def threshold_count(config: SweepConfig) -> int:
     s = config.grid
     smooth = [loss for loss in s.loss if not loss.startswith("triplet")]
     if s.profile == "exp":
-        return len(smooth) * len(s.C) * len(s.k)
+        return len(smooth) * len(s.remedy) * len(s.C) * len(s.k)
     if s.profile == "counts":
         return 0
-    return len(smooth) * len(s.n_major) * len([n for n in s.n_minor if n >= 2]) * len(s.k)
+    return len(smooth) * len(s.remedy) * len(s.n_major) * len([n for n in s.n_minor if n >= 2]) * len(s.k)
 
 
 def threshold_estimate(config: SweepConfig) -> KindEstimate:
@@ -112,13 +112,17 @@ def threshold_estimate(config: SweepConfig) -> KindEstimate:
     count = threshold_count(config)
     if not count:
         return KindEstimate("threshold", 0, 0.0, 0.0)
-    if s.profile == "exp":  # one cascade per (loss, C, k): each C timed once, at the middle k
+    remedies = sorted({s.remedy[0], s.remedy[-1]})  # the plain loss and a remedy: a remedy scans to R_MAX
+    if s.profile == "exp":  # one cascade per (loss, remedy, C, k): each C timed once, at the middle k
         k_mid = s.k[len(s.k) // 2]
-        per_C = [_timed(lambda C=C: cascade(smooth[0], C, k_mid, th.negatives, th.reduction)) for C in s.C]
+        per_C = [_timed(lambda C=C, r=r: cascade(smooth[0], C, k_mid, th.negatives, th.reduction, remedy=r))
+                 for C in s.C for r in remedies]  # fmt: skip
         return KindEstimate("threshold", count, sum(per_C) / len(per_C), max(per_C) * len(s.k))
     minors = [n for n in s.n_minor if n >= 2]
-    one_s = _timed(lambda: minority_threshold(smooth[0], s.n_major[0], minors[-1], s.k[-1], th.negatives, th.reduction))
-    return KindEstimate("threshold", count, one_s, one_s * len(s.k))
+    each = [_timed(lambda r=r: minority_threshold(smooth[0], s.n_major[0], minors[-1], s.k[-1], th.negatives,
+                                                  th.reduction, remedy=r)) for r in remedies]  # fmt: skip
+    one_s = sum(each) / len(each)
+    return KindEstimate("threshold", count, one_s, max(each) * len(s.k))
 
 
 def train_estimate(config: SweepConfig) -> KindEstimate:
