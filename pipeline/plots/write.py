@@ -80,13 +80,18 @@ def write_store_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, ob
     fig, _ = thresholds_figure(ds)
     written += save_figure(fig, out, "thresholds")
     rows = thresholds_table(ds)
-    with open(out / "thresholds.csv", "w", newline="") as f:
+    written.append(write_csv(out / "thresholds.csv", rows))
+    written.append(write_summary(ds, out / "summary.md", rows, skipped, written))
+    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """Rows (dicts with the same keys, at least one) as a CSV file with a header."""
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    written.append(out / "thresholds.csv")
-    written.append(write_summary(ds, out / "summary.md", rows, skipped, written))
-    return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
+    return path
 
 
 def write_remedy_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, object]:
@@ -106,12 +111,7 @@ def write_remedy_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, o
     if "cos_tail_theory" in ds and "rho" in ds.dims:
         top += save_figure(tail_by_remedy(ds)[0], out, "remedies_tail")
     if "R" in ds.dims or "rho" in ds.dims:  # per remedy, k and scan value: cosine, collapse, distance to the ETF
-        rows = remedy_rows(ds)
-        with open(out / "remedies.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        top.append(out / "remedies.csv")
+        top.append(write_csv(out / "remedies.csv", remedy_rows(ds)))
     written += top
     lines = [f"# {ds.attrs.get('title', 'clphase results')}: remedies", "",
              f"Conventions: {ds.attrs.get('conventions', '')}", "",
@@ -249,11 +249,7 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
         written += save_figure(onsets_figure(ds)[0], out, "onsets")
         rows = onsets_table(ds)
         if rows:
-            with open(out / "onsets.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            written.append(out / "onsets.csv")
+            written.append(write_csv(out / "onsets.csv", rows))
         undecided = [r for r in rows if r["status"] == "undecided"]
         if undecided:
             skipped.append(f"{len(undecided)} onsets undecided (the merge test within its error bound or the "
