@@ -94,8 +94,15 @@ def minor_cosine(ds: xr.Dataset) -> xr.DataArray:
     return ds.cos_minor_theory.where(theory_done(ds))
 
 
+def has_thresholds(ds: xr.Dataset) -> bool:
+    """Whether the store computes thresholds (R*, cascade onsets): not with ``theory.thresholds: false``."""
+    return "done_threshold" in ds
+
+
 def threshold_curve(ds: xr.Dataset) -> xr.DataArray:
-    """R*(k) per (loss, n_major, n_minor): inf where none, NaN where pending or not applicable."""
+    """R*(k) per (loss, n_major, n_minor): inf where none, NaN where pending, not applicable or not computed."""
+    if not has_thresholds(ds):
+        return xr.full_like(ds.cos_minor_theory.isel(R=0, drop=True), np.nan)
     done = ds.done_threshold == 1
     ok = done & ds.status_threshold.isin([STATUS_CODE["optimal"], STATUS_CODE["asymptotic"]])
     return ds.R_threshold.where(ok)
@@ -104,11 +111,15 @@ def threshold_curve(ds: xr.Dataset) -> xr.DataArray:
 def threshold_beyond(ds: xr.Dataset) -> xr.DataArray:
     """True where R* lies beyond the scan and is not decided past it (under a remedy: its R -> inf limit is
     not derived), False elsewhere; stored as R* = inf with status ``beyond_range``."""
+    if not has_thresholds(ds):
+        return xr.full_like(ds.cos_minor_theory.isel(R=0, drop=True), False, dtype=bool)
     return (ds.done_threshold == 1) & (ds.status_threshold == STATUS_CODE["beyond_range"])
 
 
 def thresholds_table(ds: xr.Dataset) -> list[dict[str, object]]:
-    """Rows of (loss, n_major, n_minor, k, R_star, status) for CSV export."""
+    """Rows of (loss, n_major, n_minor, k, R_star, status) for CSV export; none without thresholds."""
+    if not has_thresholds(ds):
+        return []
     curve = threshold_curve(ds).load()
     status = ds.status_threshold.load()
     done = ds.done_threshold.load()
@@ -294,7 +305,8 @@ def remedy_rows(ds: xr.Dataset) -> list[dict[str, object]]:
     cosine = (ds.cos_minor_theory if step else ds.cos_tail_theory).where(done).transpose(*dims, scan).values
     gram = ds.gram_theory.where(done).transpose(*dims, scan, "class_i", "class_j").values  # (..., scan, C, C)
     collapsed = ds.collapsed_theory.transpose(*dims, scan).values if step else None
-    if step:
+    R_star_known = step and has_thresholds(ds)
+    if R_star_known:
         names = {code: name for name, code in STATUS_CODE.items()}
         R_star = ds.R_threshold.transpose(*dims).values
         status = ds.status_threshold.where(ds.done_threshold == 1, 0).transpose(*dims).values
@@ -302,7 +314,7 @@ def remedy_rows(ds: xr.Dataset) -> list[dict[str, object]]:
     rows = []
     for idx in np.ndindex(*cosine.shape[:-1]):
         point = {d: _cell(d, coords[a][i]) for a, (d, i) in enumerate(zip(dims, idx, strict=True))}
-        extra = {"R_star": float(R_star[idx]), "R_star_status": names[int(status[idx])]} if step else {}
+        extra = {"R_star": float(R_star[idx]), "R_star_status": names[int(status[idx])]} if R_star_known else {}
         for s_i, value in enumerate(ds[scan].values):
             G = gram[(*idx, s_i)]
             row = {**point, scan: float(value), "cosine": float(cosine[(*idx, s_i)])}

@@ -212,3 +212,24 @@ def test_the_distance_to_the_simplex_etf():
     padded = np.full((6, 6), np.nan)
     padded[:C, :C] = merged
     assert etf_distance(padded) == etf_distance(merged)
+
+
+def test_a_store_without_thresholds_plots_and_keeps_the_science_of_those_with(tmp_path):
+    """``theory.thresholds: false`` drops the threshold task (a C = 10 cascade costs minutes and ends undecided);
+    at its default the science hash is that of stores written before the option existed."""
+    from pipeline.plots.write import write_figures
+
+    assert validate(_step(tmp_path / "a.zarr", None)).science() == validate(
+        {**_step(tmp_path / "a.zarr", None), "theory": {"thresholds": True}}).science()  # fmt: skip
+    with pytest.raises(ConfigError, match="theory.thresholds: 'no': expected true or false"):
+        validate({**_step(tmp_path / "a.zarr", None), "theory": {"thresholds": "no"}})
+    raw = {"name": "e", "store": str(tmp_path / "e.zarr"), "theory": {"thresholds": False},
+           "grid": {"profile": "exp", "loss": ["infonce(tau=0.5)"], "remedy": ["none", "reweight"], "C": [3],
+                    "rho": [1, 100], "k": [4]}}  # fmt: skip
+    ds = xr.open_zarr(theory_store(validate(raw)))
+    assert "rho_onset" not in ds and "done_threshold" not in ds
+    written = {p.name for p in write_figures(str(tmp_path / "e.zarr"), tmp_path / "figs")["written"]}
+    assert {"remedies_tail.png", "remedies.csv", "gram_rho_infonce-tau0.5_C3.png"} <= written
+    step = validate({**_step(tmp_path / "s.zarr", ["none", "ldam"]), "theory": {"thresholds": False}})
+    written = {p.name for p in write_figures(theory_store(step), tmp_path / "sfigs")["written"]}
+    assert "phase_infonce-tau0.5_A2_B2.png" in written and "thresholds.csv" not in written

@@ -120,7 +120,8 @@ def tail_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
         ax.set_title(title, fontsize=6)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    fig.supxlabel("imbalance rho = p_0 / p_{C-1}", fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("imbalance rho = p_0 / p_{C-1}", fontsize=7)
     fig.supylabel("cosine of the two smallest classes (theory)", fontsize=7)
     fig.suptitle("the tail under each remedy: 1 is merged (Minority Collapse of the tail pair)", fontsize=7)
     handles = {}

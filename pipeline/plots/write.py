@@ -12,6 +12,7 @@ import xarray as xr
 from pipeline.analysis import (
     PHASES,
     UNRESOLVED_RTOL,
+    has_thresholds,
     has_training,
     onsets_table,
     phase_counts,
@@ -77,10 +78,10 @@ def write_store_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, ob
         written += save_figure(gram_panels(ds, loss, n_major, n_minor, k_mid), out,
                          f"gram_{slug(loss)}_A{n_major}_B{n_minor}_k{k_name}")  # fmt: skip
     written += practised_figures(ds, out)
-    fig, _ = thresholds_figure(ds)
-    written += save_figure(fig, out, "thresholds")
     rows = thresholds_table(ds)
-    written.append(write_csv(out / "thresholds.csv", rows))
+    if rows:  # not with theory.thresholds: false
+        written += save_figure(thresholds_figure(ds)[0], out, "thresholds")
+        written.append(write_csv(out / "thresholds.csv", rows))
     written.append(write_summary(ds, out / "summary.md", rows, skipped, written))
     return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
 
@@ -107,7 +108,7 @@ def write_remedy_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, o
         written += done["written"]
         skipped += [f"{remedy}: {line}" for line in done["skipped"]]
         folders.append((remedy, folder))
-    top = save_figure(thresholds_by_remedy(ds)[0], out, "remedies")
+    top = save_figure(thresholds_by_remedy(ds)[0], out, "remedies") if has_thresholds(ds) else []
     if "cos_tail_theory" in ds and "rho" in ds.dims:
         top += save_figure(tail_by_remedy(ds)[0], out, "remedies_tail")
     if "R" in ds.dims or "rho" in ds.dims:  # per remedy, k and scan value: cosine, collapse, distance to the ETF
@@ -141,7 +142,10 @@ def write_summary(ds: xr.Dataset, path: Path, rows: list[dict], skipped: list[st
              "| phase | theory points |", "|---|---|"]  # fmt: skip
     lines += [f"| {name} | {counts[name]} |" for name in PHASES
               if name not in ("disagreement", "not_converged", "unresolved")]  # fmt: skip
-    lines += ["", "| loss | K_A | K_B | k | R* | status |", "|---|---|---|---|---|---|"]
+    if rows:
+        lines += ["", "| loss | K_A | K_B | k | R* | status |", "|---|---|---|---|---|---|"]
+    else:
+        lines += ["", "No thresholds R* in this store (theory.thresholds: false)."]
     for row in rows:
         R_star = "inf" if np.isinf(row["R_star"]) else ("" if np.isnan(row["R_star"]) else f"{row['R_star']:.4g}")
         R_star = f"> {R_MAX:.0e}" if row["status"] == "beyond_range" else R_star  # apart up to R_MAX, undecided past
@@ -243,6 +247,9 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
             if n_pending:
                 skipped.append(f"{loss} C={C}: {n_pending} theory points pending (hatched)")
             written += save_figure(gram_against_rho(ds, loss, C), out, f"gram_rho_{slug(loss)}_C{C}")
+            if "remedy" in ds.coords and ds.remedy.item() != "none":  # the split test is the paper's loss's
+                skipped.append(f"{loss} C={C}: no directions diagram: merges are not decided under a remedy")
+                continue
             written += save_figure(directions_diagram(ds, loss, C)[0], out, f"directions_{slug(loss)}_C{C}")
     written += practised_figures(ds, out)
     if "rho_onset" in ds:

@@ -135,6 +135,9 @@ class TheorySpec:
     solver: str = "auto"  # auto | symmetric | full | rank
     negatives: str = "marginal"  # marginal | other
     reduction: str = "sum"  # sum | mean
+    # false: no threshold task (R*, cascade onsets); the cascade of a large C costs minutes a (loss, k) and, past
+    # the tail's float64 resolution, ends undecided
+    thresholds: bool = True
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,8 @@ class SweepConfig:
     def science(self) -> dict[str, Any]:
         """The fields that determine the store's contents and layout (compared on resume)."""
         science = {"grid": self.grid.science(), "theory": asdict(self.theory), "batch.points": self.batch.points}
+        if self.theory.thresholds:  # added later: at its default, stores written before still match
+            science["theory"].pop("thresholds")
         science["train"] = None if self.train is None else asdict(self.train)
         if self.losses:  # a registered loss's definition: another phi under the same name is another store
             science["losses"] = loss_definitions(self.losses)
@@ -499,6 +504,7 @@ def validate(raw: Any) -> SweepConfig:
         solver=_choice("theory.solver", theory_raw.get("solver", "auto"), SOLVERS, problems),
         negatives=_choice("theory.negatives", theory_raw.get("negatives", "marginal"), NEGATIVES, problems),
         reduction=_choice("theory.reduction", theory_raw.get("reduction", "sum"), REDUCTIONS, problems),
+        thresholds=_flag("theory.thresholds", theory_raw.get("thresholds", True), problems),
     )
     if axes.get("remedy", ("none",)) != ("none",) and theory.solver not in REMEDY_SOLVERS:
         problems.append(f"theory.solver: {theory.solver!r}: grid.remedy is solved by the group reduction or the "
@@ -575,6 +581,13 @@ def _check_gram_memory(grid: GridSpec, batch: BatchSpec) -> None:
                            f"{need / 2**30:.3g} GiB of C x C Gram matrices, more than {GRAM_MEMORY_SHARE:.0%} of this "
                            f"machine's {physical_memory() / 2**30:.0f} GiB; expected at most {fit} classes at "
                            "this batch.points (or lower batch.points)"])  # fmt: skip
+
+
+def _flag(where: str, value: Any, problems: list[str]) -> bool:
+    if not isinstance(value, bool):
+        problems.append(f"{where}: {value!r}: expected true or false")
+        return True
+    return value
 
 
 def _optional_str(where: str, value: Any, problems: list[str]) -> str | None:

@@ -24,9 +24,10 @@ KINDS = ("theory", "threshold", "train")
 
 def kinds(config: SweepConfig) -> tuple[str, ...]:
     """Task kinds of a sweep: training only with a ``train`` section; no threshold for counts profiles
-    (no axis to scan)."""
+    (no axis to scan) or where ``theory.thresholds`` is false."""
     out = KINDS if config.train is not None else KINDS[:2]
-    return tuple(k for k in out if not (k == "threshold" and config.grid.profile == "counts"))
+    no_threshold = config.grid.profile == "counts" or not config.theory.thresholds
+    return tuple(k for k in out if not (k == "threshold" and no_threshold))
 
 
 @dataclass(frozen=True)
