@@ -221,7 +221,7 @@ def test_a_store_without_thresholds_plots_and_keeps_the_science_of_those_with(tm
 
     assert validate(_step(tmp_path / "a.zarr", None)).science() == validate(
         {**_step(tmp_path / "a.zarr", None), "theory": {"thresholds": True}}).science()  # fmt: skip
-    with pytest.raises(ConfigError, match="theory.thresholds: 'no': expected true or false"):
+    with pytest.raises(ConfigError, match=r"theory\.thresholds: 'no': expected true or false"):
         validate({**_step(tmp_path / "a.zarr", None), "theory": {"thresholds": "no"}})
     raw = {"name": "e", "store": str(tmp_path / "e.zarr"), "theory": {"thresholds": False},
            "grid": {"profile": "exp", "loss": ["infonce(tau=0.5)"], "remedy": ["none", "reweight"], "C": [3],
