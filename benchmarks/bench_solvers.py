@@ -212,7 +212,7 @@ def profiles() -> None:
 
 
 REMEDY_CASES = ["none", "reweight(gamma=1)", "balanced_negatives", "logit_adjust(t=1)", "ldam(m=0.5)",
-                "class_tau(gamma=0.5)",
+                "class_tau(gamma=0.5)", "class_tau(gamma=1)",
                 "reweight(gamma=0.5) + balanced_negatives + logit_adjust(t=1) + class_tau(gamma=1)"]
 
 
