@@ -716,18 +716,14 @@ def _canonical_remedy(value: Any) -> Any:
 
 
 def _check_remedy_training(remedies: tuple[str, ...], train: TrainSpec, problems: list[str]) -> None:
-    """Training applies a remedy with i.i.d. negatives: anchor weights and the negatives' distribution in every
-    estimator, shifts and temperatures per negative class in ``expected`` and ``exact`` only."""
+    """Training applies a remedy with i.i.d. negatives (anchor weights, the negatives' distribution, shifts and
+    temperatures per negative class, in every estimator); in-batch training does not yet."""
     chosen = [parse_remedy(spec) for spec in train.select.get("remedy", remedies)]
     if all(remedy.is_none for remedy in chosen):
         return
     if train.negatives_from == "batch":
         problems.append("train.negatives_from: 'batch': in-batch training does not apply remedies yet; expected "
                         "'iid', or train.select.remedy: [none]")  # fmt: skip
-    per_class = [r.spec for r in chosen if r.shift is not None or r.class_tau is not None]
-    if train.estimator == "sampled" and per_class:
-        problems.append(f"train.estimator: 'sampled': the shifts and temperatures of {per_class[0]!r} act per "
-                        "negative class; expected 'expected' or 'exact' (free features)")  # fmt: skip
 
 
 def _batch_fields(raw: dict[str, Any], model: str, trained_k: tuple, n_max: int | None, problems: list[str]) -> None:

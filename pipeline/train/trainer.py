@@ -223,11 +223,9 @@ def _train_stack(
     # class distribution of one negative, by run and anchor class
     base = [r.remedy.negative_base(r.p) for r in runs]  # p, or a remedy's balanced negatives
     q_neg = np.stack([negative_distribution(b, r.negatives) for b, r in zip(base, runs, strict=True)])  # (B, C, C)
-    affine = _phi_affine(runs, rows, y_a, device)  # a remedy's phi_cj: (delta, scale) per anchor and class, or None
+    tables = _phi_affine(runs, device)  # a remedy's phi_cj: (delta, scale) tables (B, C, C), or None
+    affine = tuple(None if t is None else t[rows, y_a] for t in tables)  # (B, M, C) by anchor and negative class
     if spec.estimator == "sampled":
-        if affine != (None, None):
-            raise ValueError(f"estimator 'sampled' under remedy {first.remedy.spec!r}: its shifts and temperatures "
-                             "act per negative class; use estimator 'expected' or 'exact'")  # fmt: skip
         objective = Objective(loss_fn, rho, k, w)
         if first.negatives == "other":  # one alias table per run and anchor class
             negatives = AliasSampler(q_neg.reshape(B * C, C), n, device)
@@ -243,7 +241,7 @@ def _train_stack(
         if route in ("linear", "limit"):
             objective = Objective(loss_fn, rho, k, w, q_a, delta=delta, scale=scale)
         elif route == "transform":  # nodes for every z in [-2, 2]: x = rho phi_cj(z) <= rho phi(s_max (2 + d_max))
-            reach = 2.0 if affine == (None, None) else _affine_reach(runs)
+            reach = 2.0 if all(t is None for t in tables) else _affine_reach(runs)
             x_max = rho * max(float(r.loss.phi(reach)) for r in runs)
             t = torch.tensor(np.array(transform_nodes(k, x_max)), dtype=torch.float32, device=device)
             objective = Objective(loss_fn, rho, k, w, q_a, nodes=t, delta=delta, scale=scale)
@@ -258,17 +256,22 @@ def _train_stack(
 
     def gradient() -> torch.Tensor:
         """The training objective of one fresh batch per run (B,); its gradient left in the parameters."""
+        step_objective = objective
         place = torch.randint(n, (B, M), device=device)  # (B, M): each anchor's sample in its class
         shift = torch.randint(1, n, (B, M), device=device) if n > 1 else 0
         i_a = first_row_a + place  # (B, M) flat rows
         i_p = first_row_a + (place + shift) % n  # another sample of the class (itself when n = 1)
         if spec.estimator == "sampled":
             i_n = negatives.sample(table_of_anchor, k) + offsets[..., None]  # (B, M, k)
+            if any(t is not None for t in tables):  # a remedy's phi_cj at each drawn negative's class
+                y_n = (i_n - offsets[..., None]) // n  # (B, M, k)
+                delta, scale = (None if t is None else t[rows[..., None], y_a[..., None], y_n] for t in tables)
+                step_objective = replace(objective, delta=delta, scale=scale)
         else:
             i_n = first_row_n + torch.randint(n, (B, M, C), device=device)  # (B, M, C)
         H = embeddings()  # (B, N, d)
         F, r = normalize(H.detach())  # (B, N, d), (B, N, 1)
-        per_run, grad_F = contrastive_grad(F, i_a, i_p, i_n, objective.terms, kernel)
+        per_run, grad_F = contrastive_grad(F, i_a, i_p, i_n, step_objective.terms, kernel)
         grad_H = normalize_backward(F, r, grad_F)  # (B, N, d)
         if spec.model == "ufm":
             W.grad = grad_H
@@ -294,19 +297,13 @@ def _train_stack(
             for b, run in enumerate(runs)]  # fmt: skip
 
 
-def _phi_affine(runs: list[Run], rows: torch.Tensor, y_a: torch.Tensor,
-                device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
-    """A remedy's phi_cj(t) = phi(scale_cj (t + delta_cj)) gathered by each anchor's class: (delta (B, M, C),
-    scale (B, M, C)), each None where the runs' remedy has none (the expected estimator's K = C columns are the
-    negatives' classes)."""
+def _phi_affine(runs: list[Run], device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A remedy's phi_cj(t) = phi(scale_cj (t + delta_cj)) per run: (delta (B, C, C), scale (B, C, C)), rows the
+    anchor's class and columns the negative's, each None where the runs' remedy has none."""
     parts = [r.remedy.phi_affine(r.p, r.loss) for r in runs]  # [(delta (C, C) | None, scale (C, C) | None)]
-    out = []
-    for i in range(2):
-        if parts[0][i] is None:
-            out.append(None)
-            continue
-        table = torch.tensor(np.stack([part[i] for part in parts]), dtype=torch.float32, device=device)  # (B, C, C)
-        out.append(table[rows, y_a])  # (B, M, C)
+    out = [None if parts[0][i] is None else
+           torch.tensor(np.stack([part[i] for part in parts]), dtype=torch.float32, device=device)
+           for i in range(2)]  # fmt: skip
     return out[0], out[1]
 
 
