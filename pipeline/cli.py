@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from pipeline.errors import InputError, SweepStoppedError
 from pipeline.theory.losses import LOSS_HELP, NEGATIVES, REDUCTIONS
-from pipeline.theory.profiles import Exp, Profile, Step, parse_profile
+from pipeline.theory.profiles import Counts, Exp, Profile, Step, counts_text, parse_profile
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,6 +180,8 @@ def solve_report(solution, profile: Profile, full_gram: bool = False) -> list[st
              f"gap {solution.gap:.2e} (relative {solution.gap_rel:.2e})"]  # fmt: skip
     labels = profile.labels()
     order = "head first" if isinstance(profile, (Exp, Step)) else "classes in the order given"
+    if isinstance(profile, Counts) and profile.origin is not None:  # a preset: the counts it stands for
+        lines.insert(1, f"counts ({profile.C} classes, {order}): {counts_text(profile.counts)}")
     if profile.two_groups() is not None:
         lines.append(f"cosines: a (majority-majority) {_fmt(solution.a)}  b (majority-minority) {_fmt(solution.b)}  "
                      f"c (minority-minority) {_fmt(solution.c)}")  # fmt: skip

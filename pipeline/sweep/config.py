@@ -26,7 +26,7 @@ from pipeline.theory.inbatch import POSITIVES
 from pipeline.theory.losses import NEGATIVES, PSI_FAMILIES, REDUCTIONS, Loss, parse_loss
 from pipeline.theory.problem import check_k
 from pipeline.theory.profiles import SWEEP_AXES as PROFILE_AXES
-from pipeline.theory.profiles import Counts, Exp, Profile, Step
+from pipeline.theory.profiles import Counts, Exp, Profile, Step, parse_profile
 from pipeline.theory.remedies import parse_remedy
 from pipeline.theory.solution import SOLVERS
 from pipeline.train.inputs import ENCODERS
@@ -310,8 +310,8 @@ def _expand_R(raw: Any, problems: list[str], name: str = "R", cap: int | None = 
 def _counts_axis(raw: Any, problems: list[str]) -> tuple:
     """``grid.counts``: a mapping name -> class counts (or proportions) of a dataset."""
     if not isinstance(raw, dict) or not raw:
-        problems.append(f"grid.counts: {raw!r}: expected a mapping name -> list of class counts, "
-                        "e.g. {cifar10_lt: [5000, 2997, 1796]}")  # fmt: skip
+        problems.append(f"grid.counts: {raw!r}: expected a mapping name -> list of class counts or a preset, "
+                        "e.g. {cifar10_lt: [5000, 2997, 1796], cifar100_lt: 'cifar_lt(C=100, rho=100)'}")  # fmt: skip
         return ()
     out = []
     for name, counts in raw.items():
@@ -319,6 +319,12 @@ def _counts_axis(raw: Any, problems: list[str]) -> tuple:
             problems.append(f"grid.counts: {name!r}: expected a name of letters, digits, '-' and '_'")
             continue
         try:
+            if isinstance(counts, str):  # a preset, e.g. cifar_lt(C=100, rho=100): stored as its counts
+                profile = parse_profile(counts)
+                if not isinstance(profile, Counts):
+                    raise InputError("profile", counts, "a counts preset: cifar_lt(...), pareto(...), counts_file(...)")
+                out.append((name, profile.counts))
+                continue
             out.append((name, Counts(tuple(counts) if isinstance(counts, list) else (counts,)).counts))
         except InputError as err:
             problems.append(f"grid.counts.{name}: {err.field}: {err.value!r}: expected {err.allowed}")

@@ -10,6 +10,15 @@ its class labels. Three kinds, each written the way the command line and the con
 - ``counts(5000, 2997, 1796)`` or ``counts(cat=5000, dog=2997)``: measured class counts (or
   proportions) of a dataset, kept in the order given; keywords name the classes.
 
+Presets give the counts of the long-tail benchmarks, as counts profiles that keep the preset's spec:
+
+- ``cifar_lt(C=10, rho=100, n_max=5000)``: CIFAR-10/100-LT's integer counts, floor(n_max rho^(-c / (C - 1)))
+  as its generator computes them (n_max defaults to 5000 for C = 10 and 500 for C = 100);
+- ``pareto(C=1000, alpha=6, n_max=1280, n_min=5, seed=0)``: ImageNet-LT's shape: C draws of a Pareto(alpha)
+  variable (numpy's ``pareto``, seeded), sorted head first and mapped affinely onto [n_min, n_max], floored;
+- ``counts_file('counts.txt')`` or ``counts_file('sizes.csv', column='n')``: measured counts, one a line, or a
+  column of a CSV file (by header name or 0-based index).
+
 Examples
 --------
 >>> parse_profile("exp(C=3, rho=4)").proportions().round(4).tolist()
@@ -37,7 +46,8 @@ SWEEP_AXES: dict[str, tuple[str, ...]] = {"step": ("R", "n_major", "n_minor"), "
                                           "counts": ("counts",)}  # fmt: skip
 # the sweep axis theory chunks run along, and the one a threshold scans (counts: none to scan)
 SCAN_AXIS: dict[str, str] = {"step": "R", "exp": "rho", "counts": "counts"}
-SPEC_HELP = "step(K_A=2, K_B=2, R=100), exp(C=10, rho=100) or counts(5000, 2997, ...)"
+SPEC_HELP = ("step(K_A=2, K_B=2, R=100), exp(C=10, rho=100), counts(5000, 2997, ...), or a preset: "
+             "cifar_lt(C=10, rho=100), pareto(C=1000, alpha=6, n_max=1280, n_min=5), counts_file('counts.txt')")
 
 
 def _number(field: str, value: Any, allowed: str) -> float:
@@ -238,6 +248,7 @@ class Counts(Profile):
 
     counts: tuple[float, ...]
     names: tuple[str, ...] | None = None
+    origin: str | None = None  # the preset that made the counts (its spec is the profile's), e.g. cifar_lt(...)
     kind: ClassVar[str] = "counts"
 
     def __post_init__(self) -> None:
@@ -288,6 +299,8 @@ class Counts(Profile):
 
     @property
     def spec(self) -> str:
+        if self.origin is not None:
+            return self.origin
         if self.names is None:
             return f"counts({', '.join(_fmt(n) for n in self.counts)})"
         return f"counts({', '.join(f'{a}={_fmt(n)}' for a, n in zip(self.names, self.counts, strict=True))})"
@@ -296,8 +309,119 @@ class Counts(Profile):
         return list(self.names) if self.names is not None else super().labels()
 
 
+def counts_text(counts: tuple[float, ...], shown: int = 6) -> str:
+    """Class counts for a line of output: all of them, or the first and last ``shown`` of many."""
+    items = [_fmt(n) for n in counts]
+    if len(items) > 2 * shown + 1:
+        items = [*items[:shown], f"... ({len(items) - 2 * shown} more) ...", *items[-shown:]]
+    return ", ".join(items)
+
+
+def _preset_spec(kind: str, params: dict[str, Any]) -> str:
+    return f"{kind}({', '.join(f'{k}={v!r}' if isinstance(v, str) else f'{k}={_fmt(v)}' for k, v in params.items())})"
+
+
+def cifar_lt(C: Any, rho: Any, n_max: Any = None) -> Counts:
+    """CIFAR-10/100-LT's class counts (module docstring); n_max defaults to CIFAR's 5000 (C = 10) or 500 (C = 100).
+
+    >>> cifar_lt(10, 100).counts[-1]
+    50.0
+    """
+    C = _integer("C", C, 2)
+    if n_max is None:
+        if C not in (10, 100):
+            raise InputError("n_max", None, f"the head class's count for C = {C} (CIFAR's defaults: C = 10, 100)")
+        n_max = 5000 if C == 10 else 500
+    rho = _ratio("rho", rho, "rho = n_0 / n_{C-1}")
+    counts = Exp(C, rho).integer_counts(_integer("n_max", n_max, MIN_CLASS_COUNT))
+    return Counts(tuple(float(n) for n in counts), origin=_preset_spec("cifar_lt", {"C": C, "rho": rho,
+                                                                                    "n_max": int(n_max)}))  # fmt: skip
+
+
+def pareto(C: Any, alpha: Any, n_max: Any, n_min: Any, seed: Any = 0) -> Counts:
+    """ImageNet-LT's shape of class sizes (module docstring): seeded Pareto(alpha) draws onto [n_min, n_max]."""
+    C = _integer("C", C, 2)
+    alpha = _number("alpha", alpha, "a positive number (the Pareto shape; ImageNet-LT: 6)")
+    if alpha <= 0:
+        raise InputError("alpha", alpha, "a positive number (the Pareto shape; ImageNet-LT: 6)")
+    n_min = _integer("n_min", n_min, MIN_CLASS_COUNT)
+    n_max = _integer("n_max", n_max, n_min + 1)
+    seed = _integer("seed", seed, 0)
+    x = np.sort(np.random.default_rng(seed).pareto(alpha, C))[::-1]  # (C,) head first
+    scaled = n_min + (x - x[-1]) / (x[0] - x[-1]) * (n_max - n_min)  # the largest -> n_max, the smallest -> n_min
+    counts = np.floor(scaled + 1e-9).astype(np.int64)
+    spec = _preset_spec("pareto", {"C": C, "alpha": alpha, "n_max": n_max, "n_min": n_min, "seed": seed})
+    return Counts(tuple(float(n) for n in counts), origin=spec)
+
+
+MAX_COUNTS_FILE_BYTES = 8 << 20  # one count a line for iNaturalist's 8142 classes is 40 KB
+
+
+def counts_file(path: Any, column: Any = None) -> Counts:
+    """Class counts from a file: one number a line, or ``column`` of a CSV file (header name or 0-based index)."""
+    import csv
+    import io
+
+    if not isinstance(path, str) or not path:
+        raise InputError("counts_file", path, "a path, quoted: counts_file('counts.txt')")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_COUNTS_FILE_BYTES + 1)
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError("counts_file", path, f"a readable UTF-8 file of class counts ({err})") from None
+    if len(data) > MAX_COUNTS_FILE_BYTES:
+        raise InputError("counts_file", path, f"at most {MAX_COUNTS_FILE_BYTES >> 20} MiB of class counts")
+    rows = [row for row in csv.reader(io.StringIO(text)) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise InputError("counts_file", path, "at least two class counts")
+    if column is None and any(len(row) > 1 for row in rows):
+        raise InputError("counts_file", path, "one count a line, or a column: counts_file(path, column='n')")
+    has_header = not all(_is_number(cell) for cell in rows[0])  # a first row of names
+    j = 0 if column is None else _index(rows[0] if has_header else [], column, len(rows[0]), path)
+    values = []
+    for line, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
+        cell = row[j].strip() if j < len(row) else ""
+        if not _is_number(cell):
+            raise InputError("counts_file", path, f"a number at row {line}, column {j} (got {cell!r})")
+        values.append(float(cell))
+    params = {"path": path} if column is None else {"path": path, "column": column}
+    return Counts(tuple(values), origin=_preset_spec("counts_file", params))
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _index(header: list[str], column: Any, width: int, path: str) -> int:
+    """The 0-based index of ``column`` in rows ``width`` wide: an index, or a name of the ``header`` row."""
+    if isinstance(column, int) and not isinstance(column, bool) and 0 <= column < width:
+        return column
+    names = [cell.strip() for cell in header]
+    if isinstance(column, str) and column in names:
+        return names.index(column)
+    named = f" or one of {names}" if names else " (the file has no header row)"
+    raise InputError("column", column, f"a column of {path}: an index 0..{width - 1}{named}")
+
+
+PRESETS: dict[str, Callable[..., Counts]] = {"cifar_lt": cifar_lt, "pareto": pareto, "counts_file": counts_file}
+
+
 def make_profile(kind: str, *args: Any, **params: Any) -> Profile:
     """A profile from its kind and parameters, each checked (one :class:`InputError` per bad field)."""
+    if kind in PRESETS:
+        import inspect
+
+        signature = inspect.signature(PRESETS[kind])
+        try:
+            bound = signature.bind(*args, **params)
+        except TypeError as err:
+            raise InputError("profile", kind, f"{kind}({', '.join(signature.parameters)}) ({err})") from None
+        return PRESETS[kind](*bound.args, **bound.kwargs)
     if kind not in PROFILE_KINDS:
         raise InputError("profile", kind, f"one of {', '.join(PROFILE_KINDS)}: {SPEC_HELP}")
     if kind == "counts":
@@ -353,8 +477,8 @@ def parse_profile(text: str | Profile) -> Profile:
             return ast.unparse(arg)  # a name or expression: reported by the field's check
 
     kind = node.func.id
-    if kind not in PROFILE_KINDS:
-        raise InputError("profile", kind, f"one of {', '.join(PROFILE_KINDS)}: {SPEC_HELP}")
+    if kind not in PROFILE_KINDS and kind not in PRESETS:
+        raise InputError("profile", kind, f"one of {', '.join((*PROFILE_KINDS, *PRESETS))}: {SPEC_HELP}")
     args = [value(a) for a in node.args]
     names = [kw.arg for kw in node.keywords if kw.arg is not None]
     twice = sorted({name for name in names if names.count(name) > 1})
