@@ -351,9 +351,10 @@ def registered_losses() -> dict[str, Loss]:
 
 
 def install_losses(losses: tuple[Loss, ...]) -> None:
-    """Register losses made elsewhere (a sweep's workers receive the client's registered losses with the config)."""
+    """Register losses made elsewhere: a sweep's workers receive the client's registered losses with the config,
+    which is authoritative (a long-lived worker may hold another phi under the same name from an earlier sweep)."""
     for loss in losses:
-        _REGISTRY.setdefault(loss.name, loss)
+        _REGISTRY[loss.name] = loss
 
 
 def make_loss(name: str, **params: float) -> Loss:
