@@ -408,7 +408,8 @@ def parse_loss(loss_id: str | Loss) -> Loss:
     if name in _REGISTRY:
         raise InputError("loss", loss_id, f"the registered loss {name!r} without parameters")
     if name not in _BUILTINS:
-        mine = f"; registered: {', '.join(_REGISTRY)}" if _REGISTRY else ""
+        mine = (f"; registered: {', '.join(_REGISTRY)}" if _REGISTRY else
+                "; or a loss of your own: pipeline.register_loss, and CLPHASE_LOSSES=file.py on the command line")
         raise InputError("loss", loss_id, f"a loss named one of {', '.join(LOSS_NAMES)} ({LOSS_HELP}){mine}")
     params: dict[str, float] = {}
     if args:
