@@ -43,7 +43,7 @@ def solve(loss: str | Loss, profile: str | Profile, k: int | float | str, *, neg
     remedy : str, optional
         A remedy against Minority Collapse, e.g. ``'reweight(gamma=1) + logit_adjust(t=1)'``
         (:mod:`pipeline.theory.remedies`; solved by the group reduction or the oblique solver, smooth losses,
-        d >= C; ``directions`` is not reported under a remedy yet).
+        d >= C; ``directions`` by the split test of the remedied objective, or its c = 1 criterion).
 
     Returns
     -------
@@ -73,8 +73,7 @@ def solve(loss: str | Loss, profile: str | Profile, k: int | float | str, *, neg
     problem = Problem.from_profile(loss, profile, k, negatives, reduction, remedy=remedy)
     solution = solve_problem(problem, solver, dim, seed)
     solution.classes = profile.labels()
-    plain = problem.remedy.is_none  # directions under a remedy: not checked yet, so not reported
-    if plain and solution.status != "error" and solution.solver != "rank" and problem.loss.smooth:
+    if solution.status != "error" and solution.solver != "rank" and problem.loss.smooth:
         solution.directions = directions(problem, solution)
     return solution
 

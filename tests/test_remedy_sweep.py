@@ -81,9 +81,28 @@ def test_exp_stores_sweep_remedies_through_the_cascade(tmp_path):
     for remedy in ("none", "reweight(gamma=1)"):
         expected = cascade("infonce(tau=0.5)", 3, 4, remedy=remedy).onsets[0].rho_star
         assert float(ds.rho_onset.sel(remedy=remedy, onset=2).squeeze()) == expected
-    # the split test is derived for the paper's loss: directions are not reported under a remedy
-    assert np.isfinite(ds.directions_theory.sel(remedy="none").values).all()
-    assert np.isnan(ds.directions_theory.sel(remedy="reweight(gamma=1)").values).all()
+    # directions, from the split test of each remedy's objective: 3 apart below its onset, 2 above it
+    for remedy in ("none", "reweight(gamma=1)"):
+        rho_star = float(ds.rho_onset.sel(remedy=remedy, onset=2).squeeze())
+        count = ds.directions_theory.sel(remedy=remedy).squeeze()  # over rho = 1, 100
+        expected = [3 if rho < rho_star else 2 for rho in (1, 100)]
+        assert count.values.tolist() == expected, (remedy, rho_star, count.values)
+
+
+@pytest.mark.parametrize("remedy", ["reweight(gamma=1)", "logit_adjust(t=1)", "balanced_negatives + ldam(m=0.5)"])
+def test_directions_under_a_remedy_change_at_its_cascade_onset(remedy):
+    """The split test on the remedied objective (its KKT matrix at the merged geometry) agrees with the cascade,
+    whose onsets tests/test_remedies.py confirms by unrestricted solves: at rho*(1 - 1e-3) the three classes of
+    exp(C = 3) point three ways, at rho*(1 + 1e-3) the two smallest share one, each merge decided."""
+    from pipeline.theory.cascade import cascade
+
+    onset = cascade("infonce(tau=0.5)", 3, 4, remedy=remedy).onsets[0]
+    assert onset.status == "optimal"
+    below = api.solve("infonce(tau=0.5)", f"exp(C=3, rho={onset.rho_star * (1 - 1e-3)})", 4, remedy=remedy)
+    above = api.solve("infonce(tau=0.5)", f"exp(C=3, rho={onset.rho_star * (1 + 1e-3)})", 4, remedy=remedy)
+    assert below.directions.count == 3
+    assert above.directions.count == 2 and [t.merged for t in above.directions.tests] == [True]
+    assert above.directions.tests[0].members == (1, 2)
 
 
 def test_training_applies_the_remedy_and_reaches_its_optimum(tmp_path):

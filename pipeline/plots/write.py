@@ -247,9 +247,6 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
             if n_pending:
                 skipped.append(f"{loss} C={C}: {n_pending} theory points pending (hatched)")
             written += save_figure(gram_against_rho(ds, loss, C), out, f"gram_rho_{slug(loss)}_C{C}")
-            if "remedy" in ds.coords and ds.remedy.item() != "none":  # the split test is the paper's loss's
-                skipped.append(f"{loss} C={C}: no directions diagram: merges are not decided under a remedy")
-                continue
             written += save_figure(directions_diagram(ds, loss, C)[0], out, f"directions_{slug(loss)}_C{C}")
     written += practised_figures(ds, out)
     if "rho_onset" in ds:

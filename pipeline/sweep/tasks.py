@@ -89,9 +89,7 @@ def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None 
             problem = point_problem(config, pt)
             solution, used_fallback = solve_with_fallback(problem, theory.solver)
             if grid.profile != "step":
-                # the split test is derived for the paper's loss: not reported under a remedy (NaN)
-                plain = problem.loss.smooth and problem.remedy.is_none
-                directions = distinct_directions(problem, solution.G) if plain else None
+                directions = distinct_directions(problem, solution.G) if problem.loss.smooth else None
         except Exception:
             out["status_theory"][idx] = STATUS_CODE["error"]
             out["time_theory"][idx] = time.perf_counter() - start
