@@ -42,8 +42,9 @@ def solve(loss: str | Loss, profile: str | Profile, k: int | float | str, *, neg
         Seed of the rank solver's restarts.
     remedy : str, optional
         A remedy against Minority Collapse, e.g. ``'reweight(gamma=1) + logit_adjust(t=1)'``
-        (:mod:`pipeline.theory.remedies`; solved by the group reduction or the oblique solver, smooth losses,
-        d >= C; ``directions`` by the split test of the remedied objective, or its c = 1 criterion).
+        (:mod:`pipeline.theory.remedies`; solved by the group reduction, the oblique solver or, for d < C, the
+        rank solver, smooth losses; ``directions`` by the split test of the remedied objective, or its c = 1
+        criterion).
 
     Returns
     -------

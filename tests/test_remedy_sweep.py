@@ -171,7 +171,7 @@ def test_remedies_the_solver_or_the_trainer_does_not_apply_are_refused(tmp_path)
     base = tmp_path / "c.yaml"
     base.write_text(yaml.safe_dump(_step(tmp_path / "never.zarr", ["none", "ldam"])))
     cases = {
-        ("theory.solver=full",): "theory.solver: 'full': grid.remedy is solved by the group reduction",
+        ("theory.solver=full",): "theory.solver: 'full': grid.remedy is solved by the group reduction, the",
         ("grid.k=[4]", "train={negatives_from: batch, n_max: 50}"): "train.negatives_from: 'batch': in-batch "
                                                                     "training does not apply remedies yet",
     }  # fmt: skip
@@ -274,3 +274,21 @@ def test_the_training_loss_under_a_remedy_estimates_the_remedied_objective(tmp_p
     assert float(ds.dist_to_theory.max()) < 1e-5  # still at the optimum
     relative = abs(ds.loss_train / ds.objective_theory - 1)
     assert float(relative.max()) < (5e-3 if estimator == "sampled" else 1e-5), relative.values
+
+
+@pytest.mark.parametrize("remedy", ["reweight(gamma=1)", "logit_adjust(t=1) + class_tau(gamma=0.5)"])
+def test_the_rank_solver_takes_a_remedy(remedy):
+    """d >= C: the rank-d solver reaches the convex optimum of the remedied objective; d < C: its objective lies
+    above the convex bound and is no worse than refining many random starts of the same objective."""
+    from pipeline.theory.problem import Problem
+    from pipeline.theory.rank import refine
+
+    convex = api.solve("infonce(tau=0.5)", "exp(C=4, rho=100)", 4, remedy=remedy)
+    full_rank = api.solve("infonce(tau=0.5)", "exp(C=4, rho=100)", 4, remedy=remedy, dim=4, solver="rank")
+    assert full_rank.objective == pytest.approx(convex.objective, abs=1e-10)
+    low = api.solve("infonce(tau=0.5)", "exp(C=4, rho=100)", 4, remedy=remedy, dim=2)
+    assert low.solver == "rank" and low.objective >= convex.objective - 1e-12
+    problem = Problem.from_profile("infonce(tau=0.5)", "exp(C=4, rho=100)", 4, remedy=remedy)
+    rng = np.random.default_rng(1)
+    best = min(refine(problem, rng.standard_normal((2, 4)))[1] for _ in range(20))  # the objective of each end
+    assert low.objective <= best + 1e-9

@@ -363,7 +363,7 @@ def _axis(name: str, raw: Any, problems: list[str], kind: type, minimum: float) 
     return tuple(sorted(out))
 
 
-REMEDY_SOLVERS = ("auto", "symmetric", "oblique")  # the solvers that take a remedy (pipeline.theory.dispatch)
+REMEDY_SOLVERS = ("auto", "symmetric", "oblique", "rank")  # the solvers that take a remedy (pipeline.theory.dispatch)
 
 
 def _remedy_axis(raw: Any, losses: list[str], problems: list[str]) -> tuple[str, ...]:
@@ -513,8 +513,8 @@ def validate(raw: Any) -> SweepConfig:
         thresholds=_flag("theory.thresholds", theory_raw.get("thresholds", True), problems),
     )
     if axes.get("remedy", ("none",)) != ("none",) and theory.solver not in REMEDY_SOLVERS:
-        problems.append(f"theory.solver: {theory.solver!r}: grid.remedy is solved by the group reduction or the "
-                        f"oblique solver; expected one of {', '.join(REMEDY_SOLVERS)}")  # fmt: skip
+        problems.append(f"theory.solver: {theory.solver!r}: grid.remedy is solved by the group reduction, the "
+                        f"oblique or the rank solver; expected one of {', '.join(REMEDY_SOLVERS)}")  # fmt: skip
     batch_raw = _section("batch", raw.get("batch"), problems)
     batch = BatchSpec(
         points=_int_field("batch.points", batch_raw.get("points", 64), 1, problems),

@@ -23,10 +23,10 @@ SYMMETRIC_MAX_GROUPS = 4
 def choose_solver(problem: Problem, dim: int | None = None) -> str:
     """The solver ``auto`` picks for a problem (see :func:`solve`)."""
     _, K, _ = problem.groups()
-    if not problem.remedy.is_none and not (problem.two_groups() is not None or len(K) <= 2):
-        return "oblique"  # the group reduction takes a remedy for two proportion groups; the oblique for any
     if dim is not None and dim < problem.C:
         return "rank"
+    if not problem.remedy.is_none and not (problem.two_groups() is not None or len(K) <= 2):
+        return "oblique"  # the group reduction takes a remedy for two proportion groups; the oblique for any
     if not problem.loss.smooth and len(K) > 2 and problem.two_groups() is None:
         return "full"
     if problem.two_groups() is not None or len(K) <= 2 or (len(K) <= SYMMETRIC_MAX_GROUPS and K.max() > 1):
@@ -62,10 +62,10 @@ def solve(problem: Problem, solver: SolverName = "auto", dim: int | None = None,
         dim = check_int("dim", dim, 1)
     if solver == "auto":
         solver = choose_solver(problem, dim)
-    if not problem.remedy.is_none and (solver not in ("oblique", "symmetric") or not problem.loss.smooth):
+    if not problem.remedy.is_none and (solver not in ("oblique", "symmetric", "rank") or not problem.loss.smooth):
         raise InputError("remedy", problem.remedy.spec, f"remedy 'none' for solver {solver!r} and loss "
-                         f"{problem.loss.id}: remedies are solved by 'oblique' or 'symmetric' (solver 'auto', "
-                         "d >= C) with a smooth loss (infonce, sumexp, squared_hinge) so far")  # fmt: skip
+                         f"{problem.loss.id}: remedies are solved by 'oblique', 'symmetric' or 'rank' (solver "
+                         "'auto') with a smooth loss (infonce, sumexp, squared_hinge) so far")  # fmt: skip
     if solver == "oblique" and not problem.loss.smooth:
         raise InputError("solver", solver, f"'full' or 'auto' for {problem.loss.id} (oblique needs a smooth phi)")
     if solver in ("full", "symmetric", "oblique") and dim is not None and dim < C:
