@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 import yaml
 
@@ -19,6 +20,8 @@ from pipeline.sweep.config import ConfigError, load_config, validate
 from pipeline.sweep.results import STATUS_CODE
 from pipeline.theory.threshold import minority_threshold
 from tests.conftest import theory_store
+
+torch.set_num_threads(1)  # as tests/test_train.py: two test files run at once on 2 cores (the sampled run: 7 s, 50 s)
 
 REMEDIES = ["none", "reweight(gamma=1)", "logit_adjust", "class_tau(gamma=0.5) + balanced_negatives"]
 
