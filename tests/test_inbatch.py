@@ -200,3 +200,73 @@ def test_errors():
         inbatch_weights(np.array([0.5, 0.5, 0.0]), 2, counts=np.array([2, 2, 1]))
     with pytest.raises(ValueError, match="G"):
         inbatch_objective("infonce", np.eye(2), 2, p=p)
+
+
+REMEDIES = ["logit_adjust(t=1)", "class_tau(gamma=0.5)", "reweight(gamma=1) + logit_adjust(t=0.5) + class_tau(gamma=1)",
+            "reweight(gamma=0.5)"]  # fmt: skip
+
+
+def loop_remedied_loss(y: tuple[int, ...], V: np.ndarray, loss, reduction: str, positives: str, remedy,
+                       p: np.ndarray) -> float:  # fmt: skip
+    """One batch's loss under a remedy, as plain loops: phi_cj(t) = phi(scale_c (t + delta_cj)) for anchor class
+    c and member class j, each anchor's loss weighted by a_c / p_c."""
+    B, k = len(y), len(y) - 2
+    rho = 1.0 if reduction == "sum" else 1.0 / k
+    delta, scale = remedy.phi_affine(p, loss)
+    weight = remedy.anchor_weights(p) / p
+    total = 0.0
+    for i in range(B):
+        c, pairs = y[i], []
+        for q in range(B):
+            if q != i and y[q] == c:
+                terms = []
+                for a in range(B):
+                    if a in (i, q):
+                        continue
+                    t = float(V[c] @ V[y[a]] - V[c] @ V[y[q]]) + (0.0 if delta is None else delta[c, y[a]])
+                    terms.append(loss.phi(t * (1.0 if scale is None else scale[c, y[a]])))
+                pairs.append(loss.psi(rho * sum(terms)))
+        if pairs:
+            total += weight[c] * sum(pairs) / (len(pairs) if positives == "mean" else 1)
+    return total / B
+
+
+@pytest.mark.parametrize("remedy_spec", REMEDIES)
+@pytest.mark.parametrize("loss_id", ["infonce(tau=0.5)", "sumexp(tau=0.7)", "squared_hinge(margin=1.5)"])
+def test_the_remedied_batch_loss_matches_every_label_sequence(remedy_spec, loss_id):
+    """Under a remedy (shifts with delta_cc = 0, class temperatures, anchor reweighting) the exact expectation
+    (inbatch_objective with the remedy) equals the torch batch loss and a plain loop over every label sequence,
+    float64, to 1e-10: the correspondence of docs/inbatch.md holds with phi_cj and weighted anchors."""
+    from pipeline.theory.remedies import parse_remedy
+    from pipeline.train.batch_loss import BatchRemedy
+
+    remedy, loss = parse_remedy(remedy_spec), parse_loss(loss_id)
+    if remedy.class_tau is not None and loss.phi_kind != "exp":
+        pytest.skip("class_tau needs an exponential phi")
+    C, B, p = 3, 5, np.array([0.6, 0.3, 0.1])
+    V = class_vectors(C, seed=3)
+    Y = np.array(list(itertools.product(range(C), repeat=B)))  # (C^B, B)
+    prob = np.prod(p[Y], axis=1)
+    tables = BatchRemedy.build([remedy] * len(Y), [p] * len(Y), loss, torch.device("cpu"), torch.float64)
+    F = torch.as_tensor(V, dtype=torch.float64)[torch.as_tensor(Y)]  # (R, B, d)
+    for reduction, positives in itertools.product(("sum", "mean"), ("mean", "sum")):
+        exact = inbatch_objective(loss, V @ V.T, B - 2, reduction, positives, p=p, remedy=remedy)
+        brute = prob @ batch_loss(F, torch.as_tensor(Y), loss, B - 2, reduction, positives, tables).numpy()
+        assert brute == pytest.approx(exact, rel=1e-10, abs=0), (reduction, positives)
+        if reduction == positives == "sum":  # the loop on one setting keeps the file fast
+            loop = prob @ np.array([loop_remedied_loss(tuple(y), V, loss, reduction, positives, remedy, p)
+                                    for y in Y.tolist()])  # fmt: skip
+            assert loop == pytest.approx(exact, rel=1e-10, abs=0)
+    plain = inbatch_objective(loss, V @ V.T, B - 2, "sum", "mean", p=p)
+    assert abs(plain - inbatch_objective(loss, V @ V.T, B - 2, "sum", "mean", p=p, remedy=remedy)) > 1e-3
+
+
+def test_in_batch_training_refuses_what_it_cannot_apply():
+    from pipeline.theory.remedies import parse_remedy
+    from pipeline.train.batch_loss import BatchRemedy
+
+    loss, p = parse_loss("infonce(tau=0.5)"), np.array([0.6, 0.3, 0.1])
+    for spec, expected in (("ldam(m=0.5)", "a shift on the anchor's own class"), ("balanced_negatives", "iid")):
+        with pytest.raises(ValueError, match=expected):
+            BatchRemedy.build([parse_remedy(spec)], [p], loss, torch.device("cpu"))
+    assert BatchRemedy.build([parse_remedy("none")], [p], loss, torch.device("cpu")) is None

@@ -175,8 +175,9 @@ def test_remedies_the_solver_or_the_trainer_does_not_apply_are_refused(tmp_path)
     base.write_text(yaml.safe_dump(_step(tmp_path / "never.zarr", ["none", "ldam"])))
     cases = {
         ("theory.solver=full",): "theory.solver: 'full': grid.remedy is solved by the group reduction, the",
-        ("grid.k=[4]", "train={negatives_from: batch, n_max: 50}"): "train.negatives_from: 'batch': in-batch "
-                                                                    "training does not apply remedies yet",
+        ("grid.k=[4]", "train={negatives_from: batch, n_max: 50}"): "train.negatives_from: 'batch': "
+                                                                    "'ldam(m=0.5)': in-batch training applies "
+                                                                    "reweight, logit_adjust and class_tau, not ldam",
     }  # fmt: skip
     for overrides, expected in cases.items():
         with pytest.raises(ConfigError) as err:
@@ -295,3 +296,27 @@ def test_the_rank_solver_takes_a_remedy(remedy):
     rng = np.random.default_rng(1)
     best = min(refine(problem, rng.standard_normal((2, 4)))[1] for _ in range(20))  # the objective of each end
     assert low.objective <= best + 1e-9
+
+
+def test_in_batch_training_applies_a_remedy(tmp_path):
+    """In-batch free features under logit adjustment and reweighting train, and are compared with the remedied
+    optimum at the subsampled dataset's proportions (the exact correspondence: tests/test_inbatch.py)."""
+    from pipeline.sweep.graph import compute_and_write
+    from pipeline.sweep.grid import Grid
+
+    raw = _step(tmp_path / "b.zarr", ["none", "reweight(gamma=1) + logit_adjust(t=1)"], R=[4], k=[6])
+    raw["grid"]["dim"] = [4]
+    raw["train"] = {"negatives_from": "batch", "model": "ufm", "data": "gaussian", "n_max": 40, "steps": 200,
+                    "runs_per_batch": 1}  # fmt: skip
+    config = validate(raw)
+    theory_store(config)
+    for batch in Grid(config).batches("train"):
+        compute_and_write(config, batch, config.store)
+    ds = xr.open_zarr(config.store).squeeze()
+    assert (ds.status_train == STATUS_CODE["trained"]).all() and np.isfinite(ds.loss_train).all()
+    reference = ds.objective_subsampled  # the optimum at the subsampled proportions, under each remedy
+    assert float(abs(reference.sel(remedy="none") - reference.isel(remedy=1))) > 1e-3
+    counts = ds.n_train_class.sel(remedy="none").values  # (C,)
+    expected = api.solve("infonce(tau=0.5)", f"counts({', '.join(map(str, counts))})", 6,
+                         remedy="reweight(gamma=1) + logit_adjust(t=1)").objective  # fmt: skip
+    assert float(reference.isel(remedy=1)) == pytest.approx(expected, rel=1e-10)

@@ -723,13 +723,19 @@ def _canonical_remedy(value: Any) -> Any:
 
 def _check_remedy_training(remedies: tuple[str, ...], train: TrainSpec, problems: list[str]) -> None:
     """Training applies a remedy with i.i.d. negatives (anchor weights, the negatives' distribution, shifts and
-    temperatures per negative class, in every estimator); in-batch training does not yet."""
+    temperatures per negative class, in every estimator); in-batch training applies reweighting, logit adjustment
+    and class temperatures (pipeline.train.batch_loss.BatchRemedy), not balanced negatives or ldam."""
     chosen = [parse_remedy(spec) for spec in train.select.get("remedy", remedies)]
     if all(remedy.is_none for remedy in chosen):
         return
-    if train.negatives_from == "batch":
-        problems.append("train.negatives_from: 'batch': in-batch training does not apply remedies yet; expected "
-                        "'iid', or train.select.remedy: [none]")  # fmt: skip
+    if train.negatives_from != "batch":
+        return
+    for remedy in chosen:  # in-batch negatives are the batch's members, and the positive's own term stays 1
+        if remedy.balanced_negatives or (remedy.shift is not None and remedy.shift[0] == "ldam"):
+            what = "balanced_negatives" if remedy.balanced_negatives else "ldam"
+            problems.append(f"train.negatives_from: 'batch': {remedy.spec!r}: in-batch training applies reweight, "
+                            f"logit_adjust and class_tau, not {what}; expected 'iid', or a train.select.remedy "
+                            f"without it")  # fmt: skip
 
 
 def _batch_fields(raw: dict[str, Any], model: str, trained_k: tuple, n_max: int | None, problems: list[str]) -> None:

@@ -176,7 +176,8 @@ def subsampled_problem(config: SweepConfig, point: dict) -> tuple[Problem, np.nd
     counts = profile.integer_counts(config.train.n_max)  # (C,)
     n_major = point_problem(config, point).n_major
     problem = Problem.create(point["loss"], counts / counts.sum(), point["k"], config.theory.negatives,
-                             config.theory.reduction, n_major, profile=Counts(tuple(counts.tolist())))  # fmt: skip
+                             config.theory.reduction, n_major, profile=Counts(tuple(counts.tolist())),
+                             remedy=point.get("remedy"))  # fmt: skip
     return problem, counts
 
 

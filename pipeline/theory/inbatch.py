@@ -22,12 +22,14 @@ the limits and the tests of each statement are in ``docs/inbatch.md``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy.special import gammaln
 
 from pipeline.theory.losses import REDUCTIONS, Loss, check_option, parse_loss
 from pipeline.theory.objective import count_vectors, multinomial_weights
+from pipeline.theory.remedies import parse_remedy
 
 POSITIVES: tuple[str, ...] = ("mean", "sum")
 
@@ -115,6 +117,7 @@ def inbatch_objective(
     positives: str = "mean",
     p: np.ndarray | None = None,
     counts: np.ndarray | None = None,
+    remedy: Any = None,
 ) -> float:
     """The exact expected in-batch loss (:func:`pipeline.train.batch_loss.batch_loss`) at collapsed features.
 
@@ -125,6 +128,8 @@ def inbatch_objective(
     k : negatives per pair (batch size k + 2).
     reduction : ``sum`` (rho = 1) or ``mean`` (rho = 1 / k).
     positives, p, counts : as :func:`inbatch_weights` (p: i.i.d. labels; counts: without replacement).
+    remedy : a remedy (:mod:`pipeline.theory.remedies`) read at the labels' proportions: phi_cj(G_cj - 1) in each
+        pair's terms, and each anchor's loss weighted by a_c / p_c (its reweighting); optional.
     """
     loss = parse_loss(loss)
     check_option("reduction", reduction, REDUCTIONS)
@@ -133,7 +138,13 @@ def inbatch_objective(
     if G.shape != (N.shape[1], N.shape[1]):
         raise ValueError(f"G: shape {G.shape}: expected ({N.shape[1]}, {N.shape[1]}) for {N.shape[1]} classes")
     rho = 1.0 if reduction == "sum" else 1.0 / k
-    S = rho * loss.phi(G - 1.0) @ N.T  # (C, M): inner sum of anchor class c against count vector m
+    remedy = parse_remedy(remedy)
+    proportions = _proportions(p, counts, k)[0]  # (C,): what the remedy reads
+    delta, scale = remedy.phi_affine(proportions, loss)
+    t = G - 1.0 if delta is None else G - 1.0 + delta  # (C, C)
+    t = t if scale is None else t * scale
+    S = rho * loss.phi(t) @ N.T  # (C, M): inner sum of anchor class c against count vector m
+    W = W * (remedy.anchor_weights(proportions) / proportions)[:, None]  # (C, M): 1 without reweighting
     return float((W * loss.psi(S)).sum())
 
 

@@ -20,7 +20,7 @@ import torch
 
 from pipeline.metrics import class_mean_gram, ncm_accuracy, shot_accuracy
 from pipeline.sweep.config import TrainSpec
-from pipeline.train.batch_loss import batch_loss
+from pipeline.train.batch_loss import BatchRemedy, batch_loss
 from pipeline.train.data import Dataset, load_dataset
 from pipeline.train.encoders import Stacked, build_encoder, vectorized
 from pipeline.train.trainer import (
@@ -53,10 +53,10 @@ def _padded(arrays: list[np.ndarray], fill: float, dtype: torch.dtype, device: t
 def train_batch_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     """Train runs of one shape with in-batch negatives, stacked; one result per run, in order."""
     first = runs[0]
-    if not all((r.loss.psi_kind, r.loss.phi_kind, r.p.size, r.k, r.dim, r.reduction)
-               == (first.loss.psi_kind, first.loss.phi_kind, first.p.size, first.k, first.dim, first.reduction)
-               for r in runs):  # fmt: skip
-        raise ValueError("runs of one stack must share their shape (loss form, C, k, dim, reduction)")
+    if not all((r.loss.psi_kind, r.loss.phi_kind, r.p.size, r.k, r.dim, r.reduction, r.remedy)
+               == (first.loss.psi_kind, first.loss.phi_kind, first.p.size, first.k, first.dim, first.reduction,
+                   first.remedy) for r in runs):  # fmt: skip
+        raise ValueError("runs of one stack must share their shape (loss form, C, k, dim, reduction, remedy)")
     device = pick_device(spec.device)
     size = len(runs) if device.type == "cuda" else spec.runs_per_batch
     stacks = [runs[i : i + size] for i in range(0, len(runs), size)]
@@ -100,6 +100,8 @@ class InBatchStack:
         self.encoder = Stacked(modules, device, vectorized(spec.model, device))
         self.params = self.encoder.parameters()
         self.loss = replace(first.loss, param=stack_param(runs, device))  # (R, 1, 1)
+        # a remedy's phi_cj and anchor weights at each run's own (subsampled) proportions, or None
+        self.remedy = BatchRemedy.build([run.remedy for run in runs], [run.p for run in runs], first.loss, device)
         self.optimizer = torch.optim.Adam(self.params, lr=spec.lr, betas=spec.betas)
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, spec.steps,
                                                                    eta_min=spec.lr * spec.lr_final)  # fmt: skip
@@ -125,7 +127,7 @@ class InBatchStack:
         x = index if self.ufm else self.X[self.rows, index]  # (R, B, *item)
         F = torch.nn.functional.normalize(self.encoder(x), dim=-1)  # (R, B, d)
         per_run = batch_loss(F, self.y[self.rows, index], self.loss, self.k, self.runs[0].reduction,
-                             self.spec.positives)  # fmt: skip
+                             self.spec.positives, self.remedy)  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         per_run.sum().backward()
         return per_run.detach()
