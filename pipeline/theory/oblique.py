@@ -230,21 +230,25 @@ def minimise(
     p_cluster = E.T @ problem.p  # (m,)
     if m == 1:  # one vector for every class: nothing to optimise
         return np.ones((1, C)), SimpleNamespace(iterations=0, gradient_norm=0.0, stopping_criterion="one cluster")
+    alone = m == C and bool(np.all(label == np.arange(C)))  # one vector a class: E is the identity
+
     def evaluate(W: np.ndarray) -> tuple[float, np.ndarray, Any]:
-        V = W[:, label]  # (m, C)
+        V = W if alone else W[:, label]  # (m, C)
         G = V.T @ V  # (C, C)
         value, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, w, q, G, hessian="operator",
                                       method=problem.expectation, shift=shift, scale=scale)  # fmt: skip
-        # D: (C, C) dL/dG, row c for anchor c
+        D_sym = D + D.T  # (C, C): D, row c for anchor c, is dL/dG; this is made once, not once a product
 
         def hessian(dW: np.ndarray) -> np.ndarray:
-            dV = dW[:, label]  # (m, C)
+            dV = dW if alone else dW[:, label]  # (m, C)
             dG = dV.T @ V
             dG = dG + dG.T  # (C, C): the change of G along dW
             dD = hvp(dG)  # (C, C): the change of dL/dG
-            return (dV @ (D + D.T) + V @ (dD + dD.T)) @ E
+            out = dV @ D_sym + V @ (dD + dD.T)  # (m, C)
+            return out if alone else out @ E
 
-        return float(value), V @ (D + D.T) @ E, hessian  # gradient: (m, m)
+        gradient = V @ D_sym  # (m, C)
+        return float(value), gradient if alone else gradient @ E, hessian  # gradient: (m, m)
 
     start = etf_start(m) if V0 is None else V0
     result = staged_trust_region(evaluate, start, p_cluster, grad_tol, max_iterations, triangular=True,
