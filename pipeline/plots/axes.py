@@ -174,10 +174,16 @@ def curves_against_k(
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     fig.suptitle(title, fontsize=9)
+    figure_legend(fig, axes, loc="outside right center")
+    return fig, drawn
+
+
+def figure_legend(fig: plt.Figure, axes: np.ndarray, **kwargs) -> None:
+    """One legend for the figure: each label of its panels once (a label keeps its style across panels), small
+    and frameless; ``kwargs`` go to ``fig.legend`` (its place, columns, title). Nothing where no panel has one."""
     handles = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     if handles:
-        fig.legend(handles.values(), handles.keys(), fontsize=6, frameon=False, loc="outside right center")
-    return fig, drawn
+        fig.legend(handles.values(), handles.keys(), **{"fontsize": 6, "frameon": False, **kwargs})

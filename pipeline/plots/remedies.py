@@ -13,9 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from pipeline.analysis import onset_curve, threshold_beyond, threshold_curve
-from pipeline.plots.axes import COLUMN_IN, OKABE_ITO, k_axis, k_log_axes
-from pipeline.sweep.results import STATUS_CODE
+from pipeline.analysis import onset_curve, theory_done, threshold_beyond, threshold_curve
+from pipeline.plots.axes import COLUMN_IN, OKABE_ITO, figure_legend, k_axis, k_log_axes
 from pipeline.theory.cascade import RHO_MAX
 from pipeline.theory.threshold import R_MAX
 
@@ -29,11 +28,9 @@ def _panels(ds: xr.Dataset) -> list[tuple[str, dict, xr.DataArray, xr.DataArray,
         return [(f"{loss}, K_A={a}, K_B={b}", {"loss": loss, "n_major": a, "n_minor": b}, curve, beyond, R_MAX)
                 for loss in curve.loss.values for a in curve.n_major.values for b in curve.n_minor.values
                 if b > 1]  # fmt: skip
-    m2 = {"onset": 2}
-    curve = onset_curve(ds).sel(m2).load()
-    done = ds.done_threshold == 1
-    beyond = (done & (ds.status_onset.sel(m2) == STATUS_CODE["beyond_range"])).load()
-    curve = curve.where(~beyond)  # inf there: drawn as the open triangle, not as a value
+    curve = onset_curve(ds).sel(onset=2).load()
+    beyond = np.isposinf(curve)  # onset_curve's inf: beyond_range, apart up to the scan's end
+    curve = curve.where(~beyond)  # drawn as the open triangle, not as a value
     return [(f"{loss}, exp(C={C})", {"loss": loss, "C": C}, curve, beyond, RHO_MAX)
             for loss in curve.loss.values for C in curve.C.values if C > 2]  # fmt: skip
 
@@ -54,7 +51,7 @@ def thresholds_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     k = ds.k.values
     x_k, k_labels = k_axis(k)
     drawn: dict[str, object] = {}
-    top = 0.0
+    top = max((scan_end for *_, scan_end in panels), default=0.0)  # the scan's end, where the triangles sit
     n_remedies = ds.sizes["remedy"]
     for ax, (title, point, curve, beyond, scan_end) in zip(axes.flat, panels, strict=False):
         for i, remedy in enumerate(map(str, ds.remedy.values)):
@@ -62,7 +59,6 @@ def thresholds_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
             values = curve.sel({**point, "remedy": remedy}).values  # (k,)
             finite = np.isfinite(values)
             ax.plot(x_k[finite], values[finite], ms=3, lw=1, label=remedy, **style)
-            top = max(top, scan_end)
             out = beyond.sel({**point, "remedy": remedy}).values  # (k,) apart up to the scan's end, undecided past it
             never = np.isposinf(values)  # (k,) no threshold, proved by the limit (the paper's loss)
             nudge = 10 ** (0.04 * (i - (n_remedies - 1) / 2))  # side by side: several remedies share a k
@@ -84,21 +80,15 @@ def thresholds_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
             else "rho*_2(k): the two smallest classes merge above the curve")  # fmt: skip
     fig.suptitle(f"does a remedy prevent Minority Collapse?\n{what}\ntriangles at {top:.0e}: open, apart up to "
                  "there, not decided past it; filled, never (proved)", fontsize=7)  # fmt: skip
-    handles = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, handle)
-    if handles:
-        fig.legend(handles.values(), handles.keys(), fontsize=6, frameon=False, loc="outside lower center",
-                   ncol=min(3, len(handles)), title="remedy", title_fontsize=6)  # fmt: skip
+    figure_legend(fig, axes, loc="outside lower center", ncol=min(3, ds.sizes["remedy"]), title="remedy",
+                  title_fontsize=6)  # fmt: skip
     return fig, drawn
 
 
 def tail_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
     """An exp store's tail: the optimal cosine between the two smallest classes against rho, one curve per remedy
     and a panel per (loss, C, k). Returns the figure and ``{"panel, remedy": (rho, cosines)}`` drawn."""
-    done = (ds.done_theory == 1) & (ds.status_theory != STATUS_CODE["error"])
-    cos = ds.cos_tail_theory.where(done).load()  # (loss, remedy, C, rho, k)
+    cos = ds.cos_tail_theory.where(theory_done(ds)).load()  # (loss, remedy, C, rho, k)
     panels = [(f"{loss}, exp(C={C}), k = {'∞' if np.isinf(k) else f'{k:g}'}", {"loss": loss, "C": C, "k": k})
               for loss in cos.loss.values for C in cos.C.values for k in cos.k.values]  # fmt: skip
     n_cols = min(len(panels), 4)
@@ -124,10 +114,6 @@ def tail_by_remedy(ds: xr.Dataset) -> tuple[plt.Figure, dict]:
         ax.set_xlabel("imbalance rho = p_0 / p_{C-1}", fontsize=7)
     fig.supylabel("cosine of the two smallest classes (theory)", fontsize=7)
     fig.suptitle("the tail under each remedy: 1 is merged (Minority Collapse of the tail pair)", fontsize=7)
-    handles = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), fontsize=6, frameon=False, loc="outside lower center",
-               ncol=min(4, len(handles)), title="remedy", title_fontsize=6)  # fmt: skip
+    figure_legend(fig, axes, loc="outside lower center", ncol=min(4, ds.sizes["remedy"]), title="remedy",
+                  title_fontsize=6)  # fmt: skip
     return fig, drawn

@@ -114,7 +114,7 @@ def write_remedy_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, o
     if "R" in ds.dims or "rho" in ds.dims:  # per remedy, k and scan value: cosine, collapse, distance to the ETF
         top.append(write_csv(out / "remedies.csv", remedy_rows(ds)))
     written += top
-    lines = [f"# {ds.attrs.get('title', 'clphase results')}: remedies", "",
+    lines = [f"# {title(ds)}: remedies", "",
              f"Conventions: {ds.attrs.get('conventions', '')}", "",
              "Each remedy's figures and tables are in its folder, as for a store of that remedy alone:",
              ""]  # fmt: skip

@@ -28,7 +28,7 @@ from pipeline.theory.problem import check_k
 from pipeline.theory.profiles import SWEEP_AXES as PROFILE_AXES
 from pipeline.theory.profiles import Counts, Exp, Profile, Step, parse_profile
 from pipeline.theory.remedies import parse_remedy
-from pipeline.theory.solution import SOLVERS
+from pipeline.theory.solution import REMEDY_SOLVERS, SOLVERS
 from pipeline.train.inputs import ENCODERS
 
 MODELS = ENCODERS
@@ -361,9 +361,6 @@ def _axis(name: str, raw: Any, problems: list[str], kind: type, minimum: float) 
         dup = sorted({x for x in out if out.count(x) > 1})
         problems.append(f"grid.{name}: duplicate values {dup}: expected each value once")
     return tuple(sorted(out))
-
-
-REMEDY_SOLVERS = ("auto", "symmetric", "oblique", "rank")  # the solvers that take a remedy (pipeline.theory.dispatch)
 
 
 def _remedy_axis(raw: Any, losses: list[str], problems: list[str]) -> tuple[str, ...]:

@@ -18,6 +18,14 @@ from pipeline.theory.profiles import PROFILE_KINDS, SCAN_AXIS, SWEEP_AXES
 STATUS = ("pending", "optimal", "optimal_inaccurate", "local", "error", "not_applicable", "trained", "diverged",
           "asymptotic", "beyond_range", "undecided")  # fmt: skip
 STATUS_CODE = {name: code for code, name in enumerate(STATUS)}
+# a solver's own status word -> the store's, where they differ: a threshold or onset apart up to the end of its scan
+SOLVER_STATUS = {"beyond": "beyond_range"}
+
+
+def stored_status(status: str) -> int:
+    """The store's code of a solver's status (``beyond`` is stored as ``beyond_range``)."""
+    return STATUS_CODE[SOLVER_STATUS.get(status, status)]
+
 # the statuses each task kind writes (its status variable's flag_values / flag_meanings)
 KIND_STATUS = {
     "theory": ("pending", "optimal", "optimal_inaccurate", "local", "error"),

@@ -13,7 +13,7 @@ from pipeline.metrics import gram_distance
 from pipeline.sweep.config import SweepConfig
 from pipeline.sweep.faults import failing_solver
 from pipeline.sweep.grid import Batch, Grid
-from pipeline.sweep.results import STATUS_CODE, VARIABLES, fill_value, kind_variables
+from pipeline.sweep.results import STATUS_CODE, VARIABLES, fill_value, kind_variables, stored_status
 from pipeline.theory.cascade import cascade, distinct_directions
 from pipeline.theory.dispatch import solve
 from pipeline.theory.losses import parse_loss
@@ -137,7 +137,7 @@ def run_threshold_batch(config: SweepConfig, batch: Batch, only: np.ndarray | No
         out["criterion_limit"][idx] = result.criterion_limit if math.isfinite(result.criterion_limit) else -np.inf
         out["criterion_limit_error"][idx] = result.criterion_limit_error
         # beyond: under a remedy, apart up to the scan's largest R and undecided past it (R* stored as inf)
-        out["status_threshold"][idx] = STATUS_CODE[{"beyond": "beyond_range"}.get(result.status, result.status)]
+        out["status_threshold"][idx] = stored_status(result.status)
     return out
 
 
@@ -159,7 +159,7 @@ def _onsets(config: SweepConfig, grid: Grid, batch: Batch, only, out: dict[str, 
             j = int(np.flatnonzero(m_values == found.m)[0])
             out["rho_onset"][(*idx, j)] = found.rho_star
             out["rho_apart_onset"][(*idx, j)] = found.apart_below
-            status[j] = STATUS_CODE[{"beyond": "beyond_range"}.get(found.status, found.status)]
+            status[j] = stored_status(found.status)
     return out
 
 

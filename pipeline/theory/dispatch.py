@@ -9,7 +9,7 @@ from pipeline.theory.oblique import solve_oblique
 from pipeline.theory.problem import Problem, check_int
 from pipeline.theory.rank import solve_rank
 from pipeline.theory.sdp import solve_full
-from pipeline.theory.solution import SOLVERS, Solution, SolverName
+from pipeline.theory.solution import REMEDY_SOLVERS, SOLVERS, Solution, SolverName
 from pipeline.theory.symmetric import solve_symmetric
 from pipeline.theory.threshold import criterion_with_error, decide_collapse
 
@@ -62,7 +62,7 @@ def solve(problem: Problem, solver: SolverName = "auto", dim: int | None = None,
         dim = check_int("dim", dim, 1)
     if solver == "auto":
         solver = choose_solver(problem, dim)
-    if not problem.remedy.is_none and (solver not in ("oblique", "symmetric", "rank") or not problem.loss.smooth):
+    if not problem.remedy.is_none and (solver not in REMEDY_SOLVERS or not problem.loss.smooth):
         raise InputError("remedy", problem.remedy.spec, f"remedy 'none' for solver {solver!r} and loss "
                          f"{problem.loss.id}: remedies are solved by 'oblique', 'symmetric' or 'rank' (solver "
                          "'auto') with a smooth loss (infonce, sumexp, squared_hinge) so far")  # fmt: skip

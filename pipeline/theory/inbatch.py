@@ -144,7 +144,7 @@ def inbatch_objective(
     t = G - 1.0 if delta is None else G - 1.0 + delta  # (C, C)
     t = t if scale is None else t * scale
     S = rho * loss.phi(t) @ N.T  # (C, M): inner sum of anchor class c against count vector m
-    W = W * (remedy.anchor_weights(proportions) / proportions)[:, None]  # (C, M): 1 without reweighting
+    W = W * remedy.anchor_factor(proportions)[:, None]  # (C, M): 1 without reweighting
     return float((W * loss.psi(S)).sum())
 
 

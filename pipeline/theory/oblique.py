@@ -21,6 +21,7 @@ The start is the Cholesky factor of a slightly shrunk simplex ETF (the balanced 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from types import SimpleNamespace
@@ -108,10 +109,11 @@ STALL_WINDOW = 20  # iterations without halving the best gradient norm, after wh
 STALL_BELOW = 1e-10  # stage 1 stops so only below this gradient norm (far from it, slow progress is progress)
 
 
+@functools.cache
 def _stalling_trust_regions() -> type:
     """pymanopt's TrustRegions that also stops when its gradient norm has not halved over ``STALL_WINDOW``
-    iterations, anywhere (``stall_below = inf``: stage 2, per-class stationarity, which then falls back to stage
-    1's point at once) or only below ``stall_below`` (stage 1, at round-off). Measured: exp(C = 10, rho = 100)
+    iterations, anywhere (``stall_below = inf``: stage 2, per-class stationarity) or only below ``stall_below``
+    (stage 1, at round-off). Made once, on first use (pymanopt is imported lazily). Measured: exp(C = 10, rho = 100)
     under class_tau(gamma=1) spent 100 stage-2 iterations, 3x the solve, before falling back; combined with
     logit adjustment, stage 1 spent its last 200 of 500 iterations within 1e-13 of stationary."""
     from pymanopt.optimizers import TrustRegions
@@ -179,7 +181,8 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
                                    euclidean_hessian=pymanopt.function.numpy(manifold)(hessian))  # fmt: skip
         norm = manifold.norm(point, manifold.euclidean_to_riemannian_gradient(point, gradient(point)))
         if norm <= grad_tol:  # pymanopt iterates once before it checks (a NaN step at a zero gradient)
-            return SimpleNamespace(point=point, iterations=0, gradient_norm=norm, stopping_criterion="at start")
+            return SimpleNamespace(point=point, iterations=0, gradient_norm=norm, stopping_criterion="at start",
+                                   start_norm=norm)  # fmt: skip
         stall_below = STALL_BELOW if power == 1 else np.inf  # stage 2 gives up as soon as it stops improving
         optimizer = StallingTrustRegions(min_gradient_norm=grad_tol, max_iterations=iterations, verbosity=0,
                                          miniter=0, stall_below=stall_below,
@@ -192,7 +195,7 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
     result = stage(2, first.point, max(1, max_iterations // 5), grad_tol)
     # stage 2 keeps its point where it reached its tolerance or improved on stage 1's in its own metric (a stall
     # short of 1e-14 is still closer to stationary); it falls back where it drifted (weights spanning decades)
-    if not (result.gradient_norm <= grad_tol or result.gradient_norm < getattr(result, "start_norm", 0.0)):
+    if not (result.gradient_norm <= grad_tol or result.gradient_norm < result.start_norm):
         result = first
     result.iterations += first.iterations if result is not first else 0
     return result

@@ -113,6 +113,11 @@ class Remedy:
         a = p ** (1.0 - self.reweight)  # p_c w_c with w_c = p_c^(-gamma)
         return a / a.sum()
 
+    def anchor_factor(self, p: np.ndarray) -> np.ndarray:
+        """a_c / p_c (C,): the weight of each anchor's own loss where anchors are drawn by p (a batch of the
+        dataset): 1 without reweighting, p_c^(-gamma) / sum_j p_j^(1 - gamma) with it."""
+        return self.anchor_weights(p) / p
+
     def negative_base(self, p: np.ndarray) -> np.ndarray:
         """pi (C,): the distribution negatives are drawn from (before ``other`` removes the anchor's class)."""
         return np.full(p.size, 1.0 / p.size) if self.balanced_negatives else p

@@ -14,6 +14,8 @@ from pipeline.theory.problem import Problem
 SolveStatus = Literal["optimal", "optimal_inaccurate", "local", "error"]
 SolverName = Literal["auto", "symmetric", "full", "rank", "oblique"]
 SOLVERS: tuple[str, ...] = ("auto", "symmetric", "full", "rank", "oblique")
+# the solvers that take a remedy (the cvxpy program, 'full', writes phi as cvxpy atoms, not phi_cj)
+REMEDY_SOLVERS: tuple[str, ...] = ("auto", "symmetric", "oblique", "rank")
 
 
 def json_number(x: float | None) -> float | int | str | None:

@@ -141,7 +141,7 @@ class BatchRemedy:
                                  "term of the in-batch loss; use negatives_from: iid for it")  # fmt: skip
             tables["delta"].append(delta)
             tables["scale"].append(None if scale is None else scale[:, 0])
-            tables["anchor"].append(None if remedy.reweight is None else remedy.anchor_weights(p_r) / p_r)
+            tables["anchor"].append(None if remedy.reweight is None else remedy.anchor_factor(p_r))
 
         def stacked(items: list) -> torch.Tensor | None:  # runs of one stack share their remedy: all or none
             if items[0] is None:

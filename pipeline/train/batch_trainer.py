@@ -30,6 +30,7 @@ from pipeline.train.trainer import (
     measured,
     parameter_grad_norm,
     pick_device,
+    run_shape,
     stack_param,
 )
 
@@ -53,10 +54,8 @@ def _padded(arrays: list[np.ndarray], fill: float, dtype: torch.dtype, device: t
 def train_batch_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     """Train runs of one shape with in-batch negatives, stacked; one result per run, in order."""
     first = runs[0]
-    if not all((r.loss.psi_kind, r.loss.phi_kind, r.p.size, r.k, r.dim, r.reduction, r.remedy)
-               == (first.loss.psi_kind, first.loss.phi_kind, first.p.size, first.k, first.dim, first.reduction,
-                   first.remedy) for r in runs):  # fmt: skip
-        raise ValueError("runs of one stack must share their shape (loss form, C, k, dim, reduction, remedy)")
+    if not all(run_shape(r) == run_shape(first) for r in runs):
+        raise ValueError("runs of one stack must share their shape (loss form, C, k, dim, conventions, remedy)")
     device = pick_device(spec.device)
     size = len(runs) if device.type == "cuda" else spec.runs_per_batch
     stacks = [runs[i : i + size] for i in range(0, len(runs), size)]

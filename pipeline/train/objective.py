@@ -85,7 +85,6 @@ class Objective:
             g = dphi.mul_((self.P_a * loss.dpsi(S)) @ self.counts).mul_((scale * rho)[..., None])
         return (self.w * L).mean(1), g
 
-
     def _affine(self, z: torch.Tensor) -> torch.Tensor:
         """The argument of phi: z, or a remedy's scale (z + delta) (B, M, K)."""
         if self.delta is not None:

@@ -125,7 +125,7 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     if spec.estimator == "exact":
         return [_exact_run(run, spec) for run in runs]
     first = runs[0]
-    assert all(_shape(r) == _shape(first) for r in runs), "runs of one batch must share their shape"
+    assert all(run_shape(r) == run_shape(first) for r in runs), "runs of one batch must share their shape"
     device = pick_device(spec.device)
     width = first.dim + (spec.hidden if spec.model == "mlp" else 0)  # floats a sample keeps per step
     run_bytes = 4 * first.p.size * spec.samples_per_class * width
@@ -135,8 +135,9 @@ def train_runs(runs: list[Run], spec: TrainSpec) -> list[RunResult]:
     return [result for stack in stacks for result in _train_stack(stack, spec, data, device)]
 
 
-def _shape(r: Run) -> tuple:
-    """What every run of one stacked program shares."""
+def run_shape(r: Run) -> tuple:
+    """What every run of one stacked program shares (both trainers): the loss's form, C, K_A, k, d, the
+    conventions and the remedy; runs differ in proportions, seed and the loss's parameter."""
     return r.loss.psi_kind, r.loss.phi_kind, r.p.size, r.n_major, r.k, r.dim, r.negatives, r.reduction, r.remedy
 
 
