@@ -67,7 +67,8 @@ def _add_problem_args(parser: argparse.ArgumentParser, with_R: bool) -> None:
 SOLVE_HELP = """Prints the certified optimal geometry at one point: the solver, its status, the objective L and
 the certified gap to the optimum; for a step profile the cosines a (majority-majority), b (majority-minority)
 and c (minority-minority) and whether the minorities collapse; else the Gram matrix of the class means (a
-summary beyond 12 classes: --gram prints it all); and the number of distinct class directions."""
+summary beyond 12 classes: its extremes, the head and tail pairs, and the cosines within and between the head,
+medium and tail classes; --gram prints it all); and the number of distinct class directions."""
 THRESHOLD_HELP = """Prints R*, the smallest imbalance ratio R = p_major / p_minor at which the minority classes of a
 step profile share one direction (inf: apart at every R), with the criterion's limit as R -> inf; or, for
 exp(C), the onsets rho*_m at which the m smallest classes first share one direction."""
@@ -196,7 +197,7 @@ def solve_report(solution, profile: Profile, full_gram: bool = False) -> list[st
         for name, row in zip(labels, solution.G, strict=True):
             lines.append(f"  {name:>{width}}  " + " ".join(f"{min(1.0, max(-1.0, x)) + 0.0:+.4f}" for x in row))
     else:
-        lines += _gram_summary(solution, labels, order)
+        lines += _gram_summary(solution, profile, labels, order)
     directions = solution.directions
     if directions is not None:
         merged = [t for t in directions.tests if t.merged]
@@ -218,18 +219,39 @@ def solve_report(solution, profile: Profile, full_gram: bool = False) -> list[st
     return lines
 
 
-def _gram_summary(solution, labels: list[str], order: str) -> list[str]:
-    """A few lines on a large Gram matrix: the extremes of the off-diagonal cosines, the head's and tail's."""
+def _gram_summary(solution, profile: Profile, labels: list[str], order: str) -> list[str]:
+    """A few lines on a large Gram matrix: the extremes of the off-diagonal cosines, the head's and tail's
+    pairs, and the cosine extremes within and between the head, medium and tail groups."""
     import numpy as np
+
+    from pipeline.metrics import class_groups
 
     G = np.clip(solution.G, -1.0, 1.0)  # (C, C)
     C = G.shape[0]
-    off = G[~np.eye(C, dtype=bool)]
-    i, j = np.unravel_index(np.argmax(np.where(np.eye(C, dtype=bool), -np.inf, G)), G.shape)
-    return [f"Gram matrix of the class means ({order}), {C} classes: off-diagonal cosines from {off.min():+.4f} "
-            f"to {off.max():+.4f} (largest: {labels[i]} and {labels[j]}), mean {off.mean():+.4f}",
-            f"  head pair ({labels[0]}, {labels[1]}) {G[0, 1]:+.4f}; tail pair ({labels[-2]}, {labels[-1]}) "
-            f"{G[-2, -1]:+.4f}; the full matrix: --gram, or --json"]  # fmt: skip
+    eye = np.eye(C, dtype=bool)
+    off = G[~eye]
+    i, j = np.unravel_index(np.argmax(np.where(eye, -np.inf, G)), G.shape)
+    by_size = np.argsort(-solution.problem.p, kind="stable")  # (C,) largest first, ties in the order given
+    head, tail = by_size[:2], by_size[-2:]
+    lines = [f"Gram matrix of the class means ({order}), {C} classes: off-diagonal cosines from {off.min():+.4f} "
+             f"to {off.max():+.4f} (largest: {labels[i]} and {labels[j]}), mean {off.mean():+.4f}",
+             f"  head pair ({labels[head[0]]}, {labels[head[1]]}) {G[head[0], head[1]]:+.4f}; tail pair "
+             f"({labels[tail[0]]}, {labels[tail[1]]}) {G[tail[0], tail[1]]:+.4f}"]  # fmt: skip
+    counts = np.array(profile.counts) if isinstance(profile, Counts) else None
+    how, groups = class_groups(solution.problem.p, counts)
+    lines.append(f"  cosines within and between groups ({how}), min .. max:")
+    for name, members in groups.items():
+        block = G[np.ix_(members, members)]
+        within = block[~np.eye(len(members), dtype=bool)]
+        parts = [f"within {within.min():+.4f} .. {within.max():+.4f}" if within.size else "within -"]
+        for other, others in groups.items():
+            if other != name:
+                between = G[np.ix_(members, others)]
+                parts.append(f"to {other} {between.min():+.4f} .. {between.max():+.4f}")
+        first, last = labels[members[0]], labels[members[-1]]
+        lines.append(f"    {name:<6} ({len(members)} classes, {first} .. {last}): " + "; ".join(parts))
+    lines.append("  the full matrix: --gram, or --json")
+    return lines
 
 
 def _k(k: float) -> str:

@@ -241,6 +241,38 @@ def ncm_accuracy(
 SHOTS = {"many": (101, np.inf), "medium": (20, 100), "few": (0, 19)}
 
 
+def class_groups(p: np.ndarray, counts: np.ndarray | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """Head, medium and tail classes: by integer training counts with ImageNet-LT's split (``SHOTS``:
+    > 100, 20 to 100, < 20) where counts are given and every split is used, else by proportion in thirds
+    (the largest C // 3 classes, the smallest C // 3, the rest). Empty groups are left out.
+
+    Returns
+    -------
+    basis : str
+        How the groups were made, for a reader: the count split or the thirds.
+    groups : dict of name -> (n,) int class indices, largest proportion first.
+
+    Examples
+    --------
+    >>> basis, groups = class_groups(np.array([0.4, 0.3, 0.2, 0.1]))
+    >>> basis, {g: c.tolist() for g, c in groups.items()}
+    ('by proportion, in thirds', {'head': [0], 'medium': [1, 2], 'tail': [3]})
+    >>> basis, groups = class_groups(np.ones(3), np.array([500, 50, 5]))
+    >>> basis, {g: c.tolist() for g, c in groups.items()}
+    ('by training count: > 100, 20 to 100, < 20', {'head': [0], 'medium': [1], 'tail': [2]})
+    """
+    order = np.argsort(-np.asarray(p), kind="stable")  # (C,) largest first
+    if counts is not None:
+        n = np.asarray(counts)[order]
+        split = {name: order[(n >= lo) & (n <= hi)] for name, (lo, hi) in zip(("head", "medium", "tail"),
+                                                                             SHOTS.values(), strict=True)}  # fmt: skip
+        if all(len(members) for members in split.values()):
+            return "by training count: > 100, 20 to 100, < 20", split
+    third = len(order) // 3
+    split = {"head": order[:third], "medium": order[third : len(order) - third], "tail": order[len(order) - third :]}
+    return "by proportion, in thirds", {name: members for name, members in split.items() if len(members)}
+
+
 def shot_accuracy(acc_class: np.ndarray, n_train_class: np.ndarray) -> dict[str, float]:
     """Mean per-class accuracy over the many- (> 100 training samples), medium- (20 to 100) and
     few-shot (< 20) classes; NaN for a group without classes.

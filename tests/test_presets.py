@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -97,3 +98,26 @@ def test_a_sweep_takes_presets_as_named_count_vectors(tmp_path):
     refused = r"grid\.counts\.x: profile: 'exp\(C=10, rho=100\)': expected a counts preset"
     with pytest.raises(ConfigError, match=refused):
         validate({**raw, "grid": {**raw["grid"], "counts": {"x": "exp(C=10, rho=100)"}}})
+
+
+def test_solve_summarises_a_large_gram_by_head_medium_and_tail(capsys):
+    """Beyond 12 classes, solve prints the cosine extremes within and between the shot groups, read off
+    the same solve's full Gram matrix from --json."""
+    args = ["solve", "--loss", "infonce(tau=0.5)", "--profile", "cifar_lt(C=20, rho=100, n_max=500)", "--k", "inf"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert main([*args, "--json"]) == 0
+    G = np.array(json.loads(capsys.readouterr().out)["gram"])  # (20, 20)
+    n = np.array(parse_profile("cifar_lt(C=20, rho=100, n_max=500)").counts)
+    groups = {"head": n > 100, "medium": (n >= 20) & (n <= 100), "tail": n < 20}
+    assert "by training count: > 100, 20 to 100, < 20" in "\n".join(lines)
+    for name, members in groups.items():
+        line = next(x for x in lines if x.split()[0] == name and "classes," in x)
+        block = G[np.ix_(members, members)][~np.eye(members.sum(), dtype=bool)]
+        assert f"{members.sum()} classes" in line and f"within {block.min():+.4f} .. {block.max():+.4f}" in line
+        other = "tail" if name != "tail" else "head"
+        between = G[np.ix_(members, groups[other])]
+        assert f"to {other} {between.min():+.4f} .. {between.max():+.4f}" in line
+    assert not any(line.startswith("  class 0 ") for line in lines)  # a summary, not the matrix
+    assert main([*args, "--gram"]) == 0
+    assert sum("+1.0000" in x for x in capsys.readouterr().out.splitlines()) == 20  # one row a class
