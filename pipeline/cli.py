@@ -214,6 +214,14 @@ def solve_report(solution, profile: Profile, full_gram: bool = False) -> list[st
                      + (f"; merged {groups}" if groups else "")
                      + (f"; {undecided} merge(s) undecided (within the error bound)" if undecided else "")
                      + f" ({how})")  # fmt: skip
+    stationarity = solution.extra.get("stationarity")
+    if stationarity is not None:
+        verdict = "yes" if stationarity.second_order else "no"
+        lines.append(f"rank-{solution.V.shape[0]} point: lower bound {_fmt(solution.lower_bound)} "
+                     f"(gap {solution.gap:.2e}); second-order stationary: {verdict} "
+                     f"(|Riemannian gradient| / |gradient| {stationarity.gradient:.1e}, Hessian eigenvalues "
+                     f"{stationarity.hessian_min:+.2e} .. {stationarity.hessian_max:+.2e} in the p-weighted "
+                     "metric)")  # fmt: skip
     if solution.message:
         lines.append(f"note: {solution.message}")
     return lines

@@ -194,6 +194,77 @@ def test_rank_with_enough_dimensions_matches_full(R, two_group):
     assert np.abs(ranked.G - full.G).max() <= 1e-4
 
 
+def _dense_riemannian_hessian(problem, V, t=1e-4):
+    """The Riemannian Hessian of L(V^T V) on unit columns, in the p-weighted metric, as a dense matrix over
+    an orthonormal basis of the tangent space: second differences of L along the normalising retraction
+    (a second-order retraction: d2/dt2 L(R(V + t X)) = <X, Hess X> at any point), by polarisation."""
+    d, C = V.shape
+    basis = []
+    for c in range(C):  # v_c's orthogonal complement, scaled to unit length in the weighted metric
+        null = np.linalg.svd(V[:, [c]].T)[2][1:]  # (d - 1, d)
+        for u in null:
+            X = np.zeros((d, C))
+            X[:, c] = u / math.sqrt(problem.p[c])
+            basis.append(X)
+
+    def L(X):
+        W = V + X
+        W = W / np.linalg.norm(W, axis=0)
+        return class_objective(problem, W.T @ W)[0]
+
+    def q(X):  # <X, Hess X>
+        return (L(t * X) - 2 * L(0 * X) + L(-t * X)) / t**2
+
+    n = len(basis)
+    H = np.array([[(q(basis[i] + basis[j]) - q(basis[i] - basis[j])) / 4 for j in range(n)] for i in range(n)])
+    return (H + H.T) / 2
+
+
+@pytest.mark.parametrize("where", ["optimum", "random"])
+def test_stationarity_of_a_rank_d_point_equals_a_dense_hessian(where):
+    """The Lanczos extremes of the Riemannian Hessian equal the eigenvalues of a dense Hessian made by finite
+    differences of the objective alone, at the rank-2 optimum and at a random point (d = 2, C = 4)."""
+    from pipeline.theory.rank import stationarity
+
+    problem = Problem.from_profile("infonce(tau=0.5)", "exp(C=4, rho=10)", 8)
+    if where == "optimum":
+        V = solve(problem, "rank", dim=2).V
+    else:
+        V = np.random.default_rng(3).standard_normal((2, 4))
+        V /= np.linalg.norm(V, axis=0)
+    ours = stationarity(problem, V)
+    eig = np.linalg.eigvalsh(_dense_riemannian_hessian(problem, V))
+    scale = abs(eig).max()
+    assert abs(ours.hessian_min - eig[0]) <= 1e-5 * scale and abs(ours.hessian_max - eig[-1]) <= 1e-5 * scale
+    assert ours.second_order == (where == "optimum")
+
+
+def test_collapsed_classes_are_a_saddle_not_second_order_stationary():
+    """Every class on one vector is a critical point (zero Riemannian gradient) with negative curvature."""
+    from pipeline.theory.rank import stationarity
+
+    problem = Problem.two_group("infonce(tau=0.5)", 3, 3, 10.0, 16)
+    V = np.zeros((3, 6))
+    V[0] = 1.0
+    result = stationarity(problem, V)
+    assert result.gradient <= 1e-12 and result.hessian_min < -0.1 and not result.second_order
+
+
+def test_rank_d_objective_is_the_best_of_many_restarts():
+    """Small C: the rank-d solve's objective (8 restarts) is the least over 64 other seeded restarts, to 1e-9, and
+    its point is second-order stationary."""
+    from pipeline.theory.rank import refine
+
+    problem = Problem.from_profile("infonce(tau=0.5)", "exp(C=6, rho=100)", 16)
+    for dim in (2, 3):
+        solution = solve(problem, "rank", dim=dim)
+        rng = np.random.default_rng(1)
+        best = min(refine(problem, rng.standard_normal((dim, 6)))[1] for _ in range(64))
+        assert solution.objective <= best + 1e-9 * abs(best)
+        assert solution.extra["stationarity"].second_order
+        assert solution.lower_bound <= solution.objective and solution.gap == solution.objective - solution.lower_bound
+
+
 @pytest.mark.parametrize("dim", [1, 2])
 def test_rank_below_C_is_bounded_by_the_convex_program(dim, two_group):
     problem = two_group(R=3.0, n_major=3, n_minor=2)

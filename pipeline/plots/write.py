@@ -27,6 +27,7 @@ from pipeline.plots.axes import save_figure, slug
 from pipeline.plots.cascade import counts_gram, directions_diagram, gram_against_rho, onsets_figure
 from pipeline.plots.phase import gram_panels, phase_diagram, thresholds_figure, training_figure
 from pipeline.plots.practised import has_test_split, practised_figure, practised_shapes
+from pipeline.plots.rank import has_rank, rank_figure, rank_panels
 from pipeline.plots.remedies import tail_by_remedy, thresholds_by_remedy
 from pipeline.sweep.results import STATUS_CODE
 from pipeline.theory.threshold import R_MAX
@@ -78,6 +79,7 @@ def write_store_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, ob
         written += save_figure(gram_panels(ds, loss, n_major, n_minor, k_mid), out,
                          f"gram_{slug(loss)}_A{n_major}_B{n_minor}_k{k_name}")  # fmt: skip
     written += practised_figures(ds, out)
+    written += rank_figures(ds, out)
     rows = thresholds_table(ds)
     if rows:  # not with theory.thresholds: false
         written += save_figure(thresholds_figure(ds)[0], out, "thresholds")
@@ -179,6 +181,8 @@ CAPTIONS = {
     "directions": "Distinct class directions of the optimum over (k, rho), with the onset curves rho*_m(k)",
     "onsets": "The cascade onsets rho*_m against k",
     "remedies_tail": "The tail under each remedy: the cosine of the two smallest classes against rho",
+    "rank": "The rank-d optimum against the embedding dimension d: the tail's cosine, and the gap to the convex "
+    "optimum (the certified lower bound without the rank limit)",
     "remedies": "Does a remedy prevent Minority Collapse: the threshold R*(k), or the first onset rho*_2(k), per "
     "remedy",
 }
@@ -230,6 +234,17 @@ def practised_figures(ds: xr.Dataset, out: Path) -> list[Path]:
     return written
 
 
+def rank_figures(ds: xr.Dataset, out: Path) -> list[Path]:
+    """The rank-d figures (a store with theory.rank_dims): one per loss and class counts."""
+    if not has_rank(ds):
+        return []
+    written = []
+    for title_, point in rank_panels(ds):
+        name = "rank_" + "_".join(slug(str(v)) if k == "loss" else f"{k}{v}" for k, v in point.items())
+        written += save_figure(rank_figure(ds, title_, point)[0], out, name)
+    return written
+
+
 def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, object]:
     """Every figure and table of an exp or counts store (``ds`` already selected and loaded)."""
     written: list[Path] = []
@@ -238,6 +253,7 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
         for loss in map(str, ds.loss.values):
             for name in map(str, ds["counts"].values):
                 written += save_figure(counts_gram(ds, loss, name), out, f"gram_{slug(loss)}_{slug(name)}")
+        written += rank_figures(ds, out)
         written.append(write_profile_summary(ds, out / "summary.md", skipped, written))
         return {"written": written, "skipped": skipped, "seconds": time.perf_counter() - start}
     for loss in map(str, ds.loss.values):
@@ -249,6 +265,7 @@ def write_profile_figures(ds: xr.Dataset, out: Path, start: float) -> dict[str, 
             written += save_figure(gram_against_rho(ds, loss, C), out, f"gram_rho_{slug(loss)}_C{C}")
             written += save_figure(directions_diagram(ds, loss, C)[0], out, f"directions_{slug(loss)}_C{C}")
     written += practised_figures(ds, out)
+    written += rank_figures(ds, out)
     if "rho_onset" in ds:
         written += save_figure(onsets_figure(ds)[0], out, "onsets")
         rows = onsets_table(ds)

@@ -138,6 +138,9 @@ class TheorySpec:
     # false: no threshold task (R*, cascade onsets); the cascade of a large C costs minutes a (loss, k) and, past
     # the tail's float64 resolution, ends undecided
     thresholds: bool = True
+    # embedding dimensions d of rank-d theory (Burer-Monteiro) at every theory point, beside the convex optimum:
+    # a store dim rank_dim; empty (the default) adds nothing, and stores written before keep their science
+    rank_dims: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,8 @@ class SweepConfig:
         science = {"grid": self.grid.science(), "theory": asdict(self.theory), "batch.points": self.batch.points}
         if self.theory.thresholds:  # added later: at its default, stores written before still match
             science["theory"].pop("thresholds")
+        if not self.theory.rank_dims:  # likewise
+            science["theory"].pop("rank_dims")
         science["train"] = None if self.train is None else asdict(self.train)
         if self.losses:  # a registered loss's definition: another phi under the same name is another store
             science["losses"] = loss_definitions(self.losses)
@@ -508,6 +513,7 @@ def validate(raw: Any) -> SweepConfig:
         negatives=_choice("theory.negatives", theory_raw.get("negatives", "marginal"), NEGATIVES, problems),
         reduction=_choice("theory.reduction", theory_raw.get("reduction", "sum"), REDUCTIONS, problems),
         thresholds=_flag("theory.thresholds", theory_raw.get("thresholds", True), problems),
+        rank_dims=_rank_dims(theory_raw.get("rank_dims", []), problems),
     )
     if axes.get("remedy", ("none",)) != ("none",) and theory.solver not in REMEDY_SOLVERS:
         problems.append(f"theory.solver: {theory.solver!r}: grid.remedy is solved by the group reduction, the "
@@ -584,6 +590,22 @@ def _check_gram_memory(grid: GridSpec, batch: BatchSpec) -> None:
                            f"{need / 2**30:.3g} GiB of C x C Gram matrices, more than {GRAM_MEMORY_SHARE:.0%} of this "
                            f"machine's {physical_memory() / 2**30:.0f} GiB; expected at most {fit} classes at "
                            "this batch.points (or lower batch.points)"])  # fmt: skip
+
+
+def _rank_dims(raw: Any, problems: list[str]) -> tuple[int, ...]:
+    """theory.rank_dims: distinct integers d >= 1, kept in increasing order ([] or absent: none)."""
+    values = raw if isinstance(raw, list) else [raw]
+    good = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= INT_MAX]
+    if len(good) != len(values):
+        bad = next(v for v in values if v not in good or isinstance(v, bool))
+        problems.append(f"theory.rank_dims: {bad!r}: expected a list of embedding dimensions, integers from 1 to "
+                        f"{INT_MAX} (e.g. [2, 8, 64]), or [] for none")  # fmt: skip
+        return ()
+    if len(set(good)) != len(good):
+        problems.append(f"theory.rank_dims: duplicate values {sorted({v for v in good if good.count(v) > 1})}: "
+                        "expected each value once")  # fmt: skip
+        return ()
+    return tuple(sorted(good))
 
 
 def _flag(where: str, value: Any, problems: list[str]) -> bool:

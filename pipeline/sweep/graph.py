@@ -64,6 +64,10 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
     compute_s = time.perf_counter() - start
     hang_point(batch.key)
     time.sleep(float(os.environ.get(DELAY_ENV, "0")))
+    log = os.environ.get(TASK_LOG_ENV)
+    if log:  # before the write: a worker killed after its write but before a later log line would hide a done batch
+        with open(log, "a") as f:
+            f.write(f"{batch.key} {batch.n_points if only is None else int(only.sum())}\n")
     try:
         no_space_point(path)
         write_batch(path, batch, arrays, between=lambda: kill_point("write", kill_parent=True))
@@ -71,10 +75,6 @@ def compute_and_write(config: SweepConfig, batch: Batch, path: str, only_failed:
         if err.errno not in NO_SPACE:
             raise
         return {"key": batch.key, "batch": batch, "kind": batch.kind, "no_space": os.strerror(err.errno)}
-    log = os.environ.get(TASK_LOG_ENV)
-    if log:
-        with open(log, "a") as f:
-            f.write(f"{batch.key} {batch.n_points if only is None else int(only.sum())}\n")
     status = point_status(arrays[status_name(batch.kind, config.grid.profile)], len(batch.shape))
     return {
         "key": batch.key,

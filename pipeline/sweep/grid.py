@@ -104,6 +104,8 @@ class Grid:
             class_i=np.arange(self.C_max),
             class_j=np.arange(self.C_max),
         )
+        if self.config.theory.rank_dims:
+            coords["rank_dim"] = np.array(self.config.theory.rank_dims, dtype=np.int64)
         return coords
 
     def coords(self) -> dict[str, np.ndarray]:

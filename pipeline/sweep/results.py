@@ -40,6 +40,7 @@ FAILED = (STATUS_CODE["error"], STATUS_CODE["diverged"])  # the codes --retry-fa
 PROFILE_AXES = SWEEP_AXES
 PROFILES = PROFILE_KINDS
 CLASSES = ("class_i", "class_j")
+RANK = ("rank_dim",)  # the embedding dimensions d of rank-d theory (theory.rank_dims)
 # kept for step stores (the layout before profiles): what kind_dims(kind, 'step') returns
 THEORY = ("loss", "R", "n_major", "n_minor", "k")
 THRESHOLD = ("loss", "n_major", "n_minor", "k")
@@ -85,6 +86,7 @@ class Variable:
     kind: str  # task kind that writes it
     profiles: tuple[str, ...] = PROFILES  # the profiles whose stores hold it
     since: int = 1  # the store format that introduced it
+    rank: bool = False  # held only by stores whose config asks for rank-d theory (theory.rank_dims)
 
     def dims(self, profile: str = "step", remedy: bool = False) -> tuple[str, ...]:
         return (*kind_dims(self.kind, profile, remedy), *self.extra)
@@ -106,6 +108,16 @@ VARIABLES: dict[str, Variable] = {
     "status_theory": Variable((), "int8", "theory solve status", "1", "theory"),
     "time_theory": Variable((), "float64", "solve wall time", "s", "theory"),
     "fallback_theory": Variable((), "int8", "1 where the fallback solver produced the point (the configured one raised)", "1", "theory"),
+    "objective_rank_theory": Variable(RANK, "float64", "rank-d optimum of L over restarts (Burer-Monteiro, d = rank_dim; at d >= C the convex optimum)", "nats", "theory", rank=True),
+    "gap_rank_theory": Variable(RANK, "float64", "objective_rank_theory minus the certified lower bound on the optimum without the rank limit (at d >= C: the certified gap)", "nats", "theory", rank=True),
+    "gram_rank_theory": Variable((*RANK, *CLASSES), "float64", "Gram matrix of the rank-d class means (NaN padded)", "1", "theory", rank=True),
+    "cos_minor_rank_theory": Variable(RANK, "float64", "minority-minority cosine c at rank d", "1", "theory", STEP, rank=True),
+    "cos_tail_rank_theory": Variable(RANK, "float64", "cosine between the two smallest classes at rank d", "1", "theory", SHAPES, rank=True),
+    "gradient_rank_theory": Variable(RANK, "float64", "|Riemannian gradient| / |gradient| at the rank-d point (p-weighted metric; NaN at d >= C)", "1", "theory", rank=True),
+    "hessian_min_rank_theory": Variable(RANK, "float64", "smallest eigenvalue of the Riemannian Hessian at the rank-d point (p-weighted metric; NaN at d >= C)", "1", "theory", rank=True),
+    "hessian_max_rank_theory": Variable(RANK, "float64", "largest eigenvalue of the Riemannian Hessian at the rank-d point (p-weighted metric; NaN at d >= C)", "1", "theory", rank=True),
+    "second_order_rank_theory": Variable(RANK, "int8", "1 where the rank-d point is second-order stationary (gradient <= 1e-6, hessian_min >= -1e-6 max |eigenvalue|), 0 where not, -1 at d >= C (the certified convex optimum)", "1", "theory", rank=True),
+    "status_rank_theory": Variable(RANK, "int8", "rank-d solve status (local, optimal where it attains the convex bound, error)", "1", "theory", rank=True),
     "R_threshold": Variable((), "float64", "minority-collapse threshold R* (inf: none; see status_threshold)", "1", "threshold", STEP),
     "criterion_limit": Variable((), "float64", "limit of g / p_minor^2 as R -> inf", "nats", "threshold", STEP),
     "criterion_limit_error": Variable((), "float64", "error bound of criterion_limit (its sign counts only beyond it)", "nats", "threshold", STEP),
@@ -154,13 +166,15 @@ BOOKKEEPING_SINCE = 4
 KIND_DIMS = {kind: kind_dims(kind) for kind in ("theory", "threshold", "train")}  # step stores
 
 
-def profile_variables(profile: str, version: int = FORMAT_VERSION) -> dict[str, Variable]:
-    """The variables a store of this profile (written in store format ``version``) holds."""
-    return {name: v for name, v in VARIABLES.items() if profile in v.profiles and v.since <= version}
+def profile_variables(profile: str, version: int = FORMAT_VERSION, rank: bool = False) -> dict[str, Variable]:
+    """The variables a store of this profile (written in store format ``version``) holds; ``rank``: with
+    rank-d theory (``theory.rank_dims``)."""
+    return {name: v for name, v in VARIABLES.items()
+            if profile in v.profiles and v.since <= version and (rank or not v.rank)}  # fmt: skip
 
 
-def kind_variables(kind: str, profile: str = "step") -> list[str]:
-    return [name for name, v in profile_variables(profile).items() if v.kind == kind]
+def kind_variables(kind: str, profile: str = "step", rank: bool = False) -> list[str]:
+    return [name for name, v in profile_variables(profile, rank=rank).items() if v.kind == kind]
 
 
 def fill_value(dtype: str) -> float | int:

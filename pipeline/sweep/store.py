@@ -48,6 +48,7 @@ from pipeline.sweep.results import (
     VARIABLE_STATUS,
     VARIABLES,
     WRITER,
+    Variable,
     fill_value,
     profile_variables,
 )
@@ -66,6 +67,7 @@ COORD_ATTRS = {
                "without this dim holds remedy none", "1"),
     "k": ("negatives per anchor", "1"),
     "dim": ("embedding dimension d", "1"),
+    "rank_dim": ("embedding dimension d of the rank-d theory (Burer-Monteiro; d >= C: the convex optimum)", "1"),
 }
 PROFILE_CONVENTIONS = {
     "step": "classes majority first; R = p_major / p_minor",
@@ -301,7 +303,7 @@ def init_store(path: str, config: SweepConfig) -> None:
         zarr_chunks[name] = tuple(chunks.get(d, len(coords[d])) for d in dims)
         data_vars[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=-1), attrs)
 
-    for name, var in profile_variables(profile).items():
+    for name, var in store_variables(config).items():
         if var.kind not in kinds(config):
             continue
         attrs = {"long_name": var.long_name, "units": var.units}
@@ -444,6 +446,11 @@ def read_done(path: str, kind: str) -> np.ndarray:
     return done
 
 
+def store_variables(config: SweepConfig, version: int = FORMAT_VERSION) -> dict[str, Variable]:
+    """The variables a store of this config holds: its profile's, with rank-d theory where theory.rank_dims asks."""
+    return profile_variables(config.grid.profile, version, rank=bool(config.theory.rank_dims))
+
+
 def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray) -> list[Batch]:
     """Batches marked done whose data is missing, unreadable or not what was written.
 
@@ -452,7 +459,7 @@ def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray)
     """
     group = _group(path, "r")
     version = store_version(path)
-    variables = profile_variables(config.grid.profile, version)
+    variables = store_variables(config, version)
     names = sorted(name for name, var in variables.items() if var.kind == kind)
     arrays = {}
     broken_vars = []
@@ -575,7 +582,7 @@ def kind_of(name: str) -> str | None:
 
 def _expected_names(config: SweepConfig, version: int = FORMAT_VERSION) -> set[str]:
     kinds_ = kinds(config)
-    variables = profile_variables(config.grid.profile, version)
+    variables = store_variables(config, version)
     bookkeeping = (DONE, CHECKSUM, WRITER) if version >= BOOKKEEPING_SINCE else (DONE,)
     return {n for n, v in variables.items() if v.kind in kinds_} | {t[k] for t in bookkeeping for k in kinds_}
 

@@ -29,7 +29,7 @@ def _empty(grid: Grid, kind: str, shape: tuple[int, ...]) -> dict[str, np.ndarra
     """Fill values for every variable of a kind over a batch (its extra dims taken whole)."""
     out = {}
     sizes = grid.coords()
-    for name in kind_variables(kind, grid.profile):
+    for name in kind_variables(kind, grid.profile, rank=bool(grid.config.theory.rank_dims)):
         var = VARIABLES[name]
         full_shape = (*shape, *(len(sizes[d]) for d in var.extra))
         out[name] = np.full(full_shape, fill_value(var.dtype), dtype=var.dtype)
@@ -108,10 +108,43 @@ def run_theory_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None 
             decided = directions is not None and directions.decided
             out["directions_theory"][idx] = directions.count if decided else np.nan
         out["gap_theory"][idx] = solution.gap
+        for i, dim in enumerate(theory.rank_dims):
+            _rank_point(out, (*idx, i), problem, solution, dim, grid.profile == "step")
         out["status_theory"][idx] = STATUS_CODE[solution.status]
         out["time_theory"][idx] = time.perf_counter() - start
         out["fallback_theory"][idx] = int(used_fallback)
     return out
+
+
+def _rank_point(out: dict[str, np.ndarray], idx: tuple[int, ...], problem: Problem, convex, dim: int,
+                step: bool) -> None:  # fmt: skip
+    """The rank-d optimum beside the convex one (``convex``, a Solution): from the convex optimum's top-d
+    eigenvectors and seeded restarts, with its lower bound and stationarity; the convex optimum at d >= C.
+    A failing rank solve is data (status error), not the point's failure."""
+    from pipeline.theory.rank import solve_rank
+
+    C = problem.C
+    try:
+        solution = convex if dim >= C else solve_rank(problem, dim, convex.lower_bound, G_convex=convex.G)
+    except Exception:
+        out["status_rank_theory"][idx] = STATUS_CODE["error"]
+        return
+    out["objective_rank_theory"][idx] = solution.objective
+    out["gap_rank_theory"][idx] = solution.gap
+    out["gram_rank_theory"][(*idx, slice(0, C), slice(0, C))] = solution.G
+    if step:
+        out["cos_minor_rank_theory"][idx] = solution.c
+    else:
+        out["cos_tail_rank_theory"][idx] = tail_cosine(problem, solution.G)
+    stationarity = solution.extra.get("stationarity")
+    if stationarity is None:
+        out["second_order_rank_theory"][idx] = -1
+    else:
+        out["gradient_rank_theory"][idx] = stationarity.gradient
+        out["hessian_min_rank_theory"][idx] = stationarity.hessian_min
+        out["hessian_max_rank_theory"][idx] = stationarity.hessian_max
+        out["second_order_rank_theory"][idx] = int(stationarity.second_order)
+    out["status_rank_theory"][idx] = STATUS_CODE[solution.status]
 
 
 def run_threshold_batch(config: SweepConfig, batch: Batch, only: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -79,7 +79,7 @@ def solve(problem: Problem, solver: SolverName = "auto", dim: int | None = None,
     else:
         rank_dim = C if dim is None else dim
         bound = solve(problem, "auto", None)
-        solution = solve_rank(problem, rank_dim, bound.lower_bound, seed=seed)
+        solution = solve_rank(problem, rank_dim, bound.lower_bound, seed=seed, G_convex=bound.G)
     two = problem.two_groups()
     if math.isnan(solution.criterion) and two is not None and two[1] >= 2 and problem.loss.smooth:
         solution.criterion, solution.criterion_error = criterion_with_error(problem)

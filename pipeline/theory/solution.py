@@ -140,7 +140,18 @@ class Solution:
             "gram": [[cosine(x) for x in row] for row in self.G],
             "classes": self.classes,
             **_directions_dict(self.directions),
+            **_stationarity_dict(self.extra.get("stationarity")),
         }
+
+
+def _stationarity_dict(stationarity: Any) -> dict[str, Any]:
+    """The JSON fields of a rank-d point's stationarity (rank.Stationarity), or none."""
+    if stationarity is None:
+        return {}
+    return {"stationarity": {"gradient": json_number(stationarity.gradient),
+                             "hessian_min": json_number(stationarity.hessian_min),
+                             "hessian_max": json_number(stationarity.hessian_max),
+                             "second_order": stationarity.second_order}}  # fmt: skip
 
 
 def _directions_dict(directions: Any) -> dict[str, Any]:
