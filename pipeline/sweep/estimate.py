@@ -61,12 +61,34 @@ def _spread_points(config: SweepConfig, kind: str, n: int) -> list[dict]:
 
     grid = Grid(config)
     batches = list(grid.batches(kind))
-    chosen = [batches[round(i * (len(batches) - 1) / max(n - 1, 1))] for i in range(min(n, len(batches)))]
+    m = min(n, len(batches))  # spread over all of them (dividing by n - 1 sampled only the first m / n of the grid)
+    chosen = [batches[round(i * (len(batches) - 1) / max(m - 1, 1))] for i in range(m)]
     out = []
     for i, batch in enumerate(chosen):
         points = [pt for _, pt in grid_points(grid, batch, None)]
         out.append(points[(i * 7) % len(points)])
-    return out
+    return [out[i] for i in coarse_to_fine(len(out))]
+
+
+def coarse_to_fine(n: int) -> list[int]:
+    """0..n-1 ordered first, last, middle, then the middles of the halves, and so on: a budget that stops
+    after a few samples has still seen both ends of the grid (measured: configs/rank.yaml, whose points cost
+    1 to 66 s along rho, was estimated at 3.5 s a point from its first, cheapest ones against 17 s run).
+
+    Examples
+    --------
+    >>> coarse_to_fine(5), coarse_to_fine(1)
+    ([0, 4, 2, 1, 3], [0])
+    """
+    order = [0, n - 1][: min(n, 2)]
+    intervals = [(0, n - 1)]  # breadth first: each interval's middle, then its two halves
+    while intervals:
+        lo, hi = intervals.pop(0)
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            order.append(mid)
+            intervals += [(lo, mid), (mid, hi)]
+    return order
 
 
 def theory_estimate(config: SweepConfig) -> KindEstimate:
