@@ -82,7 +82,7 @@ def test_a_store_without_rank_dims_is_as_before(tmp_path):
 
 def test_plot_draws_the_rank_figure(rank_store, tmp_path):
     written = [p.name for p in write_figures(rank_store.store, tmp_path / "figs")["written"]]
-    assert "rank_infonce-tau0.5_C5.png" in written
+    assert "rank_infonce-tau0.5_C5.png" in written  # named as the other figures: _C5, _A2_B2
     assert "rank_infonce-tau0.5_C5" in (tmp_path / "figs" / "summary.md").read_text()
 
 

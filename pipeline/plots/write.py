@@ -240,7 +240,8 @@ def rank_figures(ds: xr.Dataset, out: Path) -> list[Path]:
         return []
     written = []
     for title_, point in rank_panels(ds):
-        name = "rank_" + "_".join(slug(str(v)) if k == "loss" else f"{k}{v}" for k, v in point.items())
+        shape = {"n_major": "A", "n_minor": "B", "C": "C"}  # as the other figures name them: _A2_B2, _C10
+        name = "_".join(["rank", slug(point["loss"]), *(f"{shape[k]}{v}" for k, v in point.items() if k in shape)])
         written += save_figure(rank_figure(ds, title_, point)[0], out, name)
     return written
 
