@@ -45,9 +45,7 @@ def rank_figure(ds: xr.Dataset, title: str, point: dict) -> tuple[plt.Figure, di
     cosine = sub["cos_minor_rank_theory"] if "cos_minor_rank_theory" in sub else sub["cos_tail_rank_theory"]
     scan = next(d for d in cosine.dims if d not in ("k", "rank_dim"))  # R, rho or counts
     d = sub.rank_dim.values.astype(float)
-    C = int(sub.C) if "C" in sub.coords and sub.C.ndim == 0 else None
-    if "n_major" in point:
-        C = point["n_major"] + point["n_minor"]
+    C = point["C"] if "C" in point else point["n_major"] + point["n_minor"] if "n_major" in point else None
     fig, (left, right) = plt.subplots(1, 2, figsize=(2 * COLUMN_IN, 2.4), layout="constrained")
     drawn = {}
     for i, value in enumerate(cosine[scan].values):

@@ -96,17 +96,16 @@ def theory_estimate(config: SweepConfig) -> KindEstimate:
     points differ by orders of magnitude (a long tail at large rho against a two-group point)."""
     from pipeline.sweep.tasks import point_problem
     from pipeline.theory.dispatch import solve
-    from pipeline.theory.rank import solve_rank
+    from pipeline.theory.rank import beside_convex
 
     s, th = config.grid, config.theory
     picks = _spread_points(config, "theory", THEORY_SAMPLES)
 
-    def one(pick) -> None:  # what run_theory_batch solves at a point: the convex optimum, then each rank d < C
+    def one(pick) -> None:  # what run_theory_batch solves at a point: the convex optimum, then each rank d
         problem = point_problem(config, pick)
         convex = solve(problem, th.solver)
         for dim in th.rank_dims:
-            if dim < problem.C:
-                solve_rank(problem, dim, convex.lower_bound, G_convex=convex.G)
+            beside_convex(problem, convex, dim)
 
     one(picks[0])  # imports and caches
     times: list[float] = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.sweep.config import SweepConfig
-from pipeline.sweep.results import kind_dims
+from pipeline.sweep.results import FORMAT_VERSION, Variable, kind_dims, profile_variables
 from pipeline.theory.profiles import SCAN_AXIS
 
 KINDS = ("theory", "threshold", "train")
@@ -28,6 +28,12 @@ def kinds(config: SweepConfig) -> tuple[str, ...]:
     out = KINDS if config.train is not None else KINDS[:2]
     no_threshold = config.grid.profile == "counts" or not config.theory.thresholds
     return tuple(k for k in out if not (k == "threshold" and no_threshold))
+
+
+def store_variables(config: SweepConfig, version: int = FORMAT_VERSION) -> dict[str, Variable]:
+    """The variables a store of this config holds (written in store format ``version``): its profile's, with
+    rank-d theory where theory.rank_dims asks."""
+    return profile_variables(config.grid.profile, version, rank=bool(config.theory.rank_dims))
 
 
 @dataclass(frozen=True)

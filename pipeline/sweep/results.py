@@ -173,10 +173,6 @@ def profile_variables(profile: str, version: int = FORMAT_VERSION, rank: bool = 
             if profile in v.profiles and v.since <= version and (rank or not v.rank)}  # fmt: skip
 
 
-def kind_variables(kind: str, profile: str = "step", rank: bool = False) -> list[str]:
-    return [name for name, v in profile_variables(profile, rank=rank).items() if v.kind == kind]
-
-
 def fill_value(dtype: str) -> float | int:
     """Value of a point not yet computed: NaN for floats, 0 (pending) for integer codes."""
     return float("nan") if dtype.startswith("float") else 0

@@ -36,7 +36,7 @@ from pipeline.metrics import CONVENTIONS as WITHIN_CLASS_CONVENTIONS
 from pipeline.metrics import GRAD_NORM_TOL, LOSS_CHANGE_TOL
 from pipeline.sweep.config import SweepConfig, diff_science, loss_definitions
 from pipeline.sweep.faults import kill_point, no_space_point
-from pipeline.sweep.grid import Batch, Grid, kinds
+from pipeline.sweep.grid import Batch, Grid, kinds, store_variables
 from pipeline.sweep.results import (
     BOOKKEEPING_SINCE,
     CHECKSUM,
@@ -48,9 +48,7 @@ from pipeline.sweep.results import (
     VARIABLE_STATUS,
     VARIABLES,
     WRITER,
-    Variable,
     fill_value,
-    profile_variables,
 )
 
 FORMAT = f"clphase-store-{FORMAT_VERSION}"
@@ -444,11 +442,6 @@ def read_done(path: str, kind: str) -> np.ndarray:
         except Exception:  # damaged chunk: recompute its batch
             continue
     return done
-
-
-def store_variables(config: SweepConfig, version: int = FORMAT_VERSION) -> dict[str, Variable]:
-    """The variables a store of this config holds: its profile's, with rank-d theory where theory.rank_dims asks."""
-    return profile_variables(config.grid.profile, version, rank=bool(config.theory.rank_dims))
 
 
 def damaged_batches(path: str, config: SweepConfig, kind: str, done: np.ndarray) -> list[Batch]:

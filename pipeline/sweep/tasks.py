@@ -12,8 +12,8 @@ import numpy as np
 from pipeline.metrics import gram_distance
 from pipeline.sweep.config import SweepConfig
 from pipeline.sweep.faults import failing_solver
-from pipeline.sweep.grid import Batch, Grid
-from pipeline.sweep.results import STATUS_CODE, VARIABLES, fill_value, kind_variables, stored_status
+from pipeline.sweep.grid import Batch, Grid, store_variables
+from pipeline.sweep.results import STATUS_CODE, fill_value, stored_status
 from pipeline.theory.cascade import cascade, distinct_directions
 from pipeline.theory.dispatch import solve
 from pipeline.theory.losses import parse_loss
@@ -29,8 +29,9 @@ def _empty(grid: Grid, kind: str, shape: tuple[int, ...]) -> dict[str, np.ndarra
     """Fill values for every variable of a kind over a batch (its extra dims taken whole)."""
     out = {}
     sizes = grid.coords()
-    for name in kind_variables(kind, grid.profile, rank=bool(grid.config.theory.rank_dims)):
-        var = VARIABLES[name]
+    for name, var in store_variables(grid.config).items():
+        if var.kind != kind:
+            continue
         full_shape = (*shape, *(len(sizes[d]) for d in var.extra))
         out[name] = np.full(full_shape, fill_value(var.dtype), dtype=var.dtype)
     return out
@@ -121,11 +122,11 @@ def _rank_point(out: dict[str, np.ndarray], idx: tuple[int, ...], problem: Probl
     """The rank-d optimum beside the convex one (``convex``, a Solution): from the convex optimum's top-d
     eigenvectors and seeded restarts, with its lower bound and stationarity; the convex optimum at d >= C.
     A failing rank solve is data (status error), not the point's failure."""
-    from pipeline.theory.rank import solve_rank
+    from pipeline.theory.rank import beside_convex
 
     C = problem.C
     try:
-        solution = convex if dim >= C else solve_rank(problem, dim, convex.lower_bound, G_convex=convex.G)
+        solution = beside_convex(problem, convex, dim)
     except Exception:
         out["status_rank_theory"][idx] = STATUS_CODE["error"]
         return

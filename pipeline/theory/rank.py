@@ -217,3 +217,9 @@ def solve_rank(problem: Problem, dim: int, lower_bound: float, n_restarts: int =
     solution.extra["stationarity"] = stationarity(problem, V)
     solution.time_s = time.perf_counter() - start
     return solution
+
+
+def beside_convex(problem: Problem, convex: Solution, dim: int) -> Solution:
+    """The rank-d optimum beside a convex one (``convex``: its lower bound and its top-d eigenvectors as a start,
+    with seeded restarts); the convex optimum itself at d >= C."""
+    return convex if dim >= problem.C else solve_rank(problem, dim, convex.lower_bound, G_convex=convex.G)
