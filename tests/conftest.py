@@ -36,3 +36,14 @@ def two_group():
         return Problem.two_group(loss, n_major, n_minor, R, k, negatives, reduction)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The store of an uninterrupted run of the fault tests' config (``test_faults.write``), once per module."""
+    from tests.test_faults import run, write
+
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = run(write(tmp))
+    assert proc.returncode == 0, proc.stderr
+    return tmp / "store.zarr"

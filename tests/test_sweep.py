@@ -200,10 +200,11 @@ def keys(log: Path) -> list[str]:
     return [line.split()[0] for line in log.read_text().splitlines() if line] if log.exists() else []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_resumes_to_the_same_store(finished, tmp_path, sig):
-    """Ctrl-C, SIGTERM (SLURM's preemption, scancel, walltime) and SIGKILL: the rerun completes the store.
-    The first two end with one clean line: no traceback, no warnings of the cluster's shutdown."""
+    """Ctrl-C and SIGTERM (SLURM's preemption, scancel, walltime): one clean line (no traceback, no warnings of
+    the cluster's shutdown), the lock released, and the rerun completes the store. SIGKILL, at five moments of a
+    run, is test_faults.py's test_killed_client_loses_nothing."""
     cfg = write_config(tmp_path)
     log = tmp_path / "tasks.log"
     env = {**os.environ, "CLPHASE_TASK_LOG": str(log), "CLPHASE_BATCH_DELAY_S": "0.3"}
@@ -216,21 +217,16 @@ def test_interrupted_run_resumes_to_the_same_store(finished, tmp_path, sig):
             time.sleep(0.05)
         proc.send_signal(sig)
         proc.wait(timeout=60)
-    if sig != signal.SIGKILL:
-        err = (tmp_path / "run.err").read_text()
-        assert proc.returncode == 128 + sig, err
-        last = err.strip().splitlines()[-1]
-        assert last == f"clphase run: interrupted ({signal.Signals(sig).name}); rerun the same command to resume"
-        assert not any(word in err for word in ("Traceback", "WARNING", "Warning", "leaked")), err
-    lock = Path(f"{tmp_path / 'store.zarr'}.lock")
-    assert lock.exists() == (sig == signal.SIGKILL)  # SIGTERM releases it; the kernel drops a killed run's flock
-    first = keys(log)
-    assert 8 <= len(first) < 40  # interrupted mid-run (40 batches in all)
-    time.sleep(1.5)  # orphaned workers (SIGKILL) notice within 0.5 s that their parent is gone
-    first = keys(log)
+    err = (tmp_path / "run.err").read_text()
+    assert proc.returncode == 128 + sig, err
+    last = err.strip().splitlines()[-1]
+    assert last == f"clphase run: interrupted ({signal.Signals(sig).name}); rerun the same command to resume"
+    assert not any(word in err for word in ("Traceback", "WARNING", "Warning", "leaked")), err
+    assert not Path(f"{tmp_path / 'store.zarr'}.lock").exists()  # released
+    assert 8 <= len(keys(log)) < 40  # interrupted mid-run (40 batches in all)
     proc = clphase("run", str(cfg), "--workers", "2", env={"CLPHASE_TASK_LOG": str(log)})
     assert proc.returncode == 0, proc.stderr
-    assert ("took over the lock of a run that is gone" in proc.stdout) == (sig == signal.SIGKILL)
+    assert "took over the lock" not in proc.stdout
     every = keys(log)
     assert set(every) == set(keys(finished[2]))  # every batch was computed
     recomputed = len(every) - len(set(every))
