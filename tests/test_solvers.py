@@ -277,3 +277,51 @@ def test_rank_below_C_is_bounded_by_the_convex_program(dim, two_group):
     assert ranked.objective > convex.objective + 1e-6  # d < C really costs something here
     assert ranked.status == "local" and "lower bound" in ranked.message
     assert certificate(problem, ranked.G)[0] == pytest.approx(ranked.objective)
+
+
+def test_column_curvature_is_each_columns_mean_riemannian_curvature():
+    """The oblique solver's first-stage metric: the probe estimate against each column's exact block trace.
+
+    Two Euclidean Hessians on a random upper-triangular V: block diagonal (dV_c -> a_c dV_c, every probe
+    exact) and coupled (dV -> dV K, K symmetric: the cross blocks average out over the probes). The reference
+    is the Riemannian block of column c on an orthonormal basis of its tangent space (first c + 1 coordinates,
+    orthogonal to v_c), built here.
+    """
+    from pipeline.theory.oblique import column_curvature, curvature_weight
+
+    rng = np.random.default_rng(3)
+    C = 6
+    V = np.triu(rng.normal(size=(C, C)))
+    V /= np.linalg.norm(V, axis=0)
+    gradient = rng.normal(size=(C, C))
+    A = rng.uniform(0.5, 3.0, C)
+    K = rng.normal(size=(C, C))
+    K = K + K.T + 2 * C * np.eye(C)
+
+    def exact(hessian):
+        out = np.zeros(C)
+        for c in range(1, C):
+            basis = np.eye(C)[:, : c + 1]
+            basis -= np.outer(V[:, c], V[:, c] @ basis)
+            Q = np.linalg.qr(basis)[0][:, :c]  # (C, c): the tangent space of column c
+            block = []
+            for u in Q.T:
+                dV = np.zeros((C, C))
+                dV[:, c] = u
+                block.append(u @ hessian(dV)[:, c] - V[:, c] @ gradient[:, c])
+            out[c] = np.mean(block)
+        return out
+
+    diagonal = lambda dV: dV * A  # noqa: E731
+    np.testing.assert_allclose(column_curvature(V, gradient, diagonal, triangular=True, probes=3),
+                               exact(diagonal), rtol=1e-12, atol=1e-12)  # fmt: skip
+    coupled = lambda dV: dV @ K  # noqa: E731
+    estimate = column_curvature(V, gradient, coupled, triangular=True, probes=4000)
+    assert estimate[0] == 0.0  # column 0 has no tangent space
+    np.testing.assert_allclose(estimate, exact(coupled), atol=0.05 * np.abs(K).max())
+    assert not np.allclose(column_curvature(V, gradient, coupled, triangular=True, probes=1), exact(coupled))
+    # the metric: the ratio to the weight (0, 2, 1, 10 here), floored at a tenth of the median ratio (2); the
+    # weight itself where no ratio is usable
+    weight = np.array([0.4, 0.3, 0.2, 0.1])
+    np.testing.assert_allclose(curvature_weight(weight, np.array([0.0, 0.6, 0.2, 1.0])), [0.4 * 0.1 * 2, 0.6, 0.2, 1.0])
+    np.testing.assert_array_equal(curvature_weight(weight, np.zeros(4)), weight)

@@ -12,9 +12,13 @@ Two choices make it converge at C = 100 (measured; plain Oblique(C, C) stalled a
   first): column c lies on the sphere S^c of the first c + 1 coordinates. Every G in the elliptope
   has such a factor, and the C(C - 1) / 2 zero-curvature rotations V -> Q V, which sent the inner
   conjugate gradients to the trust-region boundary along "negative curvature" of size |grad|, are gone.
-- **Preconditioning by the proportions.** Column c's curvature scales like p_c (its anchor weight
-  and its weight as a negative), so the inner solver works on dV / p_c: the minority directions,
-  whose terms weigh ~p_min^2, converge with the rest.
+- **Preconditioning by the curvature.** Without a remedy column c's curvature scales like p_c (its
+  anchor weight and its weight as a negative), so the inner solver works on dV / p_c: the minority
+  directions, whose terms weigh ~p_min^2, converge with the rest. Remedies part curvature from
+  proportion (class temperatures make a tail column (tau / tau_c)^2 stiffer), so the first stage weighs
+  each column by its curvature at the start, estimated from 8 Hessian-vector products
+  (:func:`column_curvature`); measured at exp(C = 10, rho = 100), InfoNCE tau = 0.5: 4x fewer iterations
+  under logit adjustment with class temperatures, the same without a remedy.
 
 The start is the Cholesky factor of a slightly shrunk simplex ETF (the balanced optimum).
 """
@@ -136,9 +140,50 @@ def _stalling_trust_regions() -> type:
     return StallingTrustRegions
 
 
+CURVATURE_PROBES = 8  # random tangent directions of the stage-1 curvature estimate
+CURVATURE_FLOOR = 0.1  # no column's stage-1 weight goes below this fraction of weight_c x the median curvature ratio
+
+
+def column_curvature(V: np.ndarray, gradient: np.ndarray, hessian: Any, triangular: bool = False,
+                     probes: int = CURVATURE_PROBES, seed: int = 0) -> np.ndarray:  # fmt: skip
+    """Each column's mean curvature at V on its sphere (n,), estimated from ``probes`` Hessian-vector products.
+
+    Each probe is a random sign vector, projected on every column's tangent space (the first c + 1 coordinates
+    of column c where ``triangular``) and normalised per column: E[z_c . (H z)_c] is the trace of column c's
+    diagonal block over its dimension (the cross blocks average out), plus the sphere's term -<v_c, grad_c>.
+    Column 0 of a triangular V has no tangent space: 0. Seeded: the same V gives the same estimate.
+    """
+    m, n = V.shape
+    mask = np.triu(np.ones((m, n))) if triangular else np.ones((m, n))
+    radial = (V * gradient).sum(axis=0)  # (n,)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n)
+    for _ in range(probes):
+        Z = rng.choice([-1.0, 1.0], size=(m, n)) * mask
+        Z -= V * (V * Z).sum(axis=0)  # (m, n): tangent
+        norms = np.linalg.norm(Z, axis=0)
+        moving = norms > 1e-12 * math.sqrt(m)
+        Z[:, moving] /= norms[moving]
+        Z[:, ~moving] = 0.0
+        total += np.where(moving, (Z * hessian(Z)).sum(axis=0) - radial, 0.0)
+    return total / probes
+
+
+def curvature_weight(weight: np.ndarray, curvature: np.ndarray) -> np.ndarray:
+    """Stage 1's metric from the columns' curvature (n,): weight_c x max(curvature_c / weight_c, floor), the
+    floor ``CURVATURE_FLOOR`` times the median ratio; ``weight`` itself where no ratio is positive and finite."""
+    ratio = curvature / weight
+    finite = np.isfinite(ratio) & (ratio > 0)
+    if not finite.any():
+        return weight
+    floor = CURVATURE_FLOOR * float(np.median(ratio[finite]))
+    return weight * np.where(finite, np.maximum(ratio, floor), floor)
+
+
 def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, grad_tol: float = GRAD_TOL,
                         max_iterations: int = MAX_ITERATIONS, triangular: bool = False,
-                        first_tol: float | None = None, first_theta: float = 1.0) -> Any:  # fmt: skip
+                        first_tol: float | None = None, first_theta: float = 1.0,
+                        curvature_metric: bool = False) -> Any:  # fmt: skip
     """Minimise on the oblique manifold of ``start``'s shape (unit columns) in two stages.
 
     pymanopt's trust region on ``evaluate(W) -> (cost, Euclidean gradient, dW -> Hessian-vector
@@ -149,8 +194,11 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
     sqrt(sum_c |grad_c|^2 / weight_c^2), is each column's stationarity relative to its own weight,
     so terms weighing ~weight_min^2 count. Stage 2 falls back to stage 1's point where it ends worse than it
     started (where the weights span many decades). ``first_tol``: stage 1's own tolerance (default
-    ``grad_tol``); ``first_theta``: its inner solve's residual exponent (pymanopt's 1 by default). Returns
-    pymanopt's result (point, iterations, gradient_norm in the last stage's metric, stopping_criterion).
+    ``grad_tol``); ``first_theta``: its inner solve's residual exponent (pymanopt's 1 by default).
+    ``curvature_metric``: stage 1 weighs column c by its curvature at the start (:func:`column_curvature`,
+    :func:`curvature_weight`) instead of ``weight_c``, where a remedy makes curvature and proportion part
+    (class temperatures: a tail column's terms are (tau / tau_c)^2 stiffer). Returns pymanopt's result (point,
+    iterations, gradient_norm in the last stage's metric, stopping_criterion).
     """
     import pymanopt
 
@@ -174,8 +222,12 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
     def hessian(W: np.ndarray, dW: np.ndarray) -> np.ndarray:
         return at(W)[2](dW)
 
+    first_weight = weight
+    if curvature_metric:
+        first_weight = curvature_weight(weight, column_curvature(start, gradient(start), at(start)[2], triangular))
+
     def stage(power: int, point: np.ndarray, iterations: int, grad_tol: float) -> Any:
-        manifold = weighted_oblique(m, n, weight**power, triangular)
+        manifold = weighted_oblique(m, n, first_weight if power == 1 else weight**power, triangular)
         program = pymanopt.Problem(manifold, pymanopt.function.numpy(manifold)(cost),
                                    euclidean_gradient=pymanopt.function.numpy(manifold)(gradient),
                                    euclidean_hessian=pymanopt.function.numpy(manifold)(hessian))  # fmt: skip
@@ -255,7 +307,7 @@ def minimise(
 
     start = etf_start(m) if V0 is None else V0
     result = staged_trust_region(evaluate, start, p_cluster, grad_tol, max_iterations, triangular=True,
-                                 first_theta=CG_THETA)  # fmt: skip
+                                 first_theta=CG_THETA, curvature_metric=True)  # fmt: skip
     return result.point[:, label], result
 
 
