@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import quadratic_assignment
 
 # A trained minority cosine counts as collapsed above 1 - COLLAPSE_TOL. Only for measured
 # (trained) geometry: theory decides collapse from its optimality condition instead.
@@ -80,6 +79,8 @@ def gram_distance(G: np.ndarray, G_ref: np.ndarray, groups: np.ndarray) -> float
     # the graph-matching heuristic FAQ (scipy) on G and G_ref with the group of each class written on
     # the diagonal at a scale that makes any cross-group relabelling cost more than every other
     # mismatch together, from the identity and a few random starts, then pairwise swaps within groups
+    from scipy.optimize import quadratic_assignment  # here: scipy.optimize costs every process 0.4 s to import
+
     label = np.unique(groups, return_inverse=True)[1]
     marks = np.diag(10.0 * C * label)
     starts = [np.eye(C)] + ["randomized"] * 8

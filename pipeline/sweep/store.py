@@ -23,11 +23,9 @@ import zlib
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
@@ -50,6 +48,9 @@ from pipeline.sweep.results import (
     WRITER,
     fill_value,
 )
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 FORMAT = f"clphase-store-{FORMAT_VERSION}"
 FORMATS = {f"clphase-store-{v}": v for v in range(1, FORMAT_VERSION + 1)}  # the formats this version reads
@@ -290,6 +291,9 @@ def init_store(path: str, config: SweepConfig) -> None:
     Each variable is one dask chunk (its zarr chunks, one per batch, are set in the encoding): the template's
     never-computed graph then has a task per variable, not per batch (a 10^6-point grid had 10^6).
     """
+    import dask.array as da  # here, not at the top: the workers, which only write batches, start without it
+    import xarray as xr
+
     grid = Grid(config)
     coords = grid.coords()
     profile = config.grid.profile
@@ -614,5 +618,7 @@ def open_results(path: str | os.PathLike) -> xr.Dataset:
     >>> ds = open_results("results/quick.zarr")  # doctest: +SKIP
     >>> ds.cos_minor_theory.sel(loss="infonce(tau=1)", n_major=2, n_minor=2, k=4)  # doctest: +SKIP
     """
+    import xarray as xr
+
     require_store(str(path))
     return xr.open_zarr(path, consolidated=False)
