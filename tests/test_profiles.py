@@ -235,3 +235,22 @@ def test_counts_profile_in_solve(capsys):
     out = capsys.readouterr().out
     assert "emu" in out and "distinct directions: 3 of 3" in out
     assert Counts((5000, 2997, 1796)).C == 3
+
+
+@pytest.mark.parametrize("k", [256, math.inf])
+def test_exp_C100_equals_the_oblique_solver_of_an_earlier_revision(k):
+    """exp(C = 100, rho = 100), InfoNCE tau = 0.5: the certified Gram equals, to 1e-9 on every entry, the one
+    the oblique solver computed before its first stage weighed columns by their curvature (revision stored in
+    tests/data/exp_C100.npz, written by that revision's ``solve_oblique``), and the objectives agree within
+    the two certified gaps."""
+    from pathlib import Path
+
+    from pipeline.theory.oblique import solve_oblique
+
+    reference = np.load(Path(__file__).parent / "data" / "exp_C100.npz")
+    name = "k256" if k == 256 else "kinf"
+    solution = solve_oblique(Problem.from_profile(INFONCE, "exp(C=100, rho=100)", k))
+    assert solution.status == "optimal"
+    np.testing.assert_allclose(solution.G, reference[f"gram_{name}"], rtol=0, atol=1e-9)
+    assert abs(solution.objective - float(reference[f"objective_{name}"])) <= solution.gap + float(
+        reference[f"gap_{name}"]) + 1e-15 * abs(solution.objective)  # fmt: skip
