@@ -16,12 +16,16 @@ first section alone, ~3 minutes). Prints, in one run:
    C = 100 and k = 65536 (targets: C = 10 at k = 4096 in <= 2 s, C = 100 at k = 256 in <= 60 s), and
    main's route at C = 10, k = 8 in the same run (``--profiles`` for this section alone, ~2 minutes);
 5. under each remedy: a two-group point, R* at k = 4, 65536 and inf, exp(C = 10) (targets 5 ms, 1 s,
-   0.1 s; ``--remedies`` alone, ~1 minute).
+   0.1 s; ``--remedies`` alone, ~1 minute);
+6. only with ``--large``: exp(C, rho = 100) at C = 100, 300 and 1000, k = 256 and inf, in seconds and per class
+   pair, each case capped at ``--limit`` seconds, and with ``--against PATH`` the same cases in a checkout of
+   another revision, for the ratio (targets: C = 1000 certified in 60 s, C = 100 in 1 s).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -53,10 +57,11 @@ def naive_in_subprocess(R: float, k: int) -> tuple[float, float] | None:
     return None if out is None else tuple(map(float, out.split()[-2:]))
 
 
-def run_python(code: str, limit_s: float) -> str | None:
+def run_python(code: str, limit_s: float, env: dict[str, str] | None = None) -> str | None:
     """stdout of ``python -c code`` in a fresh process; None when it fails or runs past ``limit_s``."""
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=limit_s)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=limit_s,
+                             env=None if env is None else {**os.environ, **env})  # fmt: skip
     except subprocess.TimeoutExpired:
         return None
     return out.stdout if out.returncode == 0 else None
@@ -102,9 +107,9 @@ ANY_K_R = (3.0, 30.0, 100.0, 1e4)  # below and above R* at every k
 ENUM_LIMIT_S = 60  # per enumerated run of the points or threshold; beyond it the enumeration counts as not run
 
 
-def _timed(code: str, limit_s: float) -> list[float] | None:
+def _timed(code: str, limit_s: float, env: dict[str, str] | None = None) -> list[float] | None:
     """Numbers printed by ``code`` in a fresh process, None when it fails or runs past ``limit_s``."""
-    out = run_python("import math, time; from pipeline.theory.problem import Problem; " + code, limit_s)
+    out = run_python("import math, time; from pipeline.theory.problem import Problem; " + code, limit_s, env)
     return None if out is None else [float(x) for x in out.split()]
 
 
@@ -245,6 +250,39 @@ def remedies() -> None:
         print(row(remedy), flush=True)
 
 
+LARGE_CASES = [(100, 256), (100, math.inf), (300, 256), (300, math.inf), (1000, 256), (1000, math.inf)]
+
+
+def large(limit_s: float, against: str | None) -> None:
+    """Section 6: exp(C, rho = 100) at C = 100, 300 and 1000, k = 256 and inf (issue 23's targets: C = 1000
+    certified in 60 s, C = 100 in 1 s, a cost per class pair that does not grow with C), each in a fresh process
+    capped at ``limit_s``; with ``against``, the same in that checkout (another revision) for the ratio."""
+    print(f"\n# many classes, {LOSS}, exp(C, rho=100), oblique solver; each case in a fresh process, capped at "
+          f"{limit_s:g} s{f'; against {against}' if against else ''}")  # fmt: skip
+    print(f"{'C':>5} {'k':>5} {'s':>8} {'ms/pair':>8} {'status':>9} {'gap_rel':>8} {'peak MB':>8}"
+          + (f" {'before s':>9} {'ratio':>7}" if against else ""))  # fmt: skip
+    code = (
+        "import resource; from pipeline.theory.oblique import solve_oblique\n"
+        "p = Problem.from_profile('{loss}', 'exp(C={C}, rho=100)', {k})\n"
+        "t = time.perf_counter(); s = solve_oblique(p); t = time.perf_counter() - t\n"
+        "print(t, s.gap_rel, int(s.status == 'optimal'), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    for C, k in LARGE_CASES:
+        text = code.format(loss=LOSS, C=C, k="math.inf" if math.isinf(k) else k)
+        ours = _timed(text, limit_s)
+        before = _timed(text, limit_s, env={"PYTHONPATH": against}) if against else None
+        pairs = C * (C - 1) / 2
+        row = f"{C:>5} {'inf' if math.isinf(k) else k:>5} "
+        if ours is None:
+            row += f"{'> ' + format(limit_s, 'g'):>8} {'':>8} {'not done':>9} {'':>8} {'':>8}"
+        else:
+            status = "optimal" if ours[2] else "inexact"
+            row += f"{ours[0]:>8.2f} {ours[0] / pairs * 1e3:>8.4f} {status:>9} {ours[1]:>8.1e} {ours[3]:>8.0f}"
+        if against:
+            row += f" {_cell(before, 9)} {'' if ours is None or before is None else f'{before[0] / ours[0]:.3g}x':>7}"
+        print(row, flush=True)
+
+
 def main() -> None:
     import argparse
 
@@ -254,6 +292,9 @@ def main() -> None:
     only.add_argument("--any-k", action="store_true", help="section 1 alone: the expectation at any k (~3 min)")
     only.add_argument("--profiles", action="store_true", help="section 4 alone: long-tailed profiles (~2 min)")
     only.add_argument("--remedies", action="store_true", help="section 5 alone: solves under remedies (~1 min)")
+    only.add_argument("--large", action="store_true", help="section 6 alone: exp(C) up to C = 1000 (up to an hour)")
+    parser.add_argument("--limit", type=float, default=600.0, help="section 6: seconds a case may take (600)")
+    parser.add_argument("--against", metavar="PATH", help="section 6: also time a checkout of another revision")
     args = parser.parse_args()
     np.seterr(all="ignore")
     if args.profiles:
@@ -261,6 +302,9 @@ def main() -> None:
         return
     if args.remedies:
         remedies()
+        return
+    if args.large:
+        large(args.limit, args.against)
         return
     any_k()
     if not args.any_k:
