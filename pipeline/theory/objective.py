@@ -110,6 +110,9 @@ def choose_method(loss: Loss, k: float, J: int, method: Method = "auto") -> str:
     return method
 
 
+OPERATORS = ("operator", "model")  # the Hessian as a function v -> H v: exact, or a trust-region model
+
+
 def expected_loss(
     loss: Loss,
     k: float,
@@ -134,9 +137,11 @@ def expected_loss(
     w : (A,) anchor weights (class or group proportions, summing to 1).
     q : (A, J) negative-category distribution per anchor.
     cos : (A, J) cosine between the anchor and each category (1 for the anchor's own class).
-    hessian : bool or 'operator'
+    hessian : bool, 'operator' or 'model'
         Also return second derivatives: dense, or as the function v (A, J) -> (A, J) of their
-        product with a direction (what many-class solvers use: the dense array is A J^2).
+        product with a direction (what many-class solvers use: the dense array is A J^2); 'model'
+        is that function with the transform's integrals on a coarser rule (a trust region's model:
+        :data:`pipeline.theory.transform.MODEL_STRIDE`), the same as 'operator' on other routes.
     method : {'auto', 'transform', 'enumerate'}
         Route for psi = log1p (see the module docstring); psi linear and k = inf are closed forms.
     shift, scale : (A, J), optional
@@ -162,7 +167,7 @@ def expected_loss(
         value = (weight * phi).sum()
         grad = weight * dphi
         hess = None
-        if hessian == "operator":
+        if hessian in OPERATORS:
             diag = weight * d2phi  # (A, J)
             return value, grad, lambda v: diag * v
         if hessian:
@@ -177,7 +182,7 @@ def expected_loss(
         m1 = (q * phi).sum(axis=1)  # (A,) E[phi]
         base = m1 + (1.0 if rho == 0 else 0.0)  # (A,) the argument of the log; rho = 0 marks ``mean``
         value_a, d_x = np.log(base), q / base[:, None]  # (A,), (A, J): dV/dx with x = phi
-        if hessian == "operator":
+        if hessian in OPERATORS:
             d2_x = lambda v: -q * ((q * v).sum(axis=1) / base**2)[:, None]  # noqa: E731
         else:
             d2_x = -q[:, :, None] * q[:, None, :] / (base**2)[:, None, None] if hessian else None
@@ -188,7 +193,7 @@ def expected_loss(
     value = (w * value_a).sum()
     grad = w[:, None] * d_x * (x_scale * dphi)  # (A, J)
     hess = None
-    if hessian == "operator":
+    if hessian in OPERATORS:
         curvature = w[:, None] * x_scale * d_x * d2phi  # (A, J)
         outer = w[:, None] * x_scale**2 * dphi  # (A, J)
         return value, grad, lambda v: outer * d2_x(dphi * v) + curvature * v
@@ -254,7 +259,7 @@ def _enumerated(loss, k, rho, w, q, z, phi, dphi, d2phi, hessian):
     PdN = (P * loss.dpsi(S)) @ N  # (A, J)
     grad = rho * PdN * dphi  # (A, J)
     hess = None
-    if hessian == "operator":
+    if hessian in OPERATORS:
         Pdd, first = rho**2 * P * loss.d2psi(S), rho * PdN * d2phi  # (A, M), (A, J)
         return value, grad, lambda v: dphi * ((Pdd * ((dphi * v) @ N.T)) @ N) + first * v
     if hessian:

@@ -290,7 +290,7 @@ def minimise(
     def evaluate(W: np.ndarray) -> tuple[float, np.ndarray, Any]:
         V = W if alone else W[:, label]  # (m, C)
         G = V.T @ V  # (C, C)
-        value, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, w, q, G, hessian="operator",
+        value, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, w, q, G, hessian="model",
                                       method=problem.expectation, shift=shift, scale=scale)  # fmt: skip
         D_sym = D + D.T  # (C, C): D, row c for anchor c, is dL/dG; this is made once, not once a product
 

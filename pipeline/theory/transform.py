@@ -44,6 +44,11 @@ from typing import Any
 import numpy as np
 
 H_STEP = 0.2  # trapezoid step in u = log t
+# the ``model`` Hessian operator keeps every 4th node (step 0.8: 1e-4 to 5e-4 relative, measured over k = 2 to
+# 65536 and x up to 1e26): a trust region's model needs no more (its value and gradient stay exact), and its
+# products, most of a many-class solve, cost a quarter (exp(C = 100, rho = 100), k = 256: the same 12 iterations,
+# Grams equal to 2e-14, 2.2 s -> 0.94 s)
+MODEL_STRIDE = 4
 _TAIL_LO = 20.0  # below u = -(Lk + 20) the integrands are c t^p to a relative e^-20: summed in closed form
 _T_HI = 50.0  # e^-t beyond t = 50 + 2 Lk: the truncated large-t tail
 
@@ -106,9 +111,11 @@ def transform_terms(
     q : (..., J) category probabilities (rows sum to 1; zeros allowed).
     k : int
         Number of terms (>= 1).
-    hessian : bool or 'operator'
+    hessian : bool, 'operator' or 'model'
         Also return the second derivatives: dense, or as the function v (..., J) -> d2V v (..., J),
-        which costs what the gradient does (the dense Hessian costs J times more). numpy only.
+        which costs what the gradient does (the dense Hessian costs J times more); 'model' is that
+        function on every ``MODEL_STRIDE``-th node (the rule of step ``MODEL_STRIDE h``, a quarter of
+        the cost): for a trust region's model, never for a value. numpy only.
     h : float
         Trapezoid step in u = log t.
     t : array, optional
@@ -146,6 +153,10 @@ def transform_terms(
     if not hessian:
         return V, dV, None
     diag = -(kq * integrals[..., 1])  # (..., J): -k q_j int t e^{-t (1 + x_j)} M^{k-1} dt
+    if hessian == "model":  # the rule of step MODEL_STRIDE h: its nodes and weights (the first's carries the tail)
+        coarse = _weights(t[::MODEL_STRIDE], MODEL_STRIDE * h)[3][:, 1]  # (n',)
+        tw2 = coarse * xp.exp((k - 2) * logM[..., ::MODEL_STRIDE]) if k > 2 else coarse  # (..., n')
+        return V, dV, _operator(q, k, np.ascontiguousarray(E[..., ::MODEL_STRIDE]), tw2, diag)
     tw2 = W[:, 1] * xp.exp((k - 2) * logM) if k > 2 else W[:, 1]  # (..., n): t^2 e^{-t} M^{k-2} h, with the t du
     if hessian == "operator":
         return V, dV, _operator(q, k, E, tw2, diag)
