@@ -114,27 +114,53 @@ def test_transform_derivatives_by_complex_step(k):
 
 
 
+@pytest.mark.parametrize("k", [1, 3, 256, 65536])
+@pytest.mark.parametrize("J", [8, 40])
+def test_grouped_taylor_rule_equals_the_direct_rule_row_by_row(k, J):
+    """The theory's path (rows grouped by their largest term; beyond 28 categories the small-t nodes through
+    the Taylor product) against the direct rule on each row's own nodes: value, gradient, dense Hessian and
+    its operator to 1e-14 relative, rows from e^-22 to e^67 (several groups) and a category that never occurs."""
+    rng = np.random.default_rng(k + J)
+    x = np.exp(rng.uniform(-8, 0, (6, J)) + np.array([-14, 0, 0, 7, 60, 2])[:, None])  # (6, J): five groups
+    q = rng.dirichlet(np.ones(J), 6)
+    q[1, 3] = 0.0
+    V, dV, d2V = transform_terms(x, q, k, hessian=True)
+    operator = transform_terms(x, q, k, hessian="operator")[2]
+    v = rng.normal(size=x.shape)
+    for i in range(6):
+        V_i, dV_i, d2V_i = transform_terms(x[i : i + 1], q[i : i + 1], k, hessian=True, t=nodes(k, x[i].max()))
+        assert V[i] == pytest.approx(V_i[0], rel=1e-14)
+        np.testing.assert_allclose(dV[i], dV_i[0], rtol=1e-14, atol=1e-14 * np.abs(dV_i).max())
+        np.testing.assert_allclose(d2V[i], d2V_i[0], rtol=1e-13, atol=1e-14 * np.abs(d2V_i).max())
+        product = d2V_i[0] @ v[i]
+        np.testing.assert_allclose(operator(v)[i], product, rtol=1e-13, atol=1e-14 * np.abs(product).max())
+
+
 @pytest.mark.parametrize("k", [2, 256, 65536])
-def test_model_hessian_is_the_coarse_rules_with_the_exact_diagonal(k):
-    """The ``model`` operator (a trust region's) is the rule of step 4h's Hessian but for its diagonal term,
-    which is the exact rule's: model - coarse is diagonal (the same factor for every direction), and the
+@pytest.mark.parametrize("J", [5, 40])
+def test_model_hessian_is_the_coarse_rules_with_the_exact_diagonal(k, J):
+    """The ``model`` operator (a trust region's) is the rule of step 4h's Hessian (its small-t nodes through 7
+    Taylor terms beyond 28 categories) but for its diagonal term, which is the exact rule's: model - coarse is
+    diagonal (the same factor for every direction, to the 7 terms' 2e-11), and the
     model is the exact Hessian to the coarse rule's accuracy (5e-4 relative, measured), while the value and gradient
     it comes with are the exact ones, bitwise."""
     from pipeline.theory.transform import H_STEP, MODEL_STRIDE
 
     rng = np.random.default_rng(k)
-    x = rng.uniform(1e-3, 1.0, (3, 5))
-    q = rng.dirichlet(np.ones(5), 3)
+    x = rng.uniform(1e-3, 1.0, (3, J))
+    q = rng.dirichlet(np.ones(J), 3)
     V, dV, model = transform_terms(x, q, k, hessian="model")
     V_exact, dV_exact, exact = transform_terms(x, q, k, hessian="operator")
     assert np.array_equal(V, V_exact) and np.array_equal(dV, dV_exact)
     t = nodes(k, float(x.max()))[::MODEL_STRIDE]
     coarse = transform_terms(x, q, k, hessian="operator", h=MODEL_STRIDE * H_STEP, t=t)[2]
-    v1, v2 = rng.normal(size=(2, 3, 5))
-    ratio1, ratio2 = (model(v1) - coarse(v1)) / v1, (model(v2) - coarse(v2)) / v2
-    np.testing.assert_allclose(ratio1, ratio2, rtol=1e-9, atol=1e-14)
+    d = model(np.ones_like(x)) - coarse(np.ones_like(x))  # (3, J): the diagonal they differ by
+    v1, v2 = rng.normal(size=(2, 3, J))
     for v in (v1, v2):
+        np.testing.assert_allclose(model(v) - coarse(v), d * v, rtol=0, atol=1e-10 * np.abs(exact(v)).max())
         assert 1e-6 < np.abs(model(v) - exact(v)).max() / np.abs(exact(v)).max() <= 1e-3  # coarser, not wrong
+
+
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_large_k_approaches_the_k_inf_limit_like_1_over_k(reduction):
     """E log(1 + S) - log k -> log E X (sum) and E log(1 + S / k) -> log(1 + E X) (mean), at rate 1/k."""
