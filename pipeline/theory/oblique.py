@@ -111,6 +111,8 @@ def etf_start(C: int, shrink: float = 0.02) -> np.ndarray:
 CG_THETA = 0.5
 STALL_WINDOW = 20  # iterations without halving the best gradient norm, after which a stage stops
 STALL_BELOW = 1e-10  # stage 1 stops so only below this gradient norm (far from it, slow progress is progress)
+ROUNDOFF_FACTOR = 2.0  # a stage stops where its gradient norm is within this factor of the norm's round-off,
+ROUNDOFF = float(np.finfo(float).eps)  # estimated column by column as eps sqrt(C) |dL/dG column|
 
 
 @functools.cache
@@ -123,14 +125,17 @@ def _stalling_trust_regions() -> type:
     from pymanopt.optimizers import TrustRegions
 
     class StallingTrustRegions(TrustRegions):
-        def __init__(self, *args: Any, stall_below: float = np.inf, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, stall_below: float = np.inf, floor: Any = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.stall_below = stall_below
+            self.floor = floor  # () -> the gradient norm's round-off at the point last evaluated, or None
             self._norms: list[float] = []  # one run per optimizer: each stage makes its own
 
         def _check_stopping_criterion(self, *, start_time, gradient_norm=np.inf, iteration=-1, **kwargs):
             reason = super()._check_stopping_criterion(start_time=start_time, gradient_norm=gradient_norm,
                                                        iteration=iteration, **kwargs)  # fmt: skip
+            if reason is None and self.floor is not None and gradient_norm <= ROUNDOFF_FACTOR * self.floor():
+                reason = f"Terminated - at round-off: the gradient norm is within {ROUNDOFF_FACTOR:g}x its error"
             self._norms.append(gradient_norm)
             recent, before = self._norms[-STALL_WINDOW:], self._norms[:-STALL_WINDOW]
             if reason is None and before and min(recent) < self.stall_below and min(recent) > 0.5 * min(before):
@@ -222,6 +227,11 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
     def hessian(W: np.ndarray, dW: np.ndarray) -> np.ndarray:
         return at(W)[2](dW)
 
+    def floor(metric: np.ndarray) -> Any:  # the gradient norm's round-off in a metric, where evaluate gives it
+        if not memo or len(next(iter(memo.values()))) < 4:
+            return None
+        return lambda: math.sqrt(float((next(iter(memo.values()))[3] ** 2 / metric).sum()))
+
     first_weight = weight
     if curvature_metric:
         first_weight = curvature_weight(weight, column_curvature(start, gradient(start), at(start)[2], triangular))
@@ -232,12 +242,15 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
                                    euclidean_gradient=pymanopt.function.numpy(manifold)(gradient),
                                    euclidean_hessian=pymanopt.function.numpy(manifold)(hessian))  # fmt: skip
         norm = manifold.norm(point, manifold.euclidean_to_riemannian_gradient(point, gradient(point)))
-        if norm <= grad_tol:  # pymanopt iterates once before it checks (a NaN step at a zero gradient)
+        at_floor = floor(manifold.weight[0])
+        if norm <= grad_tol or (at_floor is not None and norm <= ROUNDOFF_FACTOR * at_floor()):
+            # pymanopt iterates once before it checks (a NaN step at a zero gradient); stage 2 from stage 1's
+            # point is often already at its round-off
             return SimpleNamespace(point=point, iterations=0, gradient_norm=norm, stopping_criterion="at start",
                                    start_norm=norm)  # fmt: skip
         stall_below = STALL_BELOW if power == 1 else np.inf  # stage 2 gives up as soon as it stops improving
         optimizer = StallingTrustRegions(min_gradient_norm=grad_tol, max_iterations=iterations, verbosity=0,
-                                         miniter=0, stall_below=stall_below,
+                                         miniter=0, stall_below=stall_below, floor=floor(manifold.weight[0]),
                                          theta=first_theta if power == 1 else 1.0)  # fmt: skip
         result = optimizer.run(program, initial_point=point)
         result.start_norm = norm  # the stage's own metric at its start: did the stage improve on it?
@@ -303,7 +316,10 @@ def minimise(
             return out if alone else out @ E
 
         gradient = V @ D_sym  # (m, C)
-        return float(value), gradient if alone else gradient @ E, hessian  # gradient: (m, m)
+        floor = ROUNDOFF * math.sqrt(C) * np.linalg.norm(D_sym, axis=0)  # (C,): each column's round-off, |V_:c| = 1
+        if not alone:
+            floor, gradient = np.sqrt(floor**2 @ E), gradient @ E  # (m,), (m, m)
+        return float(value), gradient, hessian, floor
 
     start = etf_start(m) if V0 is None else V0
     result = staged_trust_region(evaluate, start, p_cluster, grad_tol, max_iterations, triangular=True,
