@@ -239,6 +239,42 @@ def test_stationarity_of_a_rank_d_point_equals_a_dense_hessian(where):
     assert ours.second_order == (where == "optimum")
 
 
+@pytest.mark.parametrize("where", ["optimum", "random"])
+def test_lanczos_extremes_equal_the_dense_ones(where, monkeypatch):
+    """Above DENSE_MAX coordinates the extremes come from Lanczos (relative accuracy LANCZOS_TOL): forced on the
+    small case, they equal the dense eigendecomposition to 1e-7 of the spectrum's scale."""
+    import pipeline.theory.rank as rank
+
+    problem = Problem.from_profile("infonce(tau=0.5)", "exp(C=6, rho=10)", 8)
+    V = solve(problem, "rank", dim=3).V if where == "optimum" else np.random.default_rng(4).standard_normal((3, 6))
+    V = V / np.linalg.norm(V, axis=0)
+    dense = rank.stationarity(problem, V)
+    monkeypatch.setattr(rank, "DENSE_MAX", 0)
+    lanczos = rank.stationarity(problem, V)
+    scale = max(abs(dense.hessian_min), abs(dense.hessian_max))
+    assert abs(lanczos.hessian_min - dense.hessian_min) <= 1e-7 * scale
+    assert abs(lanczos.hessian_max - dense.hessian_max) <= 1e-7 * scale
+    assert lanczos.second_order == dense.second_order == (where == "optimum")
+
+
+def test_lanczos_that_does_not_converge_reports_nan_not_stationary(monkeypatch):
+    """ARPACK giving up (it did at tol 1e-10 on exp(C = 100), d = 16) is not a crash: the curvature is NaN and
+    the point is not called second-order stationary."""
+    import scipy.sparse.linalg
+
+    import pipeline.theory.rank as rank
+
+    def no_convergence(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.array([]), np.array([]))
+
+    problem = Problem.from_profile("infonce(tau=0.5)", "exp(C=6, rho=10)", 8)
+    V = solve(problem, "rank", dim=3).V
+    monkeypatch.setattr(rank, "DENSE_MAX", 0)
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", no_convergence)
+    result = rank.stationarity(problem, V)
+    assert math.isnan(result.hessian_min) and math.isnan(result.hessian_max) and not result.second_order
+
+
 def test_collapsed_classes_are_a_saddle_not_second_order_stationary():
     """Every class on one vector is a critical point (zero Riemannian gradient) with negative curvature."""
     from pipeline.theory.rank import stationarity
