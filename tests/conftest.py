@@ -12,8 +12,8 @@ from pipeline.theory.problem import Problem
 # while the other waits. Ordered by each file's time (--durations=0 on 2 cores, 2026-12-07: 295 s for test_faults.py
 # down to 15 s; 981 s in all); the rest keep their order.
 LONG_FILES = ("test_faults.py", "test_store_faults.py", "test_sweep.py", "test_slurm.py", "test_profiles_sweep.py",
-              "test_remedy_sweep.py", "test_frictions.py", "test_plots.py", "test_solvers.py", "test_outputs.py",
-              "test_own_loss.py", "test_cli.py", "test_remedies.py", "test_profiles.py",
+              "test_profiles.py", "test_remedy_sweep.py", "test_frictions.py", "test_plots.py", "test_solvers.py",
+              "test_outputs.py", "test_own_loss.py", "test_cli.py", "test_remedies.py",
               "test_batch_trainer.py")  # fmt: skip
 
 
