@@ -1,8 +1,9 @@
 """The ``oblique`` solver: many distinct class proportions, certified, on a product of spheres.
 
 Burer-Monteiro: G = V^T V with V (C x C) of unit columns, minimised by pymanopt's Riemannian trust
-region on the analytic gradient and Hessian-vector product of the exact expectation (the transform
-at any k, :mod:`pipeline.theory.objective`), then certified by the solver-independent bound of
+region on the analytic gradient of the exact expectation (the transform at any k,
+:mod:`pipeline.theory.objective`) and its Hessian-vector products (from the transform's coarser 'model'
+rule at finite k: the model's error slows only the last steps), then certified by the solver-independent bound of
 :func:`pipeline.theory.objective.certificate`. Nothing is assumed about symmetry: every class has its
 own vector, so any profile works (the symmetric solver is faster where classes share proportions).
 
@@ -111,7 +112,7 @@ def etf_start(C: int, shrink: float = 0.02) -> np.ndarray:
 CG_THETA = 0.5
 STALL_WINDOW = 20  # iterations without halving the best gradient norm, after which a stage stops
 STALL_BELOW = 1e-10  # stage 1 stops so only below this gradient norm (far from it, slow progress is progress)
-ROUNDOFF_FACTOR = 2.0  # a stage stops where its gradient norm is within this factor of the norm's round-off,
+ROUNDOFF_FACTOR = 2.0  # a stage stops where its gradient norm is within this factor of its round-off, which is
 ROUNDOFF = float(np.finfo(float).eps)  # estimated column by column as eps sqrt(C) |dL/dG column|
 
 
