@@ -152,39 +152,12 @@ def transform_terms(
         t = nodes(k, float(x.real.max() if x.is_complex() else x.max()), h)
     if xp is not np and not isinstance(t, xp.Tensor):
         t = xp.tensor(np.array(t), dtype=x.dtype, device=x.device)
-    t, neg_t, e, W = _weights(t, h)
-    tx = x[..., None] * neg_t  # (..., J, n)
-    E = xp.exp(tx)  # (..., J, n): e^{-t x_j}
-    M = (q[..., None, :] @ E)[..., 0, :]  # (..., n)
-    near_one = (q[..., None, :] @ xp.expm1(tx))[..., 0, :]  # (..., n): M - 1 without cancellation
-    big = (M.real if xp is np else M) > 0.5
-    # log1p of M - 1 while M is near 1, log M once it is small
-    if xp is np:
-        logM = np.log(M + 1e-300)  # (..., n)
-        np.log1p(near_one, out=logM, where=big)
-    else:
-        logM = xp.where(big, xp.log1p(xp.where(big, near_one, 0.0)), xp.log(xp.where(big, 1.0, M) + 1e-300))
-    V = -(xp.expm1(k * logM) @ e)  # (...,)
-    # (..., J, 2): int e^{-t (1 + x_j)} M^{k-1} dt and int t e^{-t (1 + x_j)} M^{k-1} dt
-    integrals = E @ (xp.exp((k - 1) * logM)[..., None] * W if k > 1 else W)
-    kq = k * q  # (..., J)
-    dV = kq * integrals[..., 0]  # (..., J): k q_j int e^{-t (1 + x_j)} M^{k-1} dt
-    if not hessian:
-        return V, dV, None
-    diag = -(kq * integrals[..., 1])  # (..., J): -k q_j int t e^{-t (1 + x_j)} M^{k-1} dt
-    tw2 = W[:, 1] * xp.exp((k - 2) * logM) if k > 2 else W[:, 1]  # (..., n): t^2 e^{-t} M^{k-2} h, with the t du
-    if hessian in ("operator", "model"):
-        return V, dV, _operator(q, k, E, tw2, diag)
-    d2V = (E * tw2[..., None, :]) @ xp.swapaxes(E, -1, -2)  # (..., J, J): int t e^{-t (1 + x_j + x_l)} M^{k-2} dt
-    d2V = d2V * ((1 - k) * (kq[..., :, None] * q[..., None, :]))  # (..., J, J), broadcast over q
-    J = x.shape[-1]
-    d2V.reshape(*d2V.shape[:-2], J * J)[..., :: J + 1] += diag
-    return V, dV, d2V
+    return _rule_terms(x, q, k, hessian, _weights(t, h))
 
 
 def _grouped_terms(x: np.ndarray, q: np.ndarray, k: int, hessian: bool | str, h: float) -> tuple[Any, Any, Any]:
     """:func:`transform_terms` on numpy rows grouped by their largest term: each group gets its own node range
-    and Taylor block (:func:`_split_terms`), so a row of small terms does not pay for another's large ones."""
+    and Taylor block (:func:`_group_terms`), so a row of small terms does not pay for another's large ones."""
     shape, J = x.shape, x.shape[-1]
     rows, q_rows = x.reshape(-1, J), np.broadcast_to(q, shape).reshape(-1, J)  # (R, J) each
     x_max = np.real(rows).max(axis=1)  # (R,)
@@ -199,7 +172,7 @@ def _grouped_terms(x: np.ndarray, q: np.ndarray, k: int, hessian: bool | str, h:
             bucket[i] = label
     groups = np.unique(bucket)
     if len(groups) == 1:
-        V, dV, d2V = _split_terms(rows, q_rows, k, hessian, h, float(x_max.max()))
+        V, dV, d2V = _group_terms(rows, q_rows, k, hessian, h, float(x_max.max()))
         parts = [(slice(None), d2V)]
     else:
         V, dV = np.empty(len(rows), dtype=rows.dtype), np.empty_like(rows)  # (R,), (R, J)
@@ -207,7 +180,7 @@ def _grouped_terms(x: np.ndarray, q: np.ndarray, k: int, hessian: bool | str, h:
         parts = []
         for b in groups:
             rows_b = np.nonzero(bucket == b)[0]
-            V_b, dV_b, d2V_b = _split_terms(rows[rows_b], q_rows[rows_b], k, hessian, h, float(x_max[rows_b].max()))
+            V_b, dV_b, d2V_b = _group_terms(rows[rows_b], q_rows[rows_b], k, hessian, h, float(x_max[rows_b].max()))
             V[rows_b], dV[rows_b] = V_b, dV_b
             if hessian is True:
                 d2V[rows_b] = d2V_b
@@ -236,61 +209,76 @@ def _taylor(y: np.ndarray, order: int, factorial: bool = True) -> np.ndarray:
     return np.concatenate([np.ones((*y.shape, 1), dtype=factors.dtype), np.cumprod(factors, axis=-1)], axis=-1)
 
 
-def _split_terms(x: np.ndarray, q: np.ndarray, k: int, hessian: bool | str, h: float, s: float) -> tuple:
-    """The rule of step h for rows x (R, J) with every term <= s. With more than ``TAYLOR_MIN_J`` categories,
-    the nodes with t s <= TAYLOR_EPS take e^{-t x_j} = sum_m (x_j / s)^m (-t s)^m / m! (a product of rank
-    TAYLOR_ORDER + 1: P (R, J, m) times T (n_s, m)); the other nodes are direct. Returns V (R,), dV (R, J) and
-    the dense Hessian (R, J, J), its operator, or None."""
+def _group_terms(x: np.ndarray, q: np.ndarray, k: int, hessian: bool | str, h: float, s: float) -> tuple:
+    """Rows x (R, J) with every term <= s: the rule of step h over their range (:func:`_node_range`), its
+    nodes with t s <= TAYLOR_EPS through the Taylor product where there are more than ``TAYLOR_MIN_J`` categories."""
     s = max(s, _X_TINY)
-    t_all, neg_t, e, W = _rule(*_node_range(k, s, h), h)
-    n_s = int(np.searchsorted(t_all, TAYLOR_EPS / s, side="right")) if x.shape[-1] > TAYLOR_MIN_J else 0
-    tx = x[..., None] * neg_t[n_s:]  # (R, J, n_d)
-    E = np.exp(tx)  # (R, J, n_d): e^{-t x_j} on the direct nodes
-    M = (q[:, None, :] @ E)[:, 0, :]  # (R, n_d)
-    near_one = (q[:, None, :] @ np.expm1(tx))[:, 0, :]  # (R, n_d): M - 1 without cancellation
+    return _rule_terms(x, q, k, hessian, _rule(*_node_range(k, s, h), h), s, h)
+
+
+def _rule_terms(x: Any, q: Any, k: int, hessian: bool | str, rule: tuple, s: float | None = None,
+                h: float = H_STEP) -> tuple[Any, Any, Any]:  # fmt: skip
+    """V (...,), dV (..., J) and the dense Hessian (..., J, J), its operator or None, on one rule (t, -t, e, W) of
+    :func:`_weights`, in the namespace of x. Given the scale s (numpy; every term <= s) and more than
+    ``TAYLOR_MIN_J`` categories, the nodes with t s <= TAYLOR_EPS take e^{-t x_j} = sum_m (x_j / s)^m (-t s)^m / m!
+    (a product of rank TAYLOR_ORDER + 1: P (..., J, m) times T (n_s, m)), and ``hessian='model'`` is the rule of
+    step MODEL_STRIDE h with MODEL_ORDER terms; without s every node is direct and 'model' is 'operator'."""
+    xp = _xp(x)
+    t, neg_t, e, W = rule
+    n_s = int(np.searchsorted(t, TAYLOR_EPS / s, side="right")) if s and x.shape[-1] > TAYLOR_MIN_J else 0
+    tx = x[..., None] * neg_t[n_s:]  # (..., J, n_d)
+    E = xp.exp(tx)  # (..., J, n_d): e^{-t x_j} on the direct nodes
+    M = (q[..., None, :] @ E)[..., 0, :]  # (..., n_d)
+    near_one = (q[..., None, :] @ xp.expm1(tx))[..., 0, :]  # (..., n_d): M - 1 without cancellation
     if n_s:
         T = _taylor(neg_t[:n_s] * s, TAYLOR_ORDER)  # (n_s, m): (-t s)^m / m!
-        P = _taylor(x / s, TAYLOR_ORDER, factorial=False)  # (R, J, m): (x_j / s)^m
-        qP = (q[:, None, :] @ P)[:, 0, :]  # (R, m): sum_j q_j (x_j / s)^m
-        M = np.concatenate([qP @ T.T, M], axis=-1)  # (R, n)
-        near_one = np.concatenate([qP[:, 1:] @ T[:, 1:].T, near_one], axis=-1)  # (R, n)
-    logM = np.log(M + 1e-300)  # (R, n): log1p of M - 1 while M is near 1, log M once it is small
-    np.log1p(near_one, out=logM, where=M.real > 0.5)
-    V = -(np.expm1(k * logM) @ e)  # (R,)
-    c = np.exp((k - 1) * logM)[..., None] * W if k > 1 else np.broadcast_to(W, (*M.shape, 2))  # (R, n, 2)
-    integrals = E @ c[:, n_s:]  # (R, J, 2): int e^{-t (1 + x_j)} M^{k-1} dt and int t e^{-t (1 + x_j)} M^{k-1} dt
+        P = _taylor(x / s, TAYLOR_ORDER, factorial=False)  # (..., J, m): (x_j / s)^m
+        qP = (q[..., None, :] @ P)[..., 0, :]  # (..., m): sum_j q_j (x_j / s)^m
+        M = np.concatenate([qP @ T.T, M], axis=-1)  # (..., n)
+        near_one = np.concatenate([qP[..., 1:] @ T[:, 1:].T, near_one], axis=-1)  # (..., n)
+    big = (M.real if xp is np else M) > 0.5
+    # log1p of M - 1 while M is near 1, log M once it is small
+    if xp is np:
+        logM = np.log(M + 1e-300)  # (..., n)
+        np.log1p(near_one, out=logM, where=big)
+    else:
+        logM = xp.where(big, xp.log1p(xp.where(big, near_one, 0.0)), xp.log(xp.where(big, 1.0, M) + 1e-300))
+    V = -(xp.expm1(k * logM) @ e)  # (...,)
+    c = xp.exp((k - 1) * logM)[..., None] * W if k > 1 else W  # (..., n, 2)
+    # (..., J, 2): int e^{-t (1 + x_j)} M^{k-1} dt and int t e^{-t (1 + x_j)} M^{k-1} dt
+    integrals = E @ c[..., n_s:, :]
     if n_s:
-        integrals += P @ (T.T @ c[:, :n_s])
-    kq = k * q  # (R, J)
-    dV = kq * integrals[..., 0]  # (R, J): k q_j int e^{-t (1 + x_j)} M^{k-1} dt
+        integrals = integrals + P @ (T.T @ c[..., :n_s, :])
+    kq = k * q  # (..., J)
+    dV = kq * integrals[..., 0]  # (..., J): k q_j int e^{-t (1 + x_j)} M^{k-1} dt
     if not hessian:
         return V, dV, None
-    diag = -(kq * integrals[..., 1])  # (R, J): -k q_j int t e^{-t (1 + x_j)} M^{k-1} dt
-    if hessian == "model":  # every MODEL_STRIDE-th node (the rule of that step; its first carries the tail)
-        w2 = _weights(t_all[::MODEL_STRIDE], MODEL_STRIDE * h)[3][:, 1]  # (n',)
-        tw2 = w2 * np.exp((k - 2) * logM[:, ::MODEL_STRIDE]) if k > 2 else np.broadcast_to(w2, (len(x), len(w2)))
-        n_c = -(-n_s // MODEL_STRIDE)  # (n',): the first n_c nodes lie in the Taylor block
-        E_c = np.ascontiguousarray(E[..., n_c * MODEL_STRIDE - n_s :: MODEL_STRIDE])  # (R, J, n' - n_c)
+    diag = -(kq * integrals[..., 1])  # (..., J): -k q_j int t e^{-t (1 + x_j)} M^{k-1} dt
+    if hessian == "model" and s:  # every MODEL_STRIDE-th node (the rule of that step; its first carries the tail)
+        w2 = _weights(t[::MODEL_STRIDE], MODEL_STRIDE * h)[3][:, 1]  # (n',)
+        tw2 = w2 * np.exp((k - 2) * logM[..., ::MODEL_STRIDE]) if k > 2 else w2  # (..., n')
+        n_c = -(-n_s // MODEL_STRIDE)  # the first n_c nodes lie in the Taylor block
+        E_c = np.ascontiguousarray(E[..., n_c * MODEL_STRIDE - n_s :: MODEL_STRIDE])  # (..., J, n' - n_c)
         taylor = None
         if n_c:
-            P_c = np.ascontiguousarray(P[..., : MODEL_ORDER + 1])  # (R, J, m'): a model needs fewer terms
-            taylor = (P_c, np.ascontiguousarray(T[::MODEL_STRIDE, : MODEL_ORDER + 1]), tw2[:, :n_c])
-        return V, dV, _operator(q, k, E_c, tw2[:, n_c:], diag, taylor)
-    tw2 = W[:, 1] * np.exp((k - 2) * logM) if k > 2 else np.broadcast_to(W[:, 1], M.shape)  # (R, n)
-    if hessian is not True:
-        return V, dV, _operator(q, k, E, tw2[:, n_s:], diag, (P, T, tw2[:, :n_s]) if n_s else None)
-    d2V = (E * tw2[:, None, n_s:]) @ np.swapaxes(E, -1, -2)  # (R, J, J): int t e^{-t (1 + x_j + x_l)} M^{k-2} dt
+            P_c = np.ascontiguousarray(P[..., : MODEL_ORDER + 1])  # (..., J, m'): a model needs fewer terms
+            taylor = (P_c, np.ascontiguousarray(T[::MODEL_STRIDE, : MODEL_ORDER + 1]), tw2[..., :n_c])
+        return V, dV, _operator(q, k, E_c, tw2[..., n_c:], diag, taylor)
+    tw2 = W[:, 1] * xp.exp((k - 2) * logM) if k > 2 else W[:, 1]  # (..., n): t^2 e^{-t} M^{k-2} h, with the t du
+    if hessian in ("operator", "model"):
+        return V, dV, _operator(q, k, E, tw2[..., n_s:], diag, (P, T, tw2[..., :n_s]) if n_s else None)
+    d2V = (E * tw2[..., None, n_s:]) @ xp.swapaxes(E, -1, -2)  # (..., J, J): int t e^{-t (1 + x_j + x_l)} M^{k-2} dt
     if n_s:
-        d2V += P @ ((T.T * tw2[:, None, :n_s]) @ T) @ np.swapaxes(P, -1, -2)
-    d2V *= (1 - k) * (kq[:, :, None] * q[:, None, :])
+        d2V = d2V + P @ ((T.T * tw2[..., None, :n_s]) @ T) @ np.swapaxes(P, -1, -2)
+    d2V = d2V * ((1 - k) * (kq[..., :, None] * q[..., None, :]))  # (..., J, J), broadcast over q
     J = x.shape[-1]
-    d2V.reshape(-1, J * J)[:, :: J + 1] += diag
+    d2V.reshape(*d2V.shape[:-2], J * J)[..., :: J + 1] += diag
     return V, dV, d2V
 
 
 def _operator(q: Any, k: int, E: Any, tw2: Any, diag: Any, taylor: tuple | None = None) -> Any:
     """v -> d2V v with d2V_jl = -k (k - 1) q_j q_l sum_n E_jn tw2_n E_ln + [j = l] diag_j; ``taylor`` = (P, T,
-    tw2 there) adds the Taylor block's nodes, where E = P T^T (:func:`_split_terms`)."""
+    tw2 there) adds the Taylor block's nodes, where E = P T^T (:func:`_rule_terms`)."""
 
     def hvp(v: Any) -> Any:
         out = diag * v  # (..., J)
