@@ -228,7 +228,9 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
     def hessian(W: np.ndarray, dW: np.ndarray) -> np.ndarray:
         return at(W)[2](dW)
 
-    def floor(metric: np.ndarray) -> Any:  # the gradient norm's round-off in a metric, where evaluate gives it
+    def floor(metric: np.ndarray) -> Any:
+        """() -> the gradient norm's round-off in a metric at the point last evaluated, where evaluate gives it
+        (a fourth item, per column), else None. Called after the stage's first evaluation (memo holds a point)."""
         if not memo or len(next(iter(memo.values()))) < 4:
             return None
         return lambda: math.sqrt(float((next(iter(memo.values()))[3] ** 2 / metric).sum()))
@@ -243,15 +245,15 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
                                    euclidean_gradient=pymanopt.function.numpy(manifold)(gradient),
                                    euclidean_hessian=pymanopt.function.numpy(manifold)(hessian))  # fmt: skip
         norm = manifold.norm(point, manifold.euclidean_to_riemannian_gradient(point, gradient(point)))
-        at_floor = floor(manifold.weight[0])
-        if norm <= grad_tol or (at_floor is not None and norm <= ROUNDOFF_FACTOR * at_floor()):
+        round_off = floor(manifold.weight[0])
+        if norm <= grad_tol or (round_off is not None and norm <= ROUNDOFF_FACTOR * round_off()):
             # pymanopt iterates once before it checks (a NaN step at a zero gradient); stage 2 from stage 1's
             # point is often already at its round-off
             return SimpleNamespace(point=point, iterations=0, gradient_norm=norm, stopping_criterion="at start",
                                    start_norm=norm)  # fmt: skip
         stall_below = STALL_BELOW if power == 1 else np.inf  # stage 2 gives up as soon as it stops improving
         optimizer = StallingTrustRegions(min_gradient_norm=grad_tol, max_iterations=iterations, verbosity=0,
-                                         miniter=0, stall_below=stall_below, floor=floor(manifold.weight[0]),
+                                         miniter=0, stall_below=stall_below, floor=round_off,
                                          theta=first_theta if power == 1 else 1.0)  # fmt: skip
         result = optimizer.run(program, initial_point=point)
         result.start_norm = norm  # the stage's own metric at its start: did the stage improve on it?
