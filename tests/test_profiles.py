@@ -237,39 +237,30 @@ def test_counts_profile_in_solve(capsys):
     assert Counts((5000, 2997, 1796)).C == 3
 
 
+# the Grams of earlier revisions' oblique solver, stored by them: C = 100 before the first stage weighed columns by
+# their curvature (full matrices), C = 300 by main before the grouped Taylor transform, the model Hessian and the
+# round-off stop (upper triangles)
+EARLIER = {100: ("exp_C100.npz", "0e31664"), 300: ("exp_C300.npz", "f1beadd")}
+
+
 @pytest.mark.parametrize("k", [256, math.inf])
-def test_exp_C300_equals_main_before_the_fast_transform(k):
-    """exp(C = 300, rho = 100), InfoNCE tau = 0.5: the certified Gram equals, to 1e-9 on every entry, main's
-    before the grouped Taylor transform, the model Hessian and the round-off stop (f1beadd; its upper triangles,
-    objectives and gaps in tests/data/exp_C300.npz), and the objectives agree within the two certified gaps."""
+@pytest.mark.parametrize("C", sorted(EARLIER))
+def test_exp_profile_equals_the_oblique_solver_of_an_earlier_revision(C, k):
+    """exp(C, rho = 100), InfoNCE tau = 0.5, C = 100 and 300: the certified Gram equals, to 1e-9 on every entry, the
+    one an earlier revision's ``solve_oblique`` stored in tests/data (``EARLIER``), and the objectives agree
+    within the two certified gaps."""
     from pathlib import Path
 
     from pipeline.theory.oblique import solve_oblique
 
-    reference = np.load(Path(__file__).parent / "data" / "exp_C300.npz")
-    assert str(reference["revision"]) == "f1beadd"
+    file, revision = EARLIER[C]
+    reference = np.load(Path(__file__).parent / "data" / file)
+    assert str(reference["revision"]).startswith(revision)
     name = "k256" if k == 256 else "kinf"
-    solution = solve_oblique(Problem.from_profile(INFONCE, "exp(C=300, rho=100)", k))
+    solution = solve_oblique(Problem.from_profile(INFONCE, f"exp(C={C}, rho=100)", k))
     assert solution.status == "optimal"
-    np.testing.assert_allclose(solution.G[np.triu_indices(300, 1)], reference[f"gram_{name}"], rtol=0, atol=1e-9)
-    assert abs(solution.objective - float(reference[f"objective_{name}"])) <= solution.gap + float(
-        reference[f"gap_{name}"]) + 1e-15 * abs(solution.objective)  # fmt: skip
-
-
-@pytest.mark.parametrize("k", [256, math.inf])
-def test_exp_C100_equals_the_oblique_solver_of_an_earlier_revision(k):
-    """exp(C = 100, rho = 100), InfoNCE tau = 0.5: the certified Gram equals, to 1e-9 on every entry, the one
-    the oblique solver computed before its first stage weighed columns by their curvature (revision stored in
-    tests/data/exp_C100.npz, written by that revision's ``solve_oblique``), and the objectives agree within
-    the two certified gaps."""
-    from pathlib import Path
-
-    from pipeline.theory.oblique import solve_oblique
-
-    reference = np.load(Path(__file__).parent / "data" / "exp_C100.npz")
-    name = "k256" if k == 256 else "kinf"
-    solution = solve_oblique(Problem.from_profile(INFONCE, "exp(C=100, rho=100)", k))
-    assert solution.status == "optimal"
-    np.testing.assert_allclose(solution.G, reference[f"gram_{name}"], rtol=0, atol=1e-9)
+    stored = reference[f"gram_{name}"]  # (C, C), or its upper triangle (C (C - 1) / 2,)
+    ours = solution.G if stored.ndim == 2 else solution.G[np.triu_indices(C, 1)]
+    np.testing.assert_allclose(ours, stored, rtol=0, atol=1e-9)
     assert abs(solution.objective - float(reference[f"objective_{name}"])) <= solution.gap + float(
         reference[f"gap_{name}"]) + 1e-15 * abs(solution.objective)  # fmt: skip
