@@ -196,8 +196,9 @@ def test_rank_with_enough_dimensions_matches_full(R, two_group):
 
 def _dense_riemannian_hessian(problem, V, t=1e-4):
     """The Riemannian Hessian of L(V^T V) on unit columns, in the p-weighted metric, as a dense matrix over
-    an orthonormal basis of the tangent space: second differences of L along the normalising retraction
-    (a second-order retraction: d2/dt2 L(R(V + t X)) = <X, Hess X> at any point), by polarisation."""
+    an orthonormal basis of the tangent space without the rotations A V: second differences of L along the
+    normalising retraction (a second-order retraction: d2/dt2 L(R(V + t X)) = <X, Hess X> at any point),
+    by polarisation."""
     d, C = V.shape
     basis = []
     for c in range(C):  # v_c's orthogonal complement, scaled to unit length in the weighted metric
@@ -217,7 +218,16 @@ def _dense_riemannian_hessian(problem, V, t=1e-4):
 
     n = len(basis)
     H = np.array([[(q(basis[i] + basis[j]) - q(basis[i] - basis[j])) / 4 for j in range(n)] for i in range(n)])
-    return (H + H.T) / 2
+    # off the rotations A V (A antisymmetric): their coordinates in the basis, and the basis of their complement
+    rotations = []
+    for i in range(d):
+        for j in range(i + 1, d):
+            A = np.zeros((d, d))
+            A[i, j], A[j, i] = 1.0, -1.0
+            rotations.append([float((problem.p * X * (A @ V)).sum()) for X in basis])
+    U, sigma, _ = np.linalg.svd(np.array(rotations).T.reshape(n, -1))
+    N = U[:, int((sigma > 1e-10).sum()):]  # (n, n - rotations)
+    return N.T @ ((H + H.T) / 2) @ N
 
 
 @pytest.mark.parametrize("where", ["optimum", "random"])
@@ -361,3 +371,25 @@ def test_column_curvature_is_each_columns_mean_riemannian_curvature():
     weight = np.array([0.4, 0.3, 0.2, 0.1])
     np.testing.assert_allclose(curvature_weight(weight, np.array([0.0, 0.6, 0.2, 1.0])), [0.4 * 0.1 * 2, 0.6, 0.2, 1.0])
     np.testing.assert_array_equal(curvature_weight(weight, np.zeros(4)), weight)
+
+
+def test_rank_d_beyond_the_restart_limit_is_one_trust_region_run_to_a_local_minimum(monkeypatch):
+    """Above RESTARTS_MAX_C classes the rank-d point comes from one trust-region run from the convex optimum's
+    top-d factor (forced here on C = 7): unit columns, rank <= d, second-order stationary off the rotations, no
+    lower than the best of 32 L-BFGS restarts, and L-BFGS from it does not go lower (a local minimum); the
+    message says that no restarts were run."""
+    import pipeline.theory.rank as rank
+
+    problem = Problem.from_profile("infonce(tau=0.5)", "exp(C=7, rho=100)", 64)
+    monkeypatch.setattr(rank, "RESTARTS_MAX_C", 6)
+    for dim in (2, 4):
+        solution = solve(problem, "rank", dim=dim)
+        V = solution.V  # (d, C)
+        assert V.shape == (dim, 7) and np.allclose(np.linalg.norm(V, axis=0), 1, atol=1e-12)
+        assert solution.extra["restarts"] == 1 and "no restarts" in solution.message
+        assert solution.extra["stationarity"].second_order and solution.extra["stationarity"].hessian_min > 0
+        rng = np.random.default_rng(2)
+        best = min(rank.refine(problem, rng.standard_normal((dim, 7)))[1] for _ in range(32))
+        assert solution.objective >= best - 1e-9 * abs(best)
+        assert rank.refine(problem, V)[1] >= solution.objective - 1e-10 * abs(solution.objective)
+        assert solution.lower_bound <= solution.objective

@@ -342,9 +342,7 @@ def solve_oblique(problem: Problem, dim: int | None = None, V0: np.ndarray | Non
     """
     start = time.perf_counter()
     order = np.argsort(-problem.p, kind="stable")  # head first: the tail's merges are the factor's last columns
-    sorted_problem = Problem.create(problem.loss, problem.p[order], problem.k, problem.negatives,
-                                    problem.reduction, expectation=problem.expectation,
-                                    remedy=problem.remedy)  # fmt: skip
+    sorted_problem = problem.reordered(order)
     V_sorted, result = minimise(sorted_problem, V0=V0)
     V = V_sorted[:, np.argsort(order)]  # (C, C) back in the problem's class order
     G = V.T @ V

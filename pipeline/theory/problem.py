@@ -164,6 +164,12 @@ class Problem:
             raise InputError("p", p.tolist(), "at least two positive, finite class proportions")
         return cls(loss, p / p.sum(), k, negatives, reduction, n_major, expectation, profile, remedy)
 
+    def reordered(self, order: np.ndarray) -> Problem:
+        """The same problem with its classes in ``order`` (a permutation; no profile or groups: they name
+        classes by position). Remedies depend on a class only through p, so they carry over."""
+        return Problem.create(self.loss, self.p[order], self.k, self.negatives, self.reduction,
+                              expectation=self.expectation, remedy=self.remedy)  # fmt: skip
+
     @classmethod
     def from_profile(
         cls,
