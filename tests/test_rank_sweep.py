@@ -100,3 +100,34 @@ def test_bad_rank_dims_are_one_line_and_no_store(capsys, tmp_path, value, expect
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "never.zarr").exists()
+
+
+def test_the_imagenet_lt_config_is_c1000_and_reads_one_point_lazily(tmp_path, monkeypatch):
+    """configs/imagenet_lt.yaml asks for C = 1000, k in {255, 4096, 65536, inf} and d in {128, 512, 1000}. Run here
+    with its C cut to 12 (d in {3, 12}, two k) and the trust-region rank path forced (as at C > 100): each theory
+    point's Gram matrices are one chunk, and xr.open_zarr reads one point's with every other point's chunk deleted
+    from disk."""
+    import pathlib
+
+    import pipeline.theory.rank as rank
+    from pipeline.sweep.config import load_config
+
+    shipped = load_config("configs/imagenet_lt.yaml")
+    assert shipped.grid.C_max == 1000 and shipped.grid.k == (255, 4096, 65536, math.inf)
+    assert shipped.theory.rank_dims == (128, 512, 1000)
+    monkeypatch.setattr(rank, "RESTARTS_MAX_C", 4)
+    config = load_config("configs/imagenet_lt.yaml", [
+        'grid.counts={imagenet_lt: "pareto(C=12, alpha=6, n_max=1280, n_min=5)"}', "theory.rank_dims=[3,12]",
+        "grid.k=[255,inf]", f"store={tmp_path / 's.zarr'}"])  # fmt: skip
+    theory_store(config)
+    ds = xr.open_zarr(config.store)
+    assert ds.gram_rank_theory.encoding["chunks"] == (1, 1, 1, 2, 12, 12)  # a point: its Gram at every d
+    assert ds.gram_theory.encoding["chunks"] == (1, 1, 1, 12, 12)
+    kept = ds.gram_rank_theory.isel(loss=0, counts=0, k=1, rank_dim=0).values  # (12, 12) at k = inf, d = 3
+    assert int(ds.second_order_rank_theory.isel(loss=0, counts=0, k=1, rank_dim=0)) == 1
+    chunks = sorted(p for p in pathlib.Path(config.store, "gram_rank_theory", "c").rglob("*") if p.is_file())
+    assert len(chunks) == 2  # one a k
+    chunks[0].unlink()  # k = 255's chunk
+    ds = xr.open_zarr(config.store)
+    np.testing.assert_array_equal(ds.gram_rank_theory.isel(loss=0, counts=0, k=1, rank_dim=0).values, kept)
+    assert np.isnan(ds.gram_rank_theory.isel(loss=0, counts=0, k=0, rank_dim=0).values).all()  # deleted: missing

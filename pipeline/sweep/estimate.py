@@ -1,7 +1,7 @@
 """How long a sweep will take: each task kind timed on a sample here, then scaled (``--dry-run``).
 
-- theory: up to ``THEORY_SAMPLES`` grid points spread over the grid solved (after one untimed warm-up),
-  their mean times every point;
+- theory: up to ``THEORY_SAMPLES`` grid points spread over the grid solved (after an untimed warm-up on a
+  four-class problem), their mean times every point; points of minutes (C = 1000) stop it after one or two;
 - thresholds: one R* at the largest k, times every applicable (loss, K_A, K_B, k); cascades: one per C
   at the middle k (their cost grows with C: an undecided tail ends a scan early, a long tail scans far);
 - training: for each k, the first batch's runs trained twice with few steps (``CALIBRATION_STEPS``): the
@@ -30,6 +30,7 @@ from pipeline.sweep.grid import Grid, kinds
 CALIBRATION_STEPS = (20, 80)
 THEORY_SAMPLES = 16  # theory points timed, spread over the grid
 THEORY_BUDGET_S = 10.0  # ... or fewer (at least 3), once this many seconds are spent
+THEORY_LONG_S = 300.0  # ... or fewer than 3, once this many are spent (C = 1000: a point takes minutes)
 # a batch's cost beside its computing: the task's round trip and the region write of its variables
 # (measured: the tests' tiny sweep, 40 batches with < 0.1 s of computing, takes 2.6 s on 2 workers)
 BATCH_OVERHEAD_S = 0.12
@@ -96,6 +97,7 @@ def theory_estimate(config: SweepConfig) -> KindEstimate:
     points differ by orders of magnitude (a long tail at large rho against a two-group point)."""
     from pipeline.sweep.tasks import point_problem
     from pipeline.theory.dispatch import solve
+    from pipeline.theory.problem import Problem
     from pipeline.theory.rank import beside_convex
 
     s, th = config.grid, config.theory
@@ -107,11 +109,15 @@ def theory_estimate(config: SweepConfig) -> KindEstimate:
         for dim in th.rank_dims:
             beside_convex(problem, convex, dim)
 
-    one(picks[0])  # imports and caches
+    warm = point_problem(config, picks[0])  # imports and caches, on a small problem of the first point's loss
+    warm = Problem.from_profile(warm.loss, "exp(C=4, rho=10)", 4, warm.negatives, warm.reduction, remedy=warm.remedy)
+    convex = solve(warm, th.solver)
+    if th.rank_dims:
+        beside_convex(warm, convex, 2)
     times: list[float] = []
     for pick in picks:
         times.append(_timed(lambda p=pick: one(p)))
-        if sum(times) > THEORY_BUDGET_S and len(times) >= 3:
+        if sum(times) > THEORY_BUDGET_S and (len(times) >= 3 or sum(times) > THEORY_LONG_S):
             break
     point_s = sum(times) / len(times)
     batch = Grid(config).chunks("theory")
