@@ -221,7 +221,7 @@ def solve_report(solution, profile: Profile, full_gram: bool = False) -> list[st
                      f"(gap {solution.gap:.2e}); second-order stationary: {verdict} "
                      f"(|Riemannian gradient| / |gradient| {stationarity.gradient:.1e}, Hessian eigenvalues "
                      f"{stationarity.hessian_min:+.2e} .. {stationarity.hessian_max:+.2e} in the p-weighted "
-                     "metric)")  # fmt: skip
+                     "metric, off the rotations)")  # fmt: skip
     if solution.message:
         lines.append(f"note: {solution.message}")
     return lines

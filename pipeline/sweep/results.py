@@ -114,7 +114,7 @@ VARIABLES: dict[str, Variable] = {
     "cos_minor_rank_theory": Variable(RANK, "float64", "minority-minority cosine c at rank d", "1", "theory", STEP, rank=True),
     "cos_tail_rank_theory": Variable(RANK, "float64", "cosine between the two smallest classes at rank d", "1", "theory", SHAPES, rank=True),
     "gradient_rank_theory": Variable(RANK, "float64", "|Riemannian gradient| / |gradient| at the rank-d point (p-weighted metric; NaN at d >= C)", "1", "theory", rank=True),
-    "hessian_min_rank_theory": Variable(RANK, "float64", "smallest eigenvalue of the Riemannian Hessian at the rank-d point (p-weighted metric; NaN at d >= C)", "1", "theory", rank=True),
+    "hessian_min_rank_theory": Variable(RANK, "float64", "smallest eigenvalue of the Riemannian Hessian at the rank-d point, off the rotations V -> QV (p-weighted metric; NaN at d >= C)", "1", "theory", rank=True),
     "hessian_max_rank_theory": Variable(RANK, "float64", "largest eigenvalue of the Riemannian Hessian at the rank-d point (p-weighted metric; NaN at d >= C)", "1", "theory", rank=True),
     "second_order_rank_theory": Variable(RANK, "int8", "1 where the rank-d point is second-order stationary (gradient <= 1e-6, hessian_min >= -1e-6 max |eigenvalue|), 0 where not, -1 at d >= C (the certified convex optimum)", "1", "theory", rank=True),
     "status_rank_theory": Variable(RANK, "int8", "rank-d solve status (local, optimal where it attains the convex bound, error)", "1", "theory", rank=True),
