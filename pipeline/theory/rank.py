@@ -48,8 +48,8 @@ CURVATURE_TOL = 1e-6
 BEST_HITS = 3
 MAX_RESTARTS = 64
 # beyond this many classes the rank-d solve is one trust-region run from the convex optimum's top-d factor
-# (:func:`trust_region_rank`) instead of restarts: measured at exp(C = 100, rho = 100), d = 16, k = inf, 0.4 s against
-# L-BFGS's 4.1 s from the same start, and at C = 1000 one L-BFGS run alone takes hours
+# (:func:`trust_region_rank`) instead of restarts: at exp(C = 300, rho = 100), d = 128, k = inf one L-BFGS run took
+# 350 s (10 509 evaluations) and ended short of stationary, the trust region 135 s to a second-order stationary point
 RESTARTS_MAX_C = 100
 DENSE_MAX = 400  # tangent problems of at most this many coordinates (d C) get a dense eigendecomposition
 
@@ -224,8 +224,7 @@ def trust_region_rank(problem: Problem, V0: np.ndarray) -> np.ndarray:
 
     As in :func:`pipeline.theory.oblique.minimise`, the classes are sorted head first and V is kept upper
     trapezoidal (V = Q R: R, d x C, spans every rank-d G; no rotation gauge), each column's metric weighted by
-    its curvature, then by its proportion squared. One start, no restarts: at C = 1000 one L-BFGS run costs
-    thousands of evaluations (2.5 s each), and the trust region's Newton steps need fewer.
+    its curvature, then by its proportion squared. One start, no restarts (see ``RESTARTS_MAX_C``).
     """
     from pipeline.theory.oblique import minimise
 
@@ -240,7 +239,8 @@ def trust_region_rank(problem: Problem, V0: np.ndarray) -> np.ndarray:
 
 def solve_rank(problem: Problem, dim: int, lower_bound: float, n_restarts: int = 8, seed: int = 0,
                G_convex: np.ndarray | None = None) -> Solution:  # fmt: skip
-    """Best class means in R^dim over seeded restarts.
+    """Best class means in R^dim over seeded restarts (at most ``RESTARTS_MAX_C`` classes), else one trust-region
+    run from the convex optimum's top-dim factor (a local optimum; the message says so).
 
     Parameters
     ----------
