@@ -109,8 +109,9 @@ def theory_estimate(config: SweepConfig) -> KindEstimate:
         for dim in th.rank_dims:
             beside_convex(problem, convex, dim)
 
-    warm = point_problem(config, picks[0])  # imports and caches, on a small problem of the first point's loss
-    warm = Problem.from_profile(warm.loss, "exp(C=4, rho=10)", 4, warm.negatives, warm.reduction, remedy=warm.remedy)
+    first = point_problem(config, picks[0])  # imports and caches, on a small problem of the first point's loss
+    warm = Problem.from_profile(first.loss, "exp(C=4, rho=10)", 4, first.negatives, first.reduction,
+                                remedy=first.remedy)  # fmt: skip
     convex = solve(warm, th.solver)
     if th.rank_dims:
         beside_convex(warm, convex, 2)

@@ -121,7 +121,7 @@ def stationarity(problem: Problem, V: np.ndarray) -> Stationarity:
         U, sigma, _ = np.linalg.svd(Q)
         Q = U[:, sigma > 0.5]  # an orthonormal basis of its range (a projection: singular values 0 or 1)
         if Q.shape[1] == 0:
-            return Stationarity(_gradient(problem, V, egrad, w), 0.0, 0.0)
+            return Stationarity(_gradient(V, egrad, w), 0.0, 0.0)
         H = Q.T @ np.column_stack([tangent_operator(q, 0.0) for q in Q.T])
         eig = np.linalg.eigvalsh((H + H.T) / 2)
         hessian_min, hessian_max = float(eig[0]), float(eig[-1])
@@ -130,10 +130,10 @@ def stationarity(problem: Problem, V: np.ndarray) -> Stationarity:
         top = max(hessian_max, 1e-300)
         hessian_min = math.nan if math.isnan(hessian_max) else -_extreme(
             lambda y: -tangent_operator(y, top), d * C)  # normal space at top, above the min  # fmt: skip
-    return Stationarity(_gradient(problem, V, egrad, w), hessian_min, hessian_max)
+    return Stationarity(_gradient(V, egrad, w), hessian_min, hessian_max)
 
 
-def _gradient(problem: Problem, V: np.ndarray, egrad: np.ndarray, w: np.ndarray) -> float:
+def _gradient(V: np.ndarray, egrad: np.ndarray, w: np.ndarray) -> float:
     """|Riemannian gradient| / |Euclidean gradient| in the metric sum_c w_c |dv_c|^2."""
     rgrad = (egrad - V * (V * egrad).sum(axis=0)) / w
     return math.sqrt(float((w * rgrad * rgrad).sum())) / max(math.sqrt(float((w * (egrad / w) ** 2).sum())), 1e-300)
@@ -232,7 +232,7 @@ def trust_region_rank(problem: Problem, V0: np.ndarray) -> np.ndarray:
     sorted_problem = problem.reordered(order)
     R = np.linalg.qr(V0[:, order], mode="r")  # (d, C) upper trapezoidal, V0 = Q R
     R *= np.where(np.diag(R) < 0, -1.0, 1.0)[:, None]  # a positive diagonal (rows flipped: the same G)
-    R = np.triu(R) / np.linalg.norm(R, axis=0)  # unit columns
+    R /= np.linalg.norm(R, axis=0)  # unit columns
     V_sorted, _ = minimise(sorted_problem, V0=R)
     return V_sorted[:, np.argsort(order)]
 
@@ -262,7 +262,8 @@ def solve_rank(problem: Problem, dim: int, lower_bound: float, n_restarts: int =
     starts = [rng.standard_normal((dim, C)) for _ in range(n_restarts)]  # drawn first: seeds as before
     if G_convex is not None:
         starts.insert(0, top_factor(G_convex, dim) + 1e-6 * rng.standard_normal((dim, C)))  # off its symmetry
-    if C > RESTARTS_MAX_C and G_convex is not None and dim < C:
+    one_run = C > RESTARTS_MAX_C and G_convex is not None and dim < C
+    if one_run:
         V, tried = trust_region_rank(problem, starts[0]), 1  # (d, C): one local solve, no restarts
     else:
         V, tried = _best_of_restarts(problem, starts, rng)
@@ -290,7 +291,7 @@ def solve_rank(problem: Problem, dim: int, lower_bound: float, n_restarts: int =
             f"rank-{dim} local optimum: objective {value:.10g} >= convex lower bound {lower_bound:.10g} "
             f"(excess {value - lower_bound:.3g})"
         )
-        if tried == 1 and C > RESTARTS_MAX_C:
+        if one_run:
             solution.message += (f"; C = {C} > {RESTARTS_MAX_C}: one trust-region run from the convex optimum's "
                                  f"top-{dim} factor, no restarts (a better rank-{dim} point may exist)")
     two = problem.two_groups()
