@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS, loaded before the limit below applies to it)
+import threadpoolctl
 
 from pipeline.theory.problem import Problem
 
@@ -21,6 +25,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The long files first (``LONG_FILES``); a stable sort, so each file's tests stay together and in order."""
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread_per_test_process():
+    """Two test processes on 2 cores (xdist): BLAS limited to one thread in each, in this process only (subprocesses
+    keep their own). Each process's OpenBLAS otherwise starts 2 threads that spin on 2 cores shared by 4: the
+    oblique solve of exp(C = 300, rho = 100) at k = 256 took 116 s with another beside it, 24 s with one thread
+    each (23 s alone on 1 thread, 26 s on 2). Per module: scipy's OpenBLAS loads with the first module that needs it."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2:
+        yield
+        return
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def complex_step(f, x: np.ndarray, direction: np.ndarray, h: float = 1e-30) -> float:
