@@ -373,6 +373,34 @@ def test_column_curvature_is_each_columns_mean_riemannian_curvature():
     np.testing.assert_array_equal(curvature_weight(weight, np.zeros(4)), weight)
 
 
+def test_the_float32_model_product_keeps_every_column_to_single_precision():
+    """The oblique solver's Hessian-vector product with its three C x C products in float32 (from
+    ``PRODUCT_F32_MIN_C`` classes on) equals the float64 one, written out here, column by column to 1e-5 of each
+    column's norm: the smallest columns (over 100x below the largest here) keep their own scale."""
+    from pipeline.theory.objective import expected_loss
+    from pipeline.theory.oblique import model_product
+
+    C = 40
+    problem = Problem.from_profile("infonce(tau=0.5)", f"exp(C={C}, rho=100)", 256)
+    rng = np.random.default_rng(5)
+    V = np.triu(rng.normal(size=(C, C)))
+    V /= np.linalg.norm(V, axis=0)
+    _, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, problem.anchor_weights(),
+                              problem.negative_distribution(), V.T @ V, hessian="model")  # fmt: skip
+    D_sym = D + D.T
+    dV = np.triu(rng.normal(size=(C, C)))
+    dG = dV.T @ V + V.T @ dV
+    dD = hvp(dG)
+    reference = dV @ D_sym + V @ (dD + dD.T)  # (C, C)
+    scale = np.linalg.norm(reference, axis=0)  # (C,)
+    assert scale.min() < 1e-2 * scale.max()  # small columns: a global tolerance would hide them
+    np.testing.assert_allclose(model_product(V, D_sym, hvp)(dV), reference, rtol=1e-13, atol=1e-15)
+    single = model_product(V, D_sym, hvp, single=True)(dV)
+    assert single.dtype == np.float64
+    error = np.abs(single - reference).max(axis=0) / scale  # (C,)
+    assert error.max() < 1e-5 and error.max() > 1e-10  # single precision, not double
+
+
 def test_rank_d_beyond_the_restart_limit_is_one_trust_region_run_to_a_local_minimum(monkeypatch):
     """Above RESTARTS_MAX_C classes the rank-d point comes from one trust-region run from the convex optimum's
     top-d factor (forced here on C = 7): unit columns, rank <= d, second-order stationary off the rotations, no
