@@ -41,6 +41,7 @@ from pipeline.metrics import group_cosines
 from pipeline.theory.objective import certificate, expected_loss
 from pipeline.theory.problem import Problem
 from pipeline.theory.solution import Solution
+from pipeline.theory.transform import MODEL_SINGLE_FROM
 
 GRAD_TOL = 1e-14  # norm of the Riemannian gradient (in the stage's metric) at which a stage stops
 MAX_ITERATIONS = 500
@@ -192,11 +193,12 @@ def curvature_weight(weight: np.ndarray, curvature: np.ndarray) -> np.ndarray:
     return weight * np.where(finite, np.maximum(ratio, floor), floor)
 
 
-# from this many classes the model's three C x C products per Hessian-vector product run in float32. Measured at
+# from this many classes (the transform's MODEL_SINGLE_FROM) the model's three C x C products per Hessian-vector
+# product run in float32. Measured at
 # exp(C, rho = 100), tau = 0.5, k = inf, one BLAS thread beside another job, float64 -> float32: C = 300 19.6 -> 15.4 s
 # (12 iterations both, 1460 -> 1488 products, Grams equal to 8e-14); C = 1000 699 -> 497 s (15 iterations both,
 # 2660 -> 2667 products, Grams equal to 4e-14, certified gaps 1.7e-15 and 1.6e-15 relative)
-PRODUCT_F32_MIN_C = 200
+PRODUCT_F32_MIN_C = MODEL_SINGLE_FROM
 
 
 def model_product(V: np.ndarray, D_sym: np.ndarray, hvp: Any, single: bool = False) -> Any:
