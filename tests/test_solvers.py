@@ -375,7 +375,7 @@ def test_column_curvature_is_each_columns_mean_riemannian_curvature():
 
 def test_the_float32_model_product_keeps_every_column_to_single_precision():
     """The oblique solver's Hessian-vector product with its three C x C products in float32 (from
-    ``PRODUCT_F32_MIN_C`` classes on) equals the float64 one, written out here, column by column to 1e-5 of each
+    ``MODEL_SINGLE_FROM`` classes on) equals the float64 one, written out here, column by column to 1e-5 of each
     column's norm: the smallest columns (over 100x below the largest here) keep their own scale."""
     from pipeline.theory.objective import expected_loss
     from pipeline.theory.oblique import model_product

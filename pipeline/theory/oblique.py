@@ -22,7 +22,7 @@ Two choices make it converge at C = 100 (measured; plain Oblique(C, C) stalled a
   under logit adjustment with class temperatures, the same without a remedy.
 
 The start is the Cholesky factor of a slightly shrunk simplex ETF (the balanced optimum). From
-``PRODUCT_F32_MIN_C`` classes on, the trust region's model products run their C x C matrix products in float32
+``MODEL_SINGLE_FROM`` (200) classes on, the trust region's model products run their C x C matrix products in float32
 (:func:`model_product`): they are most of a many-class solve, and the model needs no more; the value, the gradient
 and the certificate stay float64.
 """
@@ -193,21 +193,15 @@ def curvature_weight(weight: np.ndarray, curvature: np.ndarray) -> np.ndarray:
     return weight * np.where(finite, np.maximum(ratio, floor), floor)
 
 
-# from this many classes (the transform's MODEL_SINGLE_FROM) the model's three C x C products per Hessian-vector
-# product run in float32. Measured at
-# exp(C, rho = 100), tau = 0.5, k = inf, one BLAS thread beside another job, float64 -> float32: C = 300 19.6 -> 15.4 s
-# (12 iterations both, 1460 -> 1488 products, Grams equal to 8e-14); C = 1000 699 -> 497 s (15 iterations both,
-# 2660 -> 2667 products, Grams equal to 4e-14, certified gaps 1.7e-15 and 1.6e-15 relative)
-PRODUCT_F32_MIN_C = MODEL_SINGLE_FROM
-
-
 def model_product(V: np.ndarray, D_sym: np.ndarray, hvp: Any, single: bool = False) -> Any:
     """dV (m, C) -> the Euclidean Hessian's product at V (m, C): dV D_sym + V (dD + dD^T), dD = hvp(dV^T V + V^T dV).
 
-    ``single``: the three C x C products in float32 (the transform's operator ``hvp`` stays float64). Each is then
-    exact to ~1e-7 of its columns' norms, so a class's column keeps its own scale however small its proportion;
-    the trust region's model is already 1e-4 to 5e-4 off at finite k (the transform's coarser rule), and the
-    value, gradient and certificate stay float64.
+    ``single`` (:func:`minimise` from ``MODEL_SINGLE_FROM`` classes on): the three C x C products in float32. Each
+    is then exact to ~1e-7 of its columns' norms, so a class's column keeps its own scale however small its
+    proportion; the trust region's model is already 1e-4 to 5e-4 off at finite k (the transform's coarser rule),
+    and the value, gradient and certificate stay float64. Measured at exp(C, rho = 100), tau = 0.5, k = inf, one
+    BLAS thread, float64 -> float32: C = 300 19.6 -> 15.4 s, C = 1000 699 -> 497 s, the same iterations, 1% to
+    2% more products, Grams equal to 8e-14 and 4e-14 (docs/benchmarks.md, with k = 256).
     """
     dtype = np.float32 if single else np.float64
     V_m, D_m = V.astype(dtype), D_sym.astype(dtype)  # (m, C), (C, C)
@@ -346,7 +340,7 @@ def minimise(
         value, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, w, q, G, hessian="model",
                                       method=problem.expectation, shift=shift, scale=scale)  # fmt: skip
         D_sym = D + D.T  # (C, C): D, row c for anchor c, is dL/dG; this is made once, not once a product
-        product = model_product(V, D_sym, hvp, single=C >= PRODUCT_F32_MIN_C)
+        product = model_product(V, D_sym, hvp, single=C >= MODEL_SINGLE_FROM)
 
         def hessian(dW: np.ndarray) -> np.ndarray:
             out = product(dW if alone else dW[:, label])  # (m, C)
