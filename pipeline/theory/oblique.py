@@ -201,7 +201,8 @@ def model_product(V: np.ndarray, D_sym: np.ndarray, hvp: Any, single: bool = Fal
     proportion; the trust region's model is already 1e-4 to 5e-4 off at finite k (the transform's coarser rule),
     and the value, gradient and certificate stay float64. Measured at exp(C, rho = 100), tau = 0.5, k = inf, one
     BLAS thread, float64 -> float32: C = 300 19.6 -> 15.4 s, C = 1000 699 -> 497 s, the same iterations, 1% to
-    2% more products, Grams equal to 8e-14 and 4e-14 (docs/benchmarks.md, with k = 256).
+    2% more products, Grams equal to 8e-14 and 4e-14; at k = 256 with the transform's float32 model, 1.31x and
+    1.56x (docs/benchmarks.md).
     """
     dtype = np.float32 if single else np.float64
     V_m, D_m = V.astype(dtype), D_sym.astype(dtype)  # (m, C), (C, C)
