@@ -32,7 +32,8 @@ def one_blas_thread_per_test_process():
     """Two test processes on 2 cores (xdist): BLAS limited to one thread in each, in this process only (subprocesses
     keep their own). Each process's OpenBLAS otherwise starts 2 threads that spin on 2 cores shared by 4: the
     oblique solve of exp(C = 300, rho = 100) at k = 256 took 116 s with another beside it, 24 s with one thread
-    each (23 s alone on 1 thread, 26 s on 2). Per module: scipy's OpenBLAS loads with the first module that needs it."""
+    each (23 s alone on 1 thread, 26 s on 2). numpy's and scipy's OpenBLAS (both imported above) are limited; torch
+    sets its own threads in the files that train."""
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2:
         yield
         return
