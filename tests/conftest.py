@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True, scope="session")
 def one_blas_thread_per_test_process():
     """Two test processes on 2 cores (xdist): BLAS limited to one thread in each, in this process only (subprocesses
     keep their own). Each process's OpenBLAS otherwise starts 2 threads that spin on 2 cores shared by 4: the

@@ -205,7 +205,7 @@ def model_product(V: np.ndarray, D_sym: np.ndarray, hvp: Any, single: bool = Fal
     1.56x (docs/benchmarks.md).
     """
     dtype = np.float32 if single else np.float64
-    V_m, D_m = V.astype(dtype), D_sym.astype(dtype)  # (m, C), (C, C)
+    V_m, D_m = V.astype(dtype, copy=False), D_sym.astype(dtype, copy=False)  # (m, C), (C, C): no copy in float64
 
     def product(dV: np.ndarray) -> np.ndarray:
         dV = dV.astype(dtype, copy=False)  # (m, C)
