@@ -101,11 +101,13 @@ def test_stalled_worker_is_restarted_and_its_batch_rerun(reference, tmp_path):
 
 
 def test_batch_that_always_stalls_is_given_up_and_a_rerun_retries_it(reference, tmp_path):
-    cfg = write(tmp_path, cluster={"stall_timeout_s": 2})
+    # one retry (the default is 2): the rerun after a stall and the giving up, in two stall cycles of ~19 s each
+    cfg = write(tmp_path, cluster={"stall_timeout_s": 2, "stall_retries": 1})
     log = tmp_path / "tasks.log"
     proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log), "CLPHASE_HANG_BATCH": "theory-5"}, timeout=240)
     assert proc.returncode == 1, proc.stderr[-3000:]  # one failed batch, everything else written
-    assert "stall 3: given up" in proc.stderr and "failed batches: 1" in proc.stdout
+    assert "stall 1: rerun" in proc.stderr and "stall 2: given up" in proc.stderr
+    assert "stall 3" not in proc.stderr and "failed batches: 1" in proc.stdout
     assert "theory-5" not in keys(log) and len(set(keys(log))) == N_BATCHES - 1
     proc = run(cfg, env={"CLPHASE_TASK_LOG": str(log)})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -67,6 +67,7 @@ BAD = {
     "bad cluster kind": ({"cluster": {"kind": "k8s"}}, "cluster.kind"),
     "bad n_workers": ({"cluster": {"n_workers": 0}}, "cluster.n_workers"),
     "bad stall timeout": ({"cluster": {"stall_timeout_s": "10m"}}, "cluster.stall_timeout_s"),
+    "negative stall retries": ({"cluster": {"stall_retries": -1}}, "cluster.stall_retries"),
 }
 
 

@@ -199,6 +199,7 @@ class ClusterSpec:
     interface: str | None = None  # network interface of scheduler and workers (None: the profile's)
     profiles: str | None = None  # profiles file (None: cluster/jobqueue.yaml)
     stall_timeout_s: float | None = 600.0  # no batch done this long: restart idle workers (None: never)
+    stall_retries: int = 2  # a batch that stalls once more than this is given up (failed; a rerun retries it)
 
 
 @dataclass(frozen=True)
@@ -543,6 +544,9 @@ def validate(raw: Any) -> SweepConfig:
             cluster_raw.get("stall_timeout_s", ClusterSpec.stall_timeout_s),
             problems,
             optional=True,
+        ),
+        stall_retries=_int_field(
+            "cluster.stall_retries", cluster_raw.get("stall_retries", ClusterSpec.stall_retries), 0, problems
         ),
     )
     train = None

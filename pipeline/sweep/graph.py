@@ -195,7 +195,8 @@ def run_sweep(
             try:
                 done = wait(in_flight, timeout=stall_s, return_when="FIRST_COMPLETED").done
             except TimeoutError:
-                for future in unstick(client, in_flight, stall_s, stalls):  # given up, cancelled
+                retries = config.cluster.stall_retries
+                for future in unstick(client, in_flight, stall_s, stalls, retries):  # given up, cancelled
                     summary.failed_batches.append(future.key)
                     drop(future)
                 continue
@@ -251,17 +252,14 @@ def set_attrs(path: str, what: str, **attrs) -> None:
                                 "completed batch is kept: free space, then rerun the same command") from None
 
 
-MAX_STALLS = 2  # a batch whose worker stalled this often is given up (a rerun tries it again)
-
-
-def unstick(client: Client, in_flight: set[Future], stall_s: float, stalls: Counter[str]) -> list[Future]:
+def unstick(client: Client, in_flight: set[Future], stall_s: float, stalls: Counter[str], retries: int) -> list[Future]:
     """No batch finished for ``stall_s`` seconds: restart the idle workers holding in-flight batches.
 
     A deadlocked task (a lock that is never released, a hung file system call) keeps its batch in
     flight forever without using its worker; dask reruns the batches of a restarted worker. Busy
     workers are left alone: a long batch is not a stalled one. A batch that was executing at more
-    than ``MAX_STALLS`` stalls is cancelled (before the restart, so that dask does not rerun it) and
-    returned, to be counted as failed.
+    than ``retries`` stalls (``cluster.stall_retries``) is cancelled (before the restart, so that dask does not
+    rerun it) and returned, to be counted as failed.
     """
     keys = {str(f.key): f for f in in_flight}
     holders = idle_holders(client, set(keys))
@@ -275,9 +273,9 @@ def unstick(client: Client, in_flight: set[Future], stall_s: float, stalls: Coun
     for key in executing:
         stalls[key] += 1
         frames = "".join((stacks or {}).get(key, ["(stack unavailable)\n"]))
-        verdict = "given up" if stalls[key] > MAX_STALLS else "rerun"
+        verdict = "given up" if stalls[key] > retries else "rerun"
         print(f"stalled batch {key} (stall {stalls[key]}: {verdict}), innermost frames:\n{frames}", file=sys.stderr)
-    given_up = [keys[key] for key in executing if stalls[key] > MAX_STALLS and keys[key].status != "finished"]
+    given_up = [keys[key] for key in executing if stalls[key] > retries and keys[key].status != "finished"]
     for future in given_up:
         future.cancel()
     print(f"no batch finished in {stall_s:.0f} s: restarting idle workers {', '.join(holders)}", file=sys.stderr)
