@@ -11,6 +11,7 @@ in one read; clphase itself reads the per-variable metadata, so that damage show
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -27,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
 
 from pipeline.errors import InputError
 from pipeline.metrics import CONVENTIONS as WITHIN_CLASS_CONVENTIONS
@@ -390,28 +393,54 @@ def read_batch(path: str, batch: Batch) -> dict[str, np.ndarray]:
 def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=None) -> None:
     """Write one batch's chunk of every variable of its kind, its checksum and writer, then its done mask.
 
-    Written with zarr directly (one group open, no per-call xarray validation: ~6x faster per
-    batch). ``write_empty_chunks``: a chunk of fill values (an all-NaN column) must exist on disk,
-    so that a missing chunk behind a set done mask always means damage. ``between`` is called after
-    the data and before the mask (fault injection).
+    Written with zarr's asynchronous API (no per-call xarray validation; every variable of a phase opened, then
+    written, concurrently: one round trip to zarr's event loop per phase instead of three per variable, 47 instead
+    of 66 to 94 ms a batch of the tests' sweeps). The phases stay in order: data, then checksum and writer, then the
+    done mask, each after the last has finished. ``write_empty_chunks``: a chunk of fill values (an all-NaN column)
+    must exist on disk, so that a missing chunk behind a set done mask always means damage. ``between`` is called
+    after the data and before the mask (fault injection).
     """
-    group = _group(path, "r+")
-    written = []  # the values as stored, in name order: what the batch's checksum covers
-    for name in sorted(arrays):
-        if name not in group:  # a store of an older format: a variable added since (store_version)
+    names = sorted(arrays)
+    extra = [CHECKSUM[batch.kind], WRITER[batch.kind], DONE[batch.kind]]
+    found = sync(_open_arrays(path, names + extra))  # None where absent: a store of an older format
+    items, written = [], []  # written: the values as stored, in name order (what the batch's checksum covers)
+    for name, array in zip(names, found, strict=False):
+        if array is None:  # a variable added since the store was made (store_version)
             continue
-        array = group[name].with_config({"write_empty_chunks": True})
         selection = batch.selection(_dims(array))
         stored = np.broadcast_to(np.asarray(arrays[name], dtype=array.dtype), _region_shape(array, selection))
-        array[selection] = stored
+        items.append((array, selection, stored))
         written.append(stored)
+    sync(_write_all(items))
     if between is not None:
         between()
-    if CHECKSUM[batch.kind] in group:  # store format 4 on
-        for name, value in ((CHECKSUM[batch.kind], _digest(written)), (WRITER[batch.kind], writer_id())):
-            group[name].with_config({"write_empty_chunks": True})[batch.selection()] = np.full(batch.shape, value)
-    mask = group[DONE[batch.kind]].with_config({"write_empty_chunks": True})
-    mask[batch.selection()] = np.ones(batch.shape, dtype="int8")
+    checksum, writer, done = found[len(names) :]
+    if checksum is not None:  # store format 4 on
+        sync(_write_all([(checksum, batch.selection(), np.full(batch.shape, _digest(written))),
+                         (writer, batch.selection(), np.full(batch.shape, writer_id()))]))  # fmt: skip
+    sync(_write_all([(done, batch.selection(), np.ones(batch.shape, dtype="int8"))]))
+
+
+async def _open_arrays(path: str, names: list[str]) -> list[Any]:
+    """The store's arrays of these names (None where absent), opened concurrently from their own metadata."""
+    group = await zarr.api.asynchronous.open_group(path, mode="r+", use_consolidated=False)
+
+    async def get(name: str) -> Any:
+        try:
+            return await group.getitem(name)
+        except KeyError:
+            return None
+
+    return list(await asyncio.gather(*(get(name) for name in names)))
+
+
+async def _write_all(items: list[tuple[Any, tuple[slice, ...], np.ndarray]]) -> None:
+    """Write (array, selection, values) items concurrently; every write ends before the first error is raised."""
+    writes = (array.with_config({"write_empty_chunks": True}).setitem(where, values) for array, where, values in items)
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _digest(values: list[np.ndarray]) -> int:
