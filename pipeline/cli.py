@@ -217,6 +217,8 @@ def solve_report(solution, profile: Profile, full_gram: bool = False) -> list[st
     stationarity = solution.extra.get("stationarity")
     if stationarity is not None:
         verdict = "yes" if stationarity.second_order else "no"
+        if math.isnan(stationarity.hessian_min):  # Lanczos's bounded work ran out (rank.LANCZOS_MAX_RESTARTS)
+            verdict = "not determined (the curvature's Lanczos did not converge)"
         lines.append(f"rank-{solution.V.shape[0]} point: lower bound {_fmt(solution.lower_bound)} "
                      f"(gap {solution.gap:.2e}); second-order stationary: {verdict} "
                      f"(|Riemannian gradient| / |gradient| {stationarity.gradient:.1e}, Hessian eigenvalues "

@@ -285,6 +285,23 @@ def test_lanczos_that_does_not_converge_reports_nan_not_stationary(monkeypatch):
     assert math.isnan(result.hessian_min) and math.isnan(result.hessian_max) and not result.second_order
 
 
+def test_solve_says_when_the_curvature_is_not_determined(monkeypatch, capsys):
+    """Lanczos out of its bounded work (``LANCZOS_MAX_RESTARTS``): ``solve`` says "not determined", not "no"."""
+    import scipy.sparse.linalg
+
+    import pipeline.theory.rank as rank
+    from pipeline.cli import main
+
+    def no_convergence(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.array([]), np.array([]))
+
+    monkeypatch.setattr(rank, "DENSE_MAX", 0)
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", no_convergence)
+    code = main(["solve", "--loss", "infonce(tau=0.5)", "--profile", "exp(C=6, rho=10)", "--k", "8", "--dim", "3"])
+    out = capsys.readouterr().out
+    assert code == 0 and "second-order stationary: not determined" in out, out
+
+
 def test_collapsed_classes_are_a_saddle_not_second_order_stationary():
     """Every class on one vector is a critical point (zero Riemannian gradient) with negative curvature."""
     from pipeline.theory.rank import stationarity
