@@ -264,3 +264,31 @@ def test_exp_profile_equals_the_oblique_solver_of_an_earlier_revision(C, k):
     np.testing.assert_allclose(ours, stored, rtol=0, atol=1e-9)
     assert abs(solution.objective - float(reference[f"objective_{name}"])) <= solution.gap + float(
         reference[f"gap_{name}"]) + 1e-15 * abs(solution.objective)  # fmt: skip
+
+
+def test_a_low_rank_start_that_cannot_be_certified_falls_back_to_the_full_factor(monkeypatch):
+    """From ``LOW_RANK_FROM`` classes the solve starts on a rank-(C - 1) factor; where that point is not certified
+    the full factor solves the problem from the ETF. Forced at exp(C = 6, rho = 10), whose optimum has rank 5, by
+    a rank-4 start (seeded): the result equals the full factor's alone, to 1e-9 on every entry,
+    and counts both solves' iterations."""
+    import pipeline.theory.oblique as oblique
+
+    problem = Problem.from_profile(INFONCE, "exp(C=6, rho=10)", 8)
+    alone = oblique.solve_oblique(problem)  # C = 6 < LOW_RANK_FROM: the full factor only
+    assert alone.status == "optimal" and np.linalg.eigvalsh(alone.G)[1] > 1e-3  # rank 5
+    rank_4 = oblique.trapezoidal(np.random.default_rng(0).standard_normal((4, 6)))  # (4, 6)
+    monkeypatch.setattr(oblique, "LOW_RANK_FROM", 2)
+    monkeypatch.setattr(oblique, "etf_factor", lambda C: rank_4)
+    solution = oblique.solve_oblique(problem)
+    assert solution.status == "optimal"
+    np.testing.assert_allclose(solution.G, alone.G, rtol=0, atol=1e-9)
+    assert solution.extra["iterations"] > alone.extra["iterations"]
+
+
+def test_the_etf_factor_is_the_simplex_etf_at_rank_c_minus_1():
+    from pipeline.theory.oblique import etf_factor
+
+    for C in (2, 3, 10, 101):
+        V = etf_factor(C)  # (C - 1, C)
+        assert V.shape == (C - 1, C) and np.allclose(np.tril(V, -1), 0.0)
+        np.testing.assert_allclose(V.T @ V, (C * np.eye(C) - 1) / (C - 1), rtol=0, atol=1e-13)

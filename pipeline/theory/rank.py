@@ -234,14 +234,11 @@ def trust_region_rank(problem: Problem, V0: np.ndarray) -> np.ndarray:
     trapezoidal (V = Q R: R, d x C, spans every rank-d G; no rotation gauge), each column's metric weighted by
     its curvature, then by its proportion squared. One start, no restarts (see ``RESTARTS_MAX_C``).
     """
-    from pipeline.theory.oblique import minimise
+    from pipeline.theory.oblique import minimise, trapezoidal
 
     order = np.argsort(-problem.p, kind="stable")  # head first: column c of R lives on its first c + 1 coordinates
     sorted_problem = problem.reordered(order)
-    R = np.linalg.qr(V0[:, order], mode="r")  # (d, C) upper trapezoidal, V0 = Q R
-    R *= np.where(np.diag(R) < 0, -1.0, 1.0)[:, None]  # a positive diagonal (rows flipped: the same G)
-    R /= np.linalg.norm(R, axis=0)  # unit columns
-    V_sorted, _ = minimise(sorted_problem, V0=R)
+    V_sorted, _ = minimise(sorted_problem, V0=trapezoidal(V0[:, order]))  # (d, C) upper trapezoidal, V0 = Q R
     return V_sorted[:, np.argsort(order)]
 
 
