@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.metrics import group_cosines
+from pipeline.metrics import etf_gram, group_cosines
 from pipeline.theory.objective import certificate, expected_loss
 from pipeline.theory.problem import Problem
 from pipeline.theory.solution import Solution
@@ -111,7 +111,7 @@ def membership(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def etf_start(C: int, shrink: float = 0.02) -> np.ndarray:
     """(C, C) upper-triangular V with V^T V = (1 - shrink) ETF + shrink I (positive definite)."""
-    G = (1 - shrink) * (C * np.eye(C) - 1) / (C - 1) + shrink * np.eye(C)
+    G = (1 - shrink) * etf_gram(C) + shrink * np.eye(C)
     return np.linalg.cholesky(G).T
 
 
@@ -125,7 +125,7 @@ def trapezoidal(V: np.ndarray) -> np.ndarray:
 
 def etf_factor(C: int) -> np.ndarray:
     """(C - 1, C) upper-trapezoidal V with V^T V the simplex ETF (rank C - 1, no shrink)."""
-    lam, U = np.linalg.eigh((C * np.eye(C) - 1) / (C - 1))  # ascending: one 0, then C - 1 equal to C / (C - 1)
+    lam, U = np.linalg.eigh(etf_gram(C))  # ascending: one 0, then C - 1 equal to C / (C - 1)
     return trapezoidal(np.sqrt(lam[1:])[:, None] * U[:, 1:].T)
 
 
