@@ -195,8 +195,7 @@ def run_sweep(
             try:
                 done = wait(in_flight, timeout=stall_s, return_when="FIRST_COMPLETED").done
             except TimeoutError:
-                retries = config.cluster.stall_retries
-                for future in unstick(client, in_flight, stall_s, stalls, retries):  # given up, cancelled
+                for future in unstick(client, in_flight, stall_s, stalls, config.cluster.stall_retries):  # given up
                     summary.failed_batches.append(future.key)
                     drop(future)
                 continue

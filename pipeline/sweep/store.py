@@ -402,9 +402,9 @@ def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=
     """
     names = sorted(arrays)
     extra = [CHECKSUM[batch.kind], WRITER[batch.kind], DONE[batch.kind]]
-    found = sync(_open_arrays(path, names + extra))  # None where absent: a store of an older format
+    *found, checksum, writer, done = sync(_open_arrays(path, names + extra))  # None where absent: an older format
     items, written = [], []  # written: the values as stored, in name order (what the batch's checksum covers)
-    for name, array in zip(names, found, strict=False):
+    for name, array in zip(names, found, strict=True):
         if array is None:  # a variable added since the store was made (store_version)
             continue
         selection = batch.selection(_dims(array))
@@ -414,7 +414,6 @@ def write_batch(path: str, batch: Batch, arrays: dict[str, np.ndarray], between=
     sync(_write_all(items))
     if between is not None:
         between()
-    checksum, writer, done = found[len(names) :]
     if checksum is not None:  # store format 4 on
         sync(_write_all([(checksum, batch.selection(), np.full(batch.shape, _digest(written))),
                          (writer, batch.selection(), np.full(batch.shape, writer_id()))]))  # fmt: skip
