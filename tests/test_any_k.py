@@ -136,6 +136,29 @@ def test_grouped_taylor_rule_equals_the_direct_rule_row_by_row(k, J):
         np.testing.assert_allclose(operator(v)[i], product, rtol=1e-13, atol=1e-14 * np.abs(product).max())
 
 
+@pytest.mark.parametrize("hessian", [True, "model"])
+def test_rows_split_over_blas_threads_equal_one_thread(hessian):
+    """From ``THREADED_ROWS`` rows a numpy transform splits them over the BLAS threads (here 2, forced; the
+    tests' own processes run one): value, gradient and Hessian (dense, or the model's operator) equal the
+    one-thread computation to 1e-14 relative, rows spanning several groups."""
+    import threadpoolctl
+
+    from pipeline.theory.transform import THREADED_ROWS
+
+    rng = np.random.default_rng(7)
+    R, J = THREADED_ROWS + 3, 30 if hessian is True else 40
+    x = np.exp(rng.uniform(-6, 0, (R, J)) + rng.choice([-10, 0, 5], R)[:, None])  # (R, J)
+    q = rng.dirichlet(np.ones(J), R)
+    v = rng.normal(size=(R, J))
+    results = {}
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+            V, dV, d2V = transform_terms(x, q, 256, hessian=hessian)
+            results[threads] = V, dV, d2V if hessian is True else d2V(v)
+    for one, two in zip(results[1], results[2], strict=True):
+        np.testing.assert_allclose(two, one, rtol=1e-14, atol=1e-14 * np.abs(one).max())
+
+
 @pytest.mark.parametrize("k", [2, 256, 65536])
 @pytest.mark.parametrize("J", [5, 40, 250])
 def test_model_hessian_is_the_coarse_rules_with_the_exact_diagonal(k, J):

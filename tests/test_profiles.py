@@ -292,3 +292,38 @@ def test_the_etf_factor_is_the_simplex_etf_at_rank_c_minus_1():
         V = etf_factor(C)  # (C - 1, C)
         assert V.shape == (C - 1, C) and np.allclose(np.tril(V, -1), 0.0)
         np.testing.assert_allclose(V.T @ V, (C * np.eye(C) - 1) / (C - 1), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("rows", ["C - 1", "C"])
+def test_the_pair_preconditioner_inverts_each_columns_block_on_its_tangent_space(rows):
+    """pair_preconditioner against dense algebra: column c's block B_c = sum_j H_cj v_j v_j^T (H_cc filled with the
+    row's mean) inverted with numpy, masked to the column's leading coordinates, restricted to v_c's complement.
+    Where a column's support is full (the last), the result y is the exact inverse there: y is tangent and the
+    block, projected, maps it back. float32 agrees to 1e-4."""
+    from pipeline.theory.oblique import pair_preconditioner, trapezoidal
+
+    rng = np.random.default_rng(3)
+    C = 7
+    m = C - 1 if rows == "C - 1" else C
+    V = trapezoidal(rng.standard_normal((m, C)))  # (m, C) upper trapezoidal, unit columns
+    H = rng.uniform(0.1, 2.0, (C, C))
+    H = H + H.T
+    np.fill_diagonal(H, 0.0)
+    X = rng.standard_normal((m, C))
+    mask = np.triu(np.ones((m, C)))
+    X = X * mask
+    X -= V * (V * X).sum(axis=0)  # (m, C): tangent
+    ours = pair_preconditioner(V, H)(X)
+    for c in range(C):
+        h = H[c].copy()
+        h[c] = H[c].sum() / (C - 1)
+        A = np.linalg.inv((V * h) @ V.T)  # (m, m)
+        y, u = mask[:, c] * (A @ (mask[:, c] * X[:, c])), mask[:, c] * (A @ V[:, c])
+        np.testing.assert_allclose(ours[:, c], y - u * (V[:, c] @ y) / (V[:, c] @ u), rtol=0, atol=1e-10)
+    last, v = ours[:, -1], V[:, -1]
+    h = H[-1].copy()
+    B = (V * h) @ V.T  # (m, m): H_cc = 0, the column's own term, which the tangent space does not see
+    assert abs(v @ last) < 1e-12
+    np.testing.assert_allclose(B @ last - v * (v @ B @ last), X[:, -1], rtol=0, atol=1e-10)
+    single = pair_preconditioner(V, H, single=True)(X)
+    np.testing.assert_allclose(single, ours, rtol=0, atol=1e-4 * np.abs(ours).max())

@@ -72,14 +72,14 @@ def weighted_oblique(m: int, n: int, weight: np.ndarray, triangular: bool = Fals
             return float(np.pi * np.sqrt(weight.sum()))
 
         def inner_product(self, point, a, b) -> float:
-            return float((self.weight * a * b).sum())
+            return float(np.einsum("ij,ij->j", a, b) @ self.weight[0])  # column dots, no (m, n) temporaries
 
         def norm(self, point, a) -> float:
             return math.sqrt(self.inner_product(point, a, a))
 
         def projection(self, point: np.ndarray, vector: np.ndarray) -> np.ndarray:
             vector = vector * self.mask
-            return vector - point * (point * vector).sum(0)[None, :]
+            return vector - point * np.einsum("ij,ij->j", point, vector)
 
         to_tangent_space = projection
 
@@ -209,7 +209,83 @@ def curvature_weight(weight: np.ndarray, curvature: np.ndarray) -> np.ndarray:
     return weight * np.where(finite, np.maximum(ratio, floor), floor)
 
 
-def model_product(V: np.ndarray, D_sym: np.ndarray, hvp: Any, single: bool = False) -> Any:
+# no preconditioner at a factor whose diagonal (each class's distance from the earlier ones' span) falls below this
+SINGULAR_BELOW = 1e-3
+PAIR_FLOOR = 1e-6  # the pairs' curvatures are floored at this fraction of the largest: the inverse's condition
+
+
+def pair_preconditioner(V: np.ndarray, H: np.ndarray, single: bool = False) -> Any:
+    """tangent (m, C) -> each column's Hessian block inverted on its tangent space, the block of column c taken
+    as B_c = sum_j H_cj v_j v_j^T (V upper trapezoidal, m = C - 1 or C rows).
+
+    Column c meets class j in one term, G_cj, of curvature H_cj (both anchors' terms): its block is B_c on v_c's
+    complement, less the loss's rank-one couplings. H_cj ~ p_c p_j spans rho^2 across the classes; the columns'
+    metric rescales blocks, not the directions within them. With R = V[:, :m] square triangular, B_c = R diag(H_c)
+    R^T (+ H_c,m v_m v_m^T where m = C - 1, by Sherman-Morrison; the arbitrary H_cc, along v_c, leaves the
+    tangent space alone): B_c^-1 = R^-T diag(1 / H_c) R^-1, two matrix products for every column at once.
+    Restricted to the tangent space: y - u_c (v_c . y) / (v_c . u_c), u_c = B_c^-1 v_c. Columns on their
+    leading coordinates (triangular V) take the full inverse's leading part (exact for the last, near the ETF
+    where V ~ I). ``single``: its arithmetic in float32 (it need only be near the inverse). None where the
+    factor is near singular (``SINGULAR_BELOW``). Measured at exp(C, rho = 100), InfoNCE: see :data:`LOW_RANK_FROM`.
+    """
+    dtype = np.float32 if single else np.float64
+    m, C = V.shape
+    if np.abs(np.diag(V)).min() < SINGULAR_BELOW:  # classes (nearly) merged: R^-1 is not a curvature's inverse
+        return None
+    V = V.astype(dtype)  # a copy: the point's V is not kept
+    R = V[:, :m]  # (m, m) upper triangular
+    mask = np.triu(np.ones((m, C), dtype=dtype))
+    H = np.array(H, dtype=dtype)  # (C, C)
+    off = ~np.eye(C, dtype=bool)
+    H[~off] = H.sum(axis=1) / (C - 1)  # along v_c: any positive value
+    H = np.maximum(H, PAIR_FLOOR * H[off].max())
+    H_lead = H[:, :m].T  # (m, C): H_lead[i, c] = H_ci
+
+    # R^-1 once a point, then numpy's matrix products: scipy's triangular solves run on scipy's own OpenBLAS,
+    # whose threads and numpy's contend (measured: exp(C = 300) 2x slower on the 2 cores)
+    R_inv = np.triu(np.linalg.inv(R))  # (m, m) upper triangular
+    if m == C - 1:  # the last class's direction, v_m, is not one of R's
+        w = R_inv @ V[:, m]  # (m,)
+        H_last = H[:, m].copy()  # (C,)
+        H_last[m] = 0.0  # the last column's own term
+        Q = upper_matmul(R_inv, w[:, None] / H_lead, transposed=True)  # (m, C): A_c^-1 v_m
+        coefficient = H_last / (1.0 + H_last * (w[:, None] ** 2 / H_lead).sum(axis=0))  # (C,)
+
+    def inverse(X: np.ndarray) -> np.ndarray:
+        Y = upper_matmul(R_inv, upper_matmul(R_inv, X) / H_lead, transposed=True)  # (m, C)
+        if m == C - 1:
+            Y -= Q * (coefficient * (Q * X).sum(axis=0))
+        return Y * mask
+
+    U = inverse(V)  # (m, C)
+    vU = (V * U).sum(axis=0)  # (C,)
+    vU[~(vU > 0)] = np.inf  # no correction where u_c is not along v_c (round-off): pymanopt projects its steps again
+
+    def precondition(tangent: np.ndarray) -> np.ndarray:
+        Y = inverse(tangent.astype(dtype) * mask)
+        return (Y - U * ((V * Y).sum(axis=0) / vU)).astype(np.float64, copy=False)
+
+    return precondition
+
+
+def upper_matmul(U: np.ndarray, X: np.ndarray, transposed: bool = False) -> np.ndarray:
+    """U @ X (or U^T @ X) for U (n, n) upper triangular, X (n, k), in three half-size products instead of one:
+    3/4 of the flops (measured 17.2 -> 14.1 ms at n = 999, k = 1000, float32, on the 2 cores). numpy's products:
+    scipy's triangular BLAS runs on scipy's own OpenBLAS, whose threads and numpy's contend."""
+    h = len(U) // 2
+    out = np.empty((len(U), X.shape[1]), dtype=np.result_type(U, X))
+    if transposed:  # [[U11^T, 0], [U12^T, U22^T]]
+        np.matmul(U[:h, :h].T, X[:h], out=out[:h])
+        np.matmul(U[h:, h:].T, X[h:], out=out[h:])
+        out[h:] += U[:h, h:].T @ X[:h]
+    else:  # [[U11, U12], [0, U22]]
+        np.matmul(U[:h, :h], X[:h], out=out[:h])
+        out[:h] += U[:h, h:] @ X[h:]
+        np.matmul(U[h:, h:], X[h:], out=out[h:])
+    return out
+
+
+def model_product(V: np.ndarray, D_sym: np.ndarray, hvp: Any, single: bool = False, triangular: bool = False) -> Any:
     """dV (m, C) -> the Euclidean Hessian's product at V (m, C): dV D_sym + V (dD + dD^T), dD = hvp(dV^T V + V^T dV).
 
     ``single`` (:func:`minimise` from ``MODEL_SINGLE_FROM`` classes on): the three C x C products in float32. Each
@@ -218,17 +294,28 @@ def model_product(V: np.ndarray, D_sym: np.ndarray, hvp: Any, single: bool = Fal
     and the value, gradient and certificate stay float64. Measured at exp(C, rho = 100), tau = 0.5, k = inf, one
     BLAS thread, float64 -> float32: C = 300 19.6 -> 15.4 s, C = 1000 699 -> 497 s, the same iterations, 1% to
     2% more products, Grams equal to 8e-14 and 4e-14; at k = 256 with the transform's float32 model, 1.31x and
-    1.56x (docs/benchmarks.md).
+    1.56x (docs/benchmarks.md). ``triangular``: V is upper trapezoidal with m = C - 1 or C rows, and so is every
+    dV (a tangent vector of the triangular manifold): each product's square triangle through
+    :func:`upper_matmul`.
     """
     dtype = np.float32 if single else np.float64
     V_m, D_m = V.astype(dtype, copy=False), D_sym.astype(dtype, copy=False)  # (m, C), (C, C): no copy in float64
+    m = len(V_m)
 
     def product(dV: np.ndarray) -> np.ndarray:
         dV = dV.astype(dtype, copy=False)  # (m, C)
-        dG = dV.T @ V_m
+        if triangular:  # dV = [dR | dr], V = [R | r]: R, dR (m, m) upper triangular
+            dG = np.concatenate([upper_matmul(dV[:, :m], V_m, transposed=True), dV[:, m:].T @ V_m])
+        else:
+            dG = dV.T @ V_m
         dG = (dG + dG.T).astype(np.float64, copy=False)  # (C, C): the change of G along dV
         dD = hvp(dG)  # (C, C): the change of dL/dG
-        out = dV @ D_m + V_m @ (dD + dD.T).astype(dtype, copy=False)  # (m, C)
+        E = (dD + dD.T).astype(dtype, copy=False)  # (C, C)
+        if triangular:
+            out = upper_matmul(dV[:, :m], D_m[:m]) + upper_matmul(V_m[:, :m], E[:m])
+            out += dV[:, m:] @ D_m[m:] + V_m[:, m:] @ E[m:]
+        else:
+            out = dV @ D_m + V_m @ E  # (m, C)
         return out.astype(np.float64, copy=False)
 
     return product
@@ -258,14 +345,13 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
 
     StallingTrustRegions = _stalling_trust_regions()
     m, n = start.shape
-    memo: dict[bytes, tuple] = {}
+    memo: list = []  # [the point last evaluated, its evaluation]
 
     def at(W: np.ndarray) -> tuple:
-        key = W.tobytes()
-        if key not in memo:
-            memo.clear()
-            memo[key] = evaluate(W)
-        return memo[key]
+        # pymanopt asks again with the same array (or an equal one): compared, not hashed (8 MB at C = 1000)
+        if not memo or not (memo[0] is W or (memo[0].shape == W.shape and np.array_equal(memo[0], W))):
+            memo[:] = [W, evaluate(W)]
+        return memo[1]
 
     def cost(W: np.ndarray) -> float:
         return at(W)[0]
@@ -279,19 +365,33 @@ def staged_trust_region(evaluate: Any, start: np.ndarray, weight: np.ndarray, gr
     def floor(metric: np.ndarray) -> Any:
         """() -> the gradient norm's round-off in a metric at the point last evaluated, where evaluate gives it
         (a fourth item, per column), else None. Called after the stage's first evaluation (memo holds a point)."""
-        if not memo or len(next(iter(memo.values()))) < 4:
+        if not memo or len(memo[1]) < 4:
             return None
-        return lambda: math.sqrt(float((next(iter(memo.values()))[3] ** 2 / metric).sum()))
+        return lambda: math.sqrt(float((memo[1][3] ** 2 / metric).sum()))
 
     first_weight = weight
     if curvature_metric:
         first_weight = curvature_weight(weight, column_curvature(start, gradient(start), at(start)[2], triangular))
 
+    def precondition(manifold: Any) -> Any:
+        def apply(point: np.ndarray, tangent: np.ndarray) -> np.ndarray:
+            make = at(point)[4] if len(at(point)) > 4 else None
+            inverse = None if make is None else make()
+            if inverse is None:
+                return tangent
+            out = inverse(tangent) * manifold.weight
+            # positive along the tangent, else it is no preconditioner (a near-singular factor): none, this product
+            along = manifold.inner_product(point, out, tangent)
+            return out if math.isfinite(along) and along > 0 else tangent
+
+        return apply
+
     def stage(power: int, point: np.ndarray, iterations: int, grad_tol: float) -> Any:
         manifold = weighted_oblique(m, n, first_weight if power == 1 else weight**power, triangular)
         program = pymanopt.Problem(manifold, pymanopt.function.numpy(manifold)(cost),
                                    euclidean_gradient=pymanopt.function.numpy(manifold)(gradient),
-                                   euclidean_hessian=pymanopt.function.numpy(manifold)(hessian))  # fmt: skip
+                                   euclidean_hessian=pymanopt.function.numpy(manifold)(hessian),
+                                   preconditioner=precondition(manifold))  # fmt: skip
         norm = manifold.norm(point, manifold.euclidean_to_riemannian_gradient(point, gradient(point)))
         round_off = floor(manifold.weight[0])
         if norm <= grad_tol or (round_off is not None and norm <= ROUNDOFF_FACTOR * round_off()):
@@ -323,6 +423,7 @@ def minimise(
     V0: np.ndarray | None = None,
     grad_tol: float = GRAD_TOL,
     max_iterations: int = MAX_ITERATIONS,
+    preconditioned: bool = False,
 ) -> tuple[np.ndarray, Any]:
     """The trust region on upper-triangular V, one column per cluster of classes.
 
@@ -335,6 +436,8 @@ def minimise(
         first (the cluster of the largest proportion is 0), so rank deficiency sits in the last
         columns of the factor.
     V0 : (m, m) upper-triangular start (default: the ETF of the m clusters).
+    preconditioned : bool
+        The inner solves on :func:`pair_preconditioner`, where V0 is a rank-(C - 1) factor of one column a class.
 
     Returns
     -------
@@ -357,7 +460,7 @@ def minimise(
         value, D, hvp = expected_loss(problem.loss, problem.k, problem.rho, w, q, G, hessian="model",
                                       method=problem.expectation, shift=shift, scale=scale)  # fmt: skip
         D_sym = D + D.T  # (C, C): D, row c for anchor c, is dL/dG; this is made once, not once a product
-        product = model_product(V, D_sym, hvp, single=C >= MODEL_SINGLE_FROM)
+        product = model_product(V, D_sym, hvp, single=C >= MODEL_SINGLE_FROM, triangular=alone and len(V) >= C - 1)
 
         def hessian(dW: np.ndarray) -> np.ndarray:
             out = product(dW if alone else dW[:, label])  # (m, C)
@@ -367,7 +470,10 @@ def minimise(
         floor = ROUNDOFF * math.sqrt(C) * np.linalg.norm(D_sym, axis=0)  # (C,): each column's round-off, |V_:c| = 1
         if not alone:
             floor, gradient = np.sqrt(floor**2 @ E), gradient @ E  # (m,), (m, m)
-        return float(value), gradient, hessian, floor
+        inverse = None  # the rank-(C - 1) factor's preconditioner, made where the trust region first asks for it
+        if preconditioned and alone and len(V) == C - 1:
+            inverse = functools.cache(lambda: pair_preconditioner(V, D_sym, single=C >= MODEL_SINGLE_FROM))
+        return float(value), gradient, hessian, floor, inverse
 
     start = etf_start(m) if V0 is None else V0
     result = staged_trust_region(evaluate, start, p_cluster, grad_tol, max_iterations, triangular=True,
@@ -379,10 +485,15 @@ def minimise(
 # long-tailed profile has rank C - 1 there (eigenvalues above 1e-3: 99 of 100, 299 of 300 at exp(rho = 100)),
 # and the full factor's extra direction is flat at it. Measured at exp(C, rho = 100), products full -> rank C - 1:
 # C = 100 tau = 0.5 672 -> 457 (k = inf and 256), tau = 0.1 k = 256 449 -> 321; C = 300 k = inf 1479 -> 865 (2x
-# the time), certified, Grams equal to 5e-13. Where the certificate does not hold (an optimum of full rank) the
-# full factor solves it from the ETF. Below, it was not kept: at exp(C = 10) under the remedies' stress combination
-# (an optimum of rank C - 2) 961 -> 1174 products
+# the time), certified, Grams equal to 5e-13. Below, it was not kept: at exp(C = 10) under the remedies' stress
+# combination (an optimum of rank C - 2) 961 -> 1174 products. The rank-(C - 1) factor's triangle R is square, so
+# its inner solves run on :func:`pair_preconditioner`: products at exp(C, rho = 100), InfoNCE, rank C - 1 -> and
+# preconditioned: C = 100 tau = 0.5 458 -> 129 (k = inf), 462 -> 133 (k = 256); tau = 0.1 203 -> 116 (k = inf),
+# 415 -> 103 (k = 16); C = 300 k = inf 865 -> 147; C = 1000 k = inf ~1446 -> 265 (docs/benchmarks.md)
 LOW_RANK_FROM = 100
+# the preconditioned attempt's iterations: where it has not converged by then (measured: exp(C = 100, rho = 1e4),
+# tau = 0.1, k = 16 stalled at its 500; the plain rank-(C - 1) solve converges there in 57) the plain one follows
+PRECONDITIONED_ITERATIONS = 100
 
 
 def solve_oblique(problem: Problem, dim: int | None = None, V0: np.ndarray | None = None) -> Solution:
@@ -393,23 +504,28 @@ def solve_oblique(problem: Problem, dim: int | None = None, V0: np.ndarray | Non
     problem : Problem
     dim : int, optional
         Rows of the returned class means V (>= C).
-    V0 : (C, C) upper-triangular start for the classes sorted head first (default: the rank-(C - 1) ETF factor
-        from ``LOW_RANK_FROM`` classes, then the full factor from the ETF where that is not certified; below, the
-        full factor from the ETF).
+    V0 : (C, C) upper-triangular start for the classes sorted head first (default: from ``LOW_RANK_FROM``
+        classes, the rank-(C - 1) ETF factor preconditioned (:func:`pair_preconditioner`), then the same without
+        the preconditioner, then the full factor from the ETF, each where the one before is not certified; below,
+        the full factor from the ETF).
     """
     start = time.perf_counter()
     order = np.argsort(-problem.p, kind="stable")  # head first: the tail's merges are the factor's last columns
     sorted_problem = problem.reordered(order)
-    iterations = 0
+    attempts = [dict(V0=V0)]
     if V0 is None and problem.C >= LOW_RANK_FROM:
-        V_sorted, result = minimise(sorted_problem, V0=etf_factor(problem.C))
+        low_rank = etf_factor(problem.C)
+        attempts[:0] = [dict(V0=low_rank, preconditioned=True, max_iterations=PRECONDITIONED_ITERATIONS),
+                        dict(V0=low_rank)]  # fmt: skip
+    iterations = 0
+    for attempt in attempts:
+        V_sorted, result = minimise(sorted_problem, **attempt)
+        result.iterations += iterations  # every attempt's iterations
         solution = _certified(problem, V_sorted[:, np.argsort(order)], result, dim, start)
         if solution.status == "optimal":
-            return solution
-        iterations = result.iterations  # not certified at rank C - 1: the full factor, from the ETF
-    V_sorted, result = minimise(sorted_problem, V0=V0)
-    result.iterations += iterations
-    return _certified(problem, V_sorted[:, np.argsort(order)], result, dim, start)
+            break
+        iterations = result.iterations
+    return solution
 
 
 def _certified(problem: Problem, V: np.ndarray, result: Any, dim: int | None, start: float) -> Solution:
