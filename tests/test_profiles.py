@@ -285,6 +285,23 @@ def test_a_low_rank_start_that_cannot_be_certified_falls_back_to_the_full_factor
     assert solution.extra["iterations"] > alone.extra["iterations"]
 
 
+def test_a_preconditioned_attempt_that_is_not_certified_falls_back_to_the_plain_solve(monkeypatch):
+    """From ``LOW_RANK_FROM`` classes the rank-(C - 1) factor is solved first on the pair preconditioner, for at
+    most ``PRECONDITIONED_ITERATIONS``; where that is not certified the plain rank-(C - 1) solve follows. Forced at
+    exp(C = 100, rho = 100), k = 16, with one iteration: the result equals the preconditioned solve's own (both
+    certified) to 1e-9 on every entry, and counts both attempts' iterations."""
+    import pipeline.theory.oblique as oblique
+
+    problem = Problem.from_profile(INFONCE, "exp(C=100, rho=100)", 16)
+    preconditioned = oblique.solve_oblique(problem)
+    assert preconditioned.status == "optimal"
+    monkeypatch.setattr(oblique, "PRECONDITIONED_ITERATIONS", 1)
+    fallback = oblique.solve_oblique(problem)
+    assert fallback.status == "optimal"
+    np.testing.assert_allclose(fallback.G, preconditioned.G, rtol=0, atol=1e-9)
+    assert fallback.extra["iterations"] > preconditioned.extra["iterations"]
+
+
 def test_the_etf_factor_is_the_simplex_etf_at_rank_c_minus_1():
     from pipeline.theory.oblique import etf_factor
 
