@@ -1,6 +1,7 @@
 """Acceptance checks of the theory core: ETF, symmetric vs full, certificates, rank, large R."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -438,3 +439,39 @@ def test_rank_d_beyond_the_restart_limit_is_one_trust_region_run_to_a_local_mini
         assert solution.objective >= best - 1e-9 * abs(best)
         assert rank.refine(problem, V)[1] >= solution.objective - 1e-10 * abs(solution.objective)
         assert solution.lower_bound <= solution.objective
+
+
+def test_a_stage_with_a_lower_bound_stops_once_its_excess_no_longer_moves():
+    """With a lower bound (a rank-d point's convex bound), a stage stops at the first iteration whose objective fell
+    by less than PROGRESS_FRACTION of its excess over the bound in the last PROGRESS_WINDOW iterations, and not
+    before; without a bound the same values never stop it. The values fed: an excess of 1 halving every 10
+    iterations, to 1/32, then falling by 1e-7 an iteration (5e-6 in 50, below PROGRESS_FRACTION of 1/32)."""
+    from pipeline.theory.oblique import PROGRESS_FRACTION, PROGRESS_WINDOW, _stalling_trust_regions
+
+    bound, fast = -2.0, 60
+    values = [bound + 0.5 ** (i // 10) for i in range(fast)]
+    values += [values[-1] - 1e-7 * (i + 1) for i in range(200)]
+    expected = next(i for i in range(PROGRESS_WINDOW, len(values))
+                    if values[i - PROGRESS_WINDOW] - values[i] < PROGRESS_FRACTION * (values[i] - bound))  # fmt: skip
+    assert expected > fast  # the fast phase does not stop it
+    TrustRegions = _stalling_trust_regions()
+    for given, stops_at in ((bound, expected), (None, None)):
+        current = iter(values)
+        optimizer = TrustRegions(max_iterations=10_000, verbosity=0, stall_below=0.0, value=current.__next__,
+                                 bound=given)  # fmt: skip
+        reasons = [optimizer._check_stopping_criterion(start_time=time.time(), gradient_norm=1.0, iteration=i)
+                   for i in range(len(values))]  # fmt: skip
+        stopped = [i for i, reason in enumerate(reasons) if reason is not None]
+        assert (stopped[0] if stopped else None) == stops_at
+        if stops_at is not None:
+            assert f"less than {PROGRESS_FRACTION:g} of its excess" in reasons[stops_at]
+
+
+def test_the_stationarity_check_reports_an_extreme_not_determined_past_its_deadline():
+    """Lanczos's largest eigenvalue of a known spectrum, and NaN (not determined, so not reported second-order
+    stationary) once the check's deadline has passed."""
+    from pipeline.theory.rank import _extreme
+
+    spectrum = np.linspace(-1.0, 3.0, 500)
+    assert _extreme(lambda y: spectrum * y, 500) == pytest.approx(3.0, rel=1e-8)
+    assert math.isnan(_extreme(lambda y: spectrum * y, 500, deadline=time.perf_counter() - 1.0))

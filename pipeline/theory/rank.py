@@ -126,12 +126,13 @@ def stationarity(problem: Problem, V: np.ndarray) -> Stationarity:
         eig = np.linalg.eigvalsh((H + H.T) / 2)
         hessian_min, hessian_max = float(eig[0]), float(eig[-1])
     else:
-        hessian_max = _extreme(lambda y: tangent_operator(y, 0.0), d * C)  # the normal space sits at 0, below
+        deadline = time.perf_counter() + STATIONARITY_MAX_S
+        hessian_max = _extreme(lambda y: tangent_operator(y, 0.0), d * C, deadline)  # the normal space at 0, below
         top = 2 * max(hessian_max, 1e-300)
         # the smallest as the largest of top - H (the normal space and rotations at 0, below it): Lanczos's test is
         # relative to the eigenvalue it finds, here >= top / 2, so a minimum near 0 is resolved to ~1e-8 of the scale
         hessian_min = math.nan if math.isnan(hessian_max) else top - _extreme(
-            lambda y: top * y - tangent_operator(y, top), d * C)  # fmt: skip
+            lambda y: top * y - tangent_operator(y, top), d * C, deadline)  # fmt: skip
     return Stationarity(_gradient(V, egrad, w), hessian_min, hessian_max)
 
 
@@ -172,17 +173,33 @@ LANCZOS_TOL = 1e-8
 LANCZOS_MAX_RESTARTS = 200
 
 
-def _extreme(matvec: Any, n: int) -> float:
+# the stationarity check's time, both extremes together, after which what is left is NaN (not determined): at
+# C = 1000, d = 512 a product takes ~0.3 s, so LANCZOS_MAX_RESTARTS alone would allow ~40 minutes (measured at
+# ImageNet-LT's pareto shape, k = inf: d = 128 took 154 s to both extremes; at d = 512 the smallest not in 300 s)
+STATIONARITY_MAX_S = 180.0
+
+
+class _OutOfTimeError(Exception):
+    pass
+
+
+def _extreme(matvec: Any, n: int, deadline: float = math.inf) -> float:
     """The largest eigenvalue of a symmetric operator on R^n (Lanczos, ARPACK); NaN where it does not converge
-    (then the point is not reported second-order stationary: ``hessian_min >= ...`` is False for NaN)."""
+    or the ``deadline`` (time.perf_counter) passes (then the point is not reported second-order stationary:
+    ``hessian_min >= ...`` is False for NaN)."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-    op = LinearOperator((n, n), matvec=matvec, dtype=float)
+    def timed(y: np.ndarray) -> np.ndarray:
+        if time.perf_counter() > deadline:
+            raise _OutOfTimeError
+        return matvec(y)
+
+    op = LinearOperator((n, n), matvec=timed, dtype=float)
     v0 = np.random.default_rng(0).standard_normal(n)
     try:
         return float(eigsh(op, k=1, which="LA", tol=LANCZOS_TOL, ncv=min(n, 40), v0=v0,
                            maxiter=LANCZOS_MAX_RESTARTS)[0][0])  # fmt: skip
-    except ArpackNoConvergence:
+    except (ArpackNoConvergence, _OutOfTimeError):
         return math.nan
 
 
@@ -227,19 +244,22 @@ def _best_of_restarts(problem: Problem, starts: list[np.ndarray], rng: np.random
     return best_V, tried
 
 
-def trust_region_rank(problem: Problem, V0: np.ndarray) -> np.ndarray:
-    """Local minimum of L(V^T V) over unit-column V (d, C) from V0, by the oblique solver's trust region.
+def trust_region_rank(problem: Problem, V0: np.ndarray, bound: float | None = None) -> tuple[np.ndarray, Any]:
+    """Local minimum of L(V^T V) over unit-column V (d, C) from V0, by the oblique solver's trust region, and
+    pymanopt's result (its ``stopping_criterion`` says why it stopped).
 
     As in :func:`pipeline.theory.oblique.minimise`, the classes are sorted head first and V is kept upper
     trapezoidal (V = Q R: R, d x C, spans every rank-d G; no rotation gauge), each column's metric weighted by
-    its curvature, then by its proportion squared. One start, no restarts (see ``RESTARTS_MAX_C``).
+    its curvature, then by its proportion squared. One start, no restarts (see ``RESTARTS_MAX_C``). ``bound``: the
+    convex lower bound; the trust region also stops once the objective's excess over it no longer moves
+    (``oblique.PROGRESS_FRACTION``), the stationarity then reported as it is.
     """
     from pipeline.theory.oblique import minimise, trapezoidal
 
     order = np.argsort(-problem.p, kind="stable")  # head first: column c of R lives on its first c + 1 coordinates
     sorted_problem = problem.reordered(order)
-    V_sorted, _ = minimise(sorted_problem, V0=trapezoidal(V0[:, order]))  # (d, C) upper trapezoidal, V0 = Q R
-    return V_sorted[:, np.argsort(order)]
+    V_sorted, result = minimise(sorted_problem, V0=trapezoidal(V0[:, order]), bound=bound)  # (d, C), V0 = Q R
+    return V_sorted[:, np.argsort(order)], result
 
 
 def solve_rank(problem: Problem, dim: int, lower_bound: float, n_restarts: int = 8, seed: int = 0,
@@ -269,7 +289,8 @@ def solve_rank(problem: Problem, dim: int, lower_bound: float, n_restarts: int =
         starts.insert(0, top_factor(G_convex, dim) + 1e-6 * rng.standard_normal((dim, C)))  # off its symmetry
     one_run = C > RESTARTS_MAX_C and G_convex is not None and dim < C
     if one_run:
-        V, tried = trust_region_rank(problem, starts[0]), 1  # (d, C): one local solve, no restarts
+        V, result = trust_region_rank(problem, starts[0], bound=lower_bound)  # (d, C): one local solve, no restarts
+        tried, stopped = 1, str(result.stopping_criterion)
     else:
         V, tried = _best_of_restarts(problem, starts, rng)
     G = V.T @ V
@@ -298,7 +319,7 @@ def solve_rank(problem: Problem, dim: int, lower_bound: float, n_restarts: int =
         )
         if one_run:
             solution.message += (f"; C = {C} > {RESTARTS_MAX_C}: one trust-region run from the convex optimum's "
-                                 f"top-{dim} factor, no restarts (a better rank-{dim} point may exist)")
+                                 f"top-{dim} factor, no restarts (a better rank-{dim} point may exist); {stopped}")
     two = problem.two_groups()
     if two is not None:
         solution.a, solution.b, solution.c = group_cosines(G, two[0])
