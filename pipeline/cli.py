@@ -216,13 +216,9 @@ def solve_report(solution, profile: Profile, full_gram: bool = False) -> list[st
                      + f" ({how})")  # fmt: skip
     stationarity = solution.extra.get("stationarity")
     if stationarity is not None:
-        verdict = "yes" if stationarity.second_order else "no"
-        # Lanczos's bounded work ran out (rank.LANCZOS_MAX_RESTARTS, STATIONARITY_MAX_S): undecided, unless the
-        # gradient already says no
-        from pipeline.theory.rank import GRADIENT_TOL
-
-        if math.isnan(stationarity.hessian_min) and stationarity.gradient <= GRADIENT_TOL:
-            verdict = "not determined (the curvature's Lanczos did not converge within its bound)"
+        verdict = stationarity.verdict
+        if verdict == "not determined":
+            verdict += " (the curvature's Lanczos did not converge within its bound)"
         lines.append(f"rank-{solution.V.shape[0]} point: lower bound {_fmt(solution.lower_bound)} "
                      f"(gap {solution.gap:.2e}); second-order stationary: {verdict} "
                      f"(|Riemannian gradient| / |gradient| {stationarity.gradient:.1e}, Hessian eigenvalues "

@@ -475,3 +475,12 @@ def test_the_stationarity_check_reports_an_extreme_not_determined_past_its_deadl
     spectrum = np.linspace(-1.0, 3.0, 500)
     assert _extreme(lambda y: spectrum * y, 500) == pytest.approx(3.0, rel=1e-8)
     assert math.isnan(_extreme(lambda y: spectrum * y, 500, deadline=time.perf_counter() - 1.0))
+
+
+def test_the_stationarity_verdict_is_not_determined_only_where_the_gradient_does_not_already_say_no():
+    from pipeline.theory.rank import GRADIENT_TOL, Stationarity
+
+    assert Stationarity(GRADIENT_TOL / 10, 0.1, 3.0).verdict == "yes"
+    assert Stationarity(GRADIENT_TOL / 10, -0.1, 3.0).verdict == "no"
+    assert Stationarity(GRADIENT_TOL / 10, math.nan, 3.0).verdict == "not determined"
+    assert Stationarity(GRADIENT_TOL * 10, math.nan, 3.0).verdict == "no"

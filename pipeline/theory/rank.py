@@ -79,6 +79,14 @@ class Stationarity:
         scale = max(abs(self.hessian_max), abs(self.hessian_min))
         return self.gradient <= GRADIENT_TOL and self.hessian_min >= -CURVATURE_TOL * scale
 
+    @property
+    def verdict(self) -> str:
+        """'yes', 'no', or 'not determined': the curvature NaN (Lanczos out of its bounded work,
+        ``LANCZOS_MAX_RESTARTS`` or ``STATIONARITY_MAX_S``) where the gradient alone does not already say no."""
+        if self.second_order:
+            return "yes"
+        return "not determined" if math.isnan(self.hessian_min) and self.gradient <= GRADIENT_TOL else "no"
+
 
 def stationarity(problem: Problem, V: np.ndarray) -> Stationarity:
     """:class:`Stationarity` of class means V (d, C) with unit columns (matrix-free: products with the
